@@ -1,0 +1,45 @@
+# Tenure — set-up and entry points. Run as root on a fresh Debian 12 machine:
+#   make run    install what is missing, build, start `tenure serve` on the embedded PostgreSQL
+#   make test   install what is missing, run every test (starts its own PostgreSQL)
+#   make bench  benchmarks (never part of `make test`)
+
+SWIFT        ?= swift
+APT_PACKAGES := postgresql-15 libpq-dev libzstd-dev pkg-config zstd
+PG_BIN       ?= /usr/lib/postgresql/15/bin
+TENURE_HOME  ?= $(CURDIR)/var
+export TENURE_HOME
+
+.PHONY: deps build release run test bench clean
+
+# Installs only what is missing: `apt-get update` once, then one `apt-get install -y`.
+deps:
+	@missing=""; \
+	for p in $(APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  if [ "$$(id -u)" != 0 ]; then echo "need root to install:$$missing" >&2; exit 1; fi; \
+	  DEBIAN_FRONTEND=noninteractive apt-get update && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $$missing; \
+	fi
+	@test -x $(PG_BIN)/initdb || { echo "PostgreSQL 15 server binaries not found in $(PG_BIN)" >&2; exit 1; }
+
+build: deps
+	$(SWIFT) build --product tenure
+
+release: deps
+	$(SWIFT) build -c release --product tenure
+
+run: build
+	$$($(SWIFT) build --show-bin-path)/tenure serve
+
+test: deps
+	$(SWIFT) build --build-tests
+	$(SWIFT) test --skip-build --no-parallel
+
+bench: deps
+	./ops/bench.sh
+
+clean:
+	rm -rf .build

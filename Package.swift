@@ -1,0 +1,65 @@
+// swift-tools-version:6.2
+import PackageDescription
+
+let strict: [SwiftSetting] = [
+    .enableUpcomingFeature("ExistentialAny"),
+]
+
+let package = Package(
+    name: "tenure",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "tenure", targets: ["tenure"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
+    ],
+    targets: [
+        // System libraries: the only importers are TenurePQ and TenureZstd.
+        .systemLibrary(name: "CLibPQ", pkgConfig: "libpq", providers: [.apt(["libpq-dev"])]),
+        .systemLibrary(name: "CZstd", pkgConfig: "libzstd", providers: [.apt(["libzstd-dev"])]),
+
+        // Pure: ids, names, durations, lifecycle, sweep planning, errors. No I/O.
+        .target(name: "TenureCore", swiftSettings: strict),
+        // Thin synchronous wrappers over the C libraries.
+        .target(name: "TenurePQ", dependencies: ["CLibPQ", "TenureCore"], swiftSettings: strict),
+        .target(name: "TenureZstd", dependencies: ["CZstd", "TenureCore"], swiftSettings: strict),
+        // The private PostgreSQL cluster Tenure starts itself (also used by the tests).
+        .target(name: "TenureEmbedded", dependencies: ["TenureCore", "TenurePQ"], swiftSettings: strict),
+        // Catalog store and migrations embedded from sql/catalog.
+        .target(name: "TenureCatalog", dependencies: ["TenureCore", "TenurePQ"], swiftSettings: strict),
+        // Use cases shared by CLI and (later) the HTTP API: controller, sweep, recovery.
+        .target(
+            name: "TenureControl",
+            dependencies: [
+                "TenureCore", "TenurePQ", "TenureCatalog", "TenureEmbedded",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict
+        ),
+        .executableTarget(
+            name: "tenure",
+            dependencies: [
+                "TenureCore", "TenureControl", "TenureCatalog", "TenureEmbedded",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: strict
+        ),
+
+        .testTarget(name: "TenureCoreTests", dependencies: ["TenureCore"]),
+        .testTarget(name: "TenureZstdTests", dependencies: ["TenureZstd"]),
+        .testTarget(
+            name: "TenureIntegrationTests",
+            dependencies: ["TenureCore", "TenurePQ", "TenureCatalog", "TenureControl", "TenureEmbedded"]
+        ),
+        .testTarget(
+            name: "TenureEndToEndTests",
+            dependencies: ["TenureCore", "TenurePQ", "TenureEmbedded", "tenure"]
+        ),
+    ],
+    swiftLanguageModes: [.v6]
+)

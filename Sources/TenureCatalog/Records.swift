@@ -1,0 +1,123 @@
+import Foundation
+import TenureCore
+
+/// A PostgreSQL server that hosts tenant databases.
+public struct ServerRecord: Sendable, Equatable {
+    public var name: ServerName
+    /// How Tenure connects as an administrator; nil for `default` (the catalog's own server).
+    /// May contain a password: never print it, use `redactedURL`.
+    public var adminURL: String?
+    /// Where tenants connect (the host and port in their connection URLs).
+    public var publicHost: String
+    public var publicPort: Int
+    public var createdAt: Date
+
+    public init(name: ServerName, adminURL: String?, publicHost: String, publicPort: Int, createdAt: Date) {
+        self.name = name
+        self.adminURL = adminURL
+        self.publicHost = publicHost
+        self.publicPort = publicPort
+        self.createdAt = createdAt
+    }
+
+    /// The admin URL with any password replaced by `***`, for display.
+    public var redactedURL: String {
+        guard let adminURL else { return "(catalog server)" }
+        return redactPassword(in: adminURL)
+    }
+}
+
+/// Replaces the password in a `postgresql://user:password@host` URL or `password=` pair.
+public func redactPassword(in url: String) -> String {
+    var text = url
+    if let scheme = text.range(of: "://"), let at = text[scheme.upperBound...].firstIndex(of: "@") {
+        let userInfo = text[scheme.upperBound..<at]
+        if let colon = userInfo.firstIndex(of: ":") {
+            text.replaceSubrange(text.index(after: colon)..<at, with: "***")
+        }
+    }
+    if let range = text.range(of: "password=") {
+        let end = text[range.upperBound...].firstIndex(where: { $0 == "&" || $0 == " " }) ?? text.endIndex
+        text.replaceSubrange(range.upperBound..<end, with: "***")
+    }
+    return text
+}
+
+/// One hosted database as the catalog stores it.
+public struct DatabaseRecord: Sendable, Equatable {
+    public var id: DatabaseID
+    public var name: String
+    public var version: Int64
+    public var serverName: String
+    public var postgresDatabase: String
+    public var postgresRole: String
+    public var updatedAt: Date
+    public var destroyedBy: String?
+    public var lifecycle: DatabaseLifecycle
+
+    public var state: DatabaseState { lifecycle.state }
+
+    public init(
+        id: DatabaseID, name: String, version: Int64, serverName: String, postgresDatabase: String, postgresRole: String,
+        updatedAt: Date, destroyedBy: String?, lifecycle: DatabaseLifecycle
+    ) {
+        self.id = id
+        self.name = name
+        self.version = version
+        self.serverName = serverName
+        self.postgresDatabase = postgresDatabase
+        self.postgresRole = postgresRole
+        self.updatedAt = updatedAt
+        self.destroyedBy = destroyedBy
+        self.lifecycle = lifecycle
+    }
+}
+
+public enum IntentKind: String, Sendable {
+    case createDatabase = "create_database"
+    case dropDatabase = "drop_database"
+}
+
+public struct IntentRecord: Sendable, Equatable {
+    public var id: IntentID
+    public var kind: IntentKind
+    public var databaseID: DatabaseID
+    public var serverName: String
+    public var postgresDatabase: String
+    public var postgresRole: String
+    public var lockKey: Int64
+    public var createdAt: Date
+
+    public init(
+        id: IntentID, kind: IntentKind, databaseID: DatabaseID, serverName: String, postgresDatabase: String, postgresRole: String, lockKey: Int64,
+        createdAt: Date
+    ) {
+        self.id = id
+        self.kind = kind
+        self.databaseID = databaseID
+        self.serverName = serverName
+        self.postgresDatabase = postgresDatabase
+        self.postgresRole = postgresRole
+        self.lockKey = lockKey
+        self.createdAt = createdAt
+    }
+}
+
+public struct AuditEvent: Sendable, Equatable {
+    public var id: Int64
+    public var at: Date
+    public var databaseID: String?
+    public var actor: String
+    public var action: String
+    public var fromState: String?
+    public var toState: String?
+    public var reason: String?
+    /// A JSON object with facts (rule, deadline, counts). Never secrets.
+    public var detail: String
+}
+
+public struct SweepRecord: Sendable, Equatable {
+    public var id: Int64
+    public var asOf: Date
+    public var outcome: String
+}

@@ -1,0 +1,132 @@
+import Foundation
+import TenureCore
+
+/// Tenure's configuration: defaults, then an optional file, then `TENURE_*` environment
+/// variables (then command-line flags, applied by the CLI). No secret is ever printed: the
+/// catalog URL is shown redacted.
+public struct TenureConfiguration: Sendable {
+    /// Where Tenure keeps its state (`./var` by default): the embedded cluster's location
+    /// marker, lock files and, later, the backup store.
+    public var home: String
+    /// The catalog's PostgreSQL URL; nil means the embedded cluster under `home`.
+    public var catalogURL: String?
+    public var policy: LifecyclePolicy
+    public var sweepLimits: SweepLimits
+    /// How often `tenure serve` runs the expiry sweep.
+    public var sweepInterval: Duration
+    /// PostgreSQL server programs for the embedded cluster.
+    public var postgresBinDirectory: String
+    public var logLevel: String
+
+    /// Every setting the file and the environment accept, with its documented default.
+    public static let settings: [(key: String, defaultValue: String, help: String)] = [
+        ("TENURE_HOME", "./var", "state directory: embedded cluster marker, locks, backups"),
+        ("TENURE_CATALOG_URL", "(embedded)", "PostgreSQL URL of the catalog; unset = start the embedded cluster"),
+        ("TENURE_TRIAL_PERIOD", "15d", "length of a trial"),
+        ("TENURE_GRACE_PERIOD", "21d", "time from deactivation to destruction (21d = 1,814,400 s)"),
+        ("TENURE_MAX_DESTROY_FRACTION", "0.10", "a sweep destroying more than this share of the live fleet destroys nothing"),
+        ("TENURE_MAX_DESTROY_COUNT", "50", "a sweep destroying more than this many databases destroys nothing"),
+        ("TENURE_MAX_CLOCK_SKEW", "5m", "a sweep refuses to act if this clock and the catalog server's differ by more"),
+        ("TENURE_SWEEP_INTERVAL", "1m", "how often `tenure serve` runs the expiry sweep"),
+        ("TENURE_PG_BIN", EmbeddedDefaults.postgresBinDirectory, "PostgreSQL 15 server programs for the embedded cluster"),
+        ("TENURE_LOG_LEVEL", "info", "trace, debug, info, notice, warning, error or critical"),
+        ("TENURE_CONFIG", "$TENURE_HOME/tenure.conf", "optional configuration file of KEY=value lines"),
+    ]
+
+    public static func load(environment: [String: String] = ProcessInfo.processInfo.environment) throws(TenureError) -> TenureConfiguration {
+        var values: [String: String] = [:]
+        let home = environment["TENURE_HOME"].flatMap { $0.isEmpty ? nil : $0 } ?? "./var"
+        let configPath = environment["TENURE_CONFIG"] ?? (home + "/tenure.conf")
+        if FileManager.default.fileExists(atPath: configPath) {
+            values = try parseFile(configPath)
+        } else if environment["TENURE_CONFIG"] != nil {
+            throw TenureError(.invalidConfiguration, "TENURE_CONFIG names \(configPath), which does not exist")
+        }
+        for (key, value) in environment where key.hasPrefix("TENURE_") { values[key] = value }
+        return try TenureConfiguration(values: values, home: values["TENURE_HOME"] ?? home)
+    }
+
+    init(values: [String: String], home: String) throws(TenureError) {
+        self.home = home
+        catalogURL = values["TENURE_CATALOG_URL"].flatMap { $0.isEmpty ? nil : $0 }
+        policy = LifecyclePolicy(
+            trialPeriod: try values["TENURE_TRIAL_PERIOD"].map { (text) throws(TenureError) in try PolicyDuration.parse(text, setting: "TENURE_TRIAL_PERIOD") }
+                ?? LifecyclePolicy.defaultTrialPeriod,
+            gracePeriod: try values["TENURE_GRACE_PERIOD"].map { (text) throws(TenureError) in try PolicyDuration.parse(text, setting: "TENURE_GRACE_PERIOD") }
+                ?? LifecyclePolicy.defaultGracePeriod)
+        var limits = SweepLimits()
+        if let text = values["TENURE_MAX_DESTROY_FRACTION"] {
+            guard let value = Double(text), value >= 0, value <= 1 else {
+                throw TenureError(.invalidConfiguration, "TENURE_MAX_DESTROY_FRACTION='\(printable(text))' must be a number from 0 to 1, such as 0.10")
+            }
+            limits.maximumDestroyFraction = value
+        }
+        if let text = values["TENURE_MAX_DESTROY_COUNT"] {
+            guard let value = Int(text), value >= 0 else {
+                throw TenureError(.invalidConfiguration, "TENURE_MAX_DESTROY_COUNT='\(printable(text))' must be a whole number of 0 or more")
+            }
+            limits.maximumDestroyCount = value
+        }
+        if let text = values["TENURE_MAX_CLOCK_SKEW"] {
+            limits.maximumClockSkew = try PolicyDuration.parse(text, setting: "TENURE_MAX_CLOCK_SKEW")
+        }
+        sweepLimits = limits
+        sweepInterval = try values["TENURE_SWEEP_INTERVAL"].map { (text) throws(TenureError) in try PolicyDuration.parse(text, setting: "TENURE_SWEEP_INTERVAL") } ?? .seconds(60)
+        postgresBinDirectory = values["TENURE_PG_BIN"] ?? EmbeddedDefaults.postgresBinDirectory
+        logLevel = values["TENURE_LOG_LEVEL"] ?? "info"
+        let levels = ["trace", "debug", "info", "notice", "warning", "error", "critical"]
+        guard levels.contains(logLevel) else {
+            throw TenureError(.invalidConfiguration, "TENURE_LOG_LEVEL='\(printable(logLevel))' must be one of \(levels.joined(separator: ", "))")
+        }
+    }
+
+    /// `KEY=value` lines; `#` starts a comment; unknown keys are refused (a typo must not
+    /// silently fall back to a default that destroys data sooner).
+    static func parseFile(_ path: String) throws(TenureError) -> [String: String] {
+        let text: String
+        do { text = try String(contentsOfFile: path, encoding: .utf8) } catch {
+            throw TenureError(.invalidConfiguration, "cannot read configuration file \(path): \(error.localizedDescription)")
+        }
+        let known = Set(settings.map(\.key))
+        var values: [String: String] = [:]
+        for (number, rawLine) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+            let line = rawLine.trimmingCharacters(in: .whitespaces)
+            if line.isEmpty || line.hasPrefix("#") { continue }
+            guard let equals = line.firstIndex(of: "=") else {
+                throw TenureError(.invalidConfiguration, "\(path):\(number + 1): expected KEY=value")
+            }
+            let key = line[..<equals].trimmingCharacters(in: .whitespaces)
+            var value = line[line.index(after: equals)...].trimmingCharacters(in: .whitespaces)
+            if value.count >= 2, value.hasPrefix("\""), value.hasSuffix("\"") { value = String(value.dropFirst().dropLast()) }
+            guard known.contains(key) else {
+                throw TenureError(.invalidConfiguration, "\(path):\(number + 1): unknown setting '\(printable(key))'; known: \(known.sorted().joined(separator: ", "))")
+            }
+            values[key] = value
+        }
+        return values
+    }
+}
+
+public enum EmbeddedDefaults {
+    public static let postgresBinDirectory = "/usr/lib/postgresql/15/bin"
+    public static let catalogDatabase = "tenure"
+}
+
+/// Named crash points. With `TENURE_FAILPOINT=<name>` the process kills itself with SIGKILL
+/// when it reaches that step, so tests can prove the next start finishes or rolls back.
+public enum Failpoint: String, CaseIterable, Sendable {
+    case createAfterIntent = "create.after_intent"
+    case createAfterRole = "create.after_role"
+    case createAfterDatabase = "create.after_database"
+    case destroyAfterIntent = "destroy.after_intent"
+    case destroyAfterDropDatabase = "destroy.after_drop_database"
+    case destroyAfterDropRole = "destroy.after_drop_role"
+
+    private static let armed: String? = ProcessInfo.processInfo.environment["TENURE_FAILPOINT"]
+
+    public func hit() {
+        if Self.armed == rawValue {
+            kill(getpid(), SIGKILL)
+        }
+    }
+}

@@ -1,0 +1,394 @@
+import Foundation
+import Logging
+import TenureCatalog
+import TenureCore
+import TenurePQ
+
+/// A database just created: its record and its one-time credential.
+public struct CreatedDatabase: Sendable {
+    public var record: DatabaseRecord
+    /// Shown once to its owner, never stored in clear, never logged.
+    public var password: String
+    public var connectionURL: String
+}
+
+/// The result of a transition.
+public struct TransitionOutcome: Sendable {
+    public var record: DatabaseRecord
+    /// Set only when a new password was asked for (reactivate --new-password).
+    public var newPassword: String?
+    public var connectionURL: String?
+}
+
+/// Carries out lifecycle transitions on real PostgreSQL servers, with the catalog as the
+/// source of truth. The use cases here are the only path from the CLI (and later the HTTP
+/// API) to the servers. Thread: blocking; one controller per thread.
+public final class Controller {
+    public let catalog: Catalog
+    public let configuration: TenureConfiguration
+    public let clock: any WallClock
+    /// Who acts, recorded in every audit event (`cli:root`, `sweep`, ...).
+    public let actor: String
+    let logger: Logger
+
+    public init(catalog: Catalog, configuration: TenureConfiguration, clock: any WallClock, actor: String, logger: Logger) {
+        self.catalog = catalog
+        self.configuration = configuration
+        self.clock = clock
+        self.actor = actor
+        self.logger = logger
+    }
+
+    var policy: LifecyclePolicy { configuration.policy }
+
+    // MARK: - Servers
+
+    /// How Tenure connects to `server` as an administrator.
+    func adminParameters(_ server: ServerRecord, database: String = "postgres") throws(TenureError) -> ConnectionParameters {
+        var parameters: ConnectionParameters
+        if let url = server.adminURL {
+            parameters = try ConnectionParameters(parsing: url, setting: "the admin URL of server '\(server.name)'")
+        } else {
+            parameters = catalog.parameters
+        }
+        parameters["dbname"] = database
+        // Controller sessions never resolve unqualified names through a tenant's search_path.
+        parameters["options"] = "-c search_path=pg_catalog"
+        return parameters
+    }
+
+    func connectAdmin(_ server: ServerRecord, database: String = "postgres") throws(TenureError) -> PostgresConnection {
+        do {
+            return try PostgresConnection(try adminParameters(server, database: database), applicationName: "tenure-controller")
+        } catch where error.code == .serverUnreachable && database == "postgres" {
+            throw TenureError(
+                .serverUnreachable, "tenant server '\(server.name)' is unreachable: \(error.message)", context: ["server": server.name.rawValue])
+        }
+    }
+
+    /// Registers a tenant server after checking that Tenure can connect to it and may create
+    /// roles and databases there. Nothing is stored if either check fails.
+    public func addServer(name: String, url: String, publicHost: String?, publicPort: Int?) throws(TenureError) -> ServerRecord {
+        let serverName = try ServerName(validating: name)
+        var parameters = try ConnectionParameters(parsing: url, setting: "--url")
+        parameters["dbname"] = parameters["dbname"] ?? "postgres"
+        let connection: PostgresConnection
+        do {
+            connection = try PostgresConnection(parameters.with(database: "postgres"), applicationName: "tenure-controller")
+        } catch {
+            throw TenureError(.serverUnreachable, "server '\(serverName)' is unreachable, nothing registered: \(error.message)")
+        }
+        defer { connection.close() }
+        let rights = try connection.query("SELECT rolsuper, rolcreaterole, rolcreatedb FROM pg_roles WHERE rolname = current_user")
+        let isSuper = rights[0, "rolsuper"] == "t"
+        guard isSuper || (rights[0, "rolcreaterole"] == "t" && rights[0, "rolcreatedb"] == "t") else {
+            throw TenureError(.invalidRequest, "the user in --url may not create roles and databases on server '\(serverName)'; nothing registered")
+        }
+        let host = parameters["host"].flatMap { $0.hasPrefix("/") ? nil : $0 } ?? "127.0.0.1"
+        let record = ServerRecord(
+            name: serverName, adminURL: url, publicHost: publicHost ?? host, publicPort: publicPort ?? Int(parameters["port"] ?? "5432") ?? 5432,
+            createdAt: clock.now())
+        try catalog.transaction { () throws(TenureError) in
+            try catalog.addServer(record)
+            try catalog.audit(at: record.createdAt, databaseID: nil, actor: actor, action: "server_add", from: nil, to: nil, reason: nil, detail: ["server": serverName.rawValue])
+        }
+        return record
+    }
+
+    // MARK: - Create
+
+    /// Creates a database: an owner role with a random SCRAM password, a database owned by
+    /// it, `CONNECT` revoked from PUBLIC, the PG15 public-schema rules re-asserted. Recorded
+    /// as an intent first; any failure rolls every step back and leaves nothing behind.
+    public func createDatabase(name: String, plan: Plan, serverName: String?) throws(TenureError) -> CreatedDatabase {
+        let databaseName = try DatabaseName(validating: name)
+        let server = try catalog.server(named: serverName ?? ServerName.defaultServer.rawValue)
+        let admin = try connectAdmin(server)
+        defer { admin.close() }
+        if try catalog.databases().contains(where: { $0.name == databaseName.rawValue && $0.state != .destroyed }) {
+            throw TenureError(.nameTaken, "a live database named '\(databaseName)' already exists", context: ["name": databaseName.rawValue])
+        }
+
+        let now = clock.now()
+        let id = DatabaseID.random()
+        let (lifecycle, action) = DatabaseLifecycle.create(plan: plan, now: now)
+        precondition(action == .provision, "create provisions")
+        var record = DatabaseRecord(
+            id: id, name: databaseName.rawValue, version: 1, serverName: server.name.rawValue, postgresDatabase: id.postgresDatabaseName,
+            postgresRole: id.postgresRoleName, updatedAt: now, destroyedBy: nil, lifecycle: lifecycle)
+        let intent = IntentRecord(
+            id: .random(), kind: .createDatabase, databaseID: id, serverName: server.name.rawValue, postgresDatabase: record.postgresDatabase,
+            postgresRole: record.postgresRole, lockKey: Int64.random(in: 1...Int64.max), createdAt: now)
+
+        try catalog.lock(key: intent.lockKey)
+        defer { try? catalog.unlock(key: intent.lockKey) }
+        try catalog.transaction { () throws(TenureError) in
+            try catalog.insertDatabase(record)
+            try catalog.insertIntent(intent)
+            try catalog.audit(
+                at: now, databaseID: id.rawValue, actor: actor, action: LifecycleEvent.create.rawValue, from: nil, to: DatabaseState.provisioning.rawValue,
+                reason: nil, detail: ["name": record.name, "plan": plan.rawValue, "server": server.name.rawValue])
+        }
+        Failpoint.createAfterIntent.hit()
+
+        let password = Self.randomPassword()
+        do throws(TenureError) {
+            let verifier = try admin.scramVerifier(password: password, role: record.postgresRole)
+            try admin.execute(
+                "CREATE ROLE \(quoteIdentifier(record.postgresRole)) LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS NOINHERIT PASSWORD \(quoteLiteral(verifier))"
+            )
+            Failpoint.createAfterRole.hit()
+            try admin.execute(
+                "CREATE DATABASE \(quoteIdentifier(record.postgresDatabase)) OWNER \(quoteIdentifier(record.postgresRole)) TEMPLATE template0 ENCODING 'UTF8'")
+            Failpoint.createAfterDatabase.hit()
+            try admin.execute("REVOKE ALL ON DATABASE \(quoteIdentifier(record.postgresDatabase)) FROM PUBLIC")
+            try admin.execute(
+                "GRANT CONNECT, TEMPORARY ON DATABASE \(quoteIdentifier(record.postgresDatabase)) TO \(quoteIdentifier(record.postgresRole))")
+            let tenant = try connectAdmin(server, database: record.postgresDatabase)
+            defer { tenant.close() }
+            // PG15 rules, re-asserted: public is owned by pg_database_owner, PUBLIC may only use it.
+            try tenant.execute(
+                "ALTER SCHEMA public OWNER TO pg_database_owner; REVOKE ALL ON SCHEMA public FROM PUBLIC; GRANT USAGE ON SCHEMA public TO PUBLIC")
+
+            let ready = clock.now()
+            var next = record
+            _ = try next.lifecycle.ready(now: ready, policy: policy)
+            try catalog.transaction { () throws(TenureError) in
+                guard try catalog.updateDatabase(next, expectedVersion: record.version, now: ready) else {
+                    throw TenureError(.concurrentModification, "database \(id) changed while it was being provisioned")
+                }
+                try catalog.finishIntent(intent.id, status: "completed", now: ready)
+                try catalog.audit(
+                    at: ready, databaseID: id.rawValue, actor: actor, action: LifecycleEvent.ready.rawValue, from: DatabaseState.provisioning.rawValue,
+                    to: next.state.rawValue, reason: nil)
+            }
+            record = try catalog.database(id)
+        } catch {
+            logger.debug("create failed, rolling back", metadata: ["tenure.database_id": "\(id)"])
+            do throws(TenureError) { try rollBackCreate(intent, reason: error.message) } catch let rollbackError {
+                throw TenureError(
+                    error.code, "\(error.message); rolling back also failed (\(rollbackError.message)), it will be finished at the next start",
+                    context: error.context, sqlState: error.sqlState)
+            }
+            throw error
+        }
+        return CreatedDatabase(record: record, password: password, connectionURL: Self.connectionURL(record, server: server, password: password))
+    }
+
+    static func connectionURL(_ record: DatabaseRecord, server: ServerRecord, password: String) -> String {
+        let host = server.publicHost.contains(":") ? "[\(server.publicHost)]" : server.publicHost
+        return "postgresql://\(record.postgresRole):\(password)@\(host):\(server.publicPort)/\(record.postgresDatabase)"
+    }
+
+    /// 32 characters from a 62-letter alphabet (190 bits), URL-safe without escaping.
+    static func randomPassword() -> String {
+        let alphabet = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
+        var generator = SystemRandomNumberGenerator()
+        return String((0..<32).map { _ in alphabet.randomElement(using: &generator)! })
+    }
+
+    /// Undoes a create whose intent is pending: drops whatever exists on the server, then
+    /// removes the provisioning row and closes the intent.
+    func rollBackCreate(_ intent: IntentRecord, reason: String) throws(TenureError) {
+        let server = try catalog.server(named: intent.serverName)
+        let admin = try connectAdmin(server)
+        defer { admin.close() }
+        try admin.execute("DROP DATABASE IF EXISTS \(quoteIdentifier(intent.postgresDatabase)) WITH (FORCE)")
+        try admin.execute("DROP ROLE IF EXISTS \(quoteIdentifier(intent.postgresRole))")
+        let now = clock.now()
+        try catalog.transaction { () throws(TenureError) in
+            try catalog.deleteProvisioningDatabase(intent.databaseID)
+            try catalog.finishIntent(intent.id, status: "rolled_back", now: now)
+            try catalog.audit(
+                at: now, databaseID: intent.databaseID.rawValue, actor: actor, action: "create_rolled_back", from: DatabaseState.provisioning.rawValue,
+                to: nil, reason: String(reason.prefix(500)))
+        }
+    }
+
+    // MARK: - Transitions
+
+    /// Applies `event` to a database: a compare-and-swap on its version, the action on its
+    /// server, and the audit event, in one catalog transaction. `expectedVersion` (the
+    /// sweep's) makes the call fail if the database changed since it was planned.
+    public func apply(
+        _ event: LifecycleEvent, to id: DatabaseID, reason: String? = nil, newPassword: Bool = false, expectedVersion: Int64? = nil
+    ) throws(TenureError) -> TransitionOutcome {
+        precondition(event != .create && event != .ready, "create and ready belong to createDatabase")
+        let current = try catalog.database(id)
+        if let expectedVersion, expectedVersion != current.version {
+            throw TenureError(.concurrentModification, "database \(id) changed since the sweep planned it; skipped", context: ["database_id": id.rawValue])
+        }
+        let now = clock.now()
+        var next = current
+        let action = try next.lifecycle.apply(event, now: now, policy: policy, holdReason: reason ?? "legal hold")
+        switch action {
+        case .provision:
+            preconditionFailure("only create provisions")
+        case .destroy(let destruction):
+            next.destroyedBy = actor
+            try destroy(current: current, next: next, event: event, destruction: destruction, now: now)
+            return TransitionOutcome(record: try catalog.database(id), newPassword: nil, connectionURL: nil)
+        case .recordOnly, .enableAccess, .disableAccess:
+            var password: String?
+            let server = try catalog.server(named: current.serverName)
+            try catalog.transaction { () throws(TenureError) in
+                guard try catalog.updateDatabase(next, expectedVersion: current.version, now: now) else {
+                    throw TenureError(
+                        .concurrentModification, "database \(id) was changed by someone else at the same time; \(event.rawValue) not applied, check its state and retry",
+                        context: ["database_id": id.rawValue])
+                }
+                switch action {
+                case .enableAccess:
+                    password = try enableAccess(current, server: server, newPassword: newPassword)
+                case .disableAccess:
+                    try disableAccess(current, server: server)
+                case .recordOnly, .provision, .destroy:
+                    break
+                }
+                try catalog.audit(
+                    at: now, databaseID: id.rawValue, actor: actor, action: event.rawValue, from: current.state.rawValue, to: next.state.rawValue,
+                    reason: reason)
+            }
+            let record = try catalog.database(id)
+            return TransitionOutcome(
+                record: record, newPassword: password, connectionURL: password.map { Self.connectionURL(record, server: server, password: $0) })
+        }
+    }
+
+    /// A deletion request, confirmed by the database's name.
+    public func requestDeletion(_ id: DatabaseID, confirmName: String) throws(TenureError) -> TransitionOutcome {
+        let current = try catalog.database(id)
+        guard confirmName == current.name else {
+            throw TenureError(
+                .confirmationMismatch,
+                "--confirm '\(printable(confirmName))' does not match the name of \(id) ('\(current.name)'); nothing was destroyed",
+                context: ["database_id": id.rawValue])
+        }
+        return try apply(.deletionRequest, to: id, reason: "deletion requested")
+    }
+
+    private func enableAccess(_ record: DatabaseRecord, server: ServerRecord, newPassword: Bool) throws(TenureError) -> String? {
+        let admin = try connectAdmin(server)
+        defer { admin.close() }
+        guard newPassword else {
+            try admin.execute("ALTER ROLE \(quoteIdentifier(record.postgresRole)) LOGIN")
+            return nil
+        }
+        let password = Self.randomPassword()
+        let verifier = try admin.scramVerifier(password: password, role: record.postgresRole)
+        try admin.execute("ALTER ROLE \(quoteIdentifier(record.postgresRole)) LOGIN PASSWORD \(quoteLiteral(verifier))")
+        return password
+    }
+
+    /// Login off first, so nobody reconnects; then every session of the role ends, including
+    /// idle-in-transaction ones, waiting up to 10 s for each to be gone.
+    private func disableAccess(_ record: DatabaseRecord, server: ServerRecord) throws(TenureError) {
+        let admin = try connectAdmin(server)
+        defer { admin.close() }
+        try admin.execute("ALTER ROLE \(quoteIdentifier(record.postgresRole)) NOLOGIN")
+        try admin.query(
+            "SELECT count(pg_terminate_backend(pid, 10000)) FROM pg_stat_activity WHERE usename = $1 AND pid <> pg_backend_pid()",
+            [record.postgresRole])
+    }
+
+    // MARK: - Destroy
+
+    /// Records the destruction (tombstone, intent, audit) in one transaction, then drops the
+    /// database and role. If the drop fails, the intent stays pending and the next start or
+    /// sweep finishes it; the database is never treated as alive again.
+    private func destroy(current: DatabaseRecord, next: DatabaseRecord, event: LifecycleEvent, destruction: DestructionReason, now: Date)
+        throws(TenureError)
+    {
+        let intent = IntentRecord(
+            id: .random(), kind: .dropDatabase, databaseID: current.id, serverName: current.serverName, postgresDatabase: current.postgresDatabase,
+            postgresRole: current.postgresRole, lockKey: Int64.random(in: 1...Int64.max), createdAt: now)
+        try catalog.lock(key: intent.lockKey)
+        defer { try? catalog.unlock(key: intent.lockKey) }
+        try catalog.transaction { () throws(TenureError) in
+            // Re-read under the row lock: a legal hold set a moment ago bumps the version,
+            // and is refused here, when the destruction executes (RELIABILITY D6).
+            let locked = try catalog.database(current.id, forUpdate: true)
+            if let hold = locked.lifecycle.legalHold {
+                throw TenureError(.legalHold, "\(event.rawValue) refused: \(current.id) is under a legal hold (\(hold.reason)); nothing was destroyed")
+            }
+            guard try catalog.updateDatabase(next, expectedVersion: current.version, now: now) else {
+                throw TenureError(
+                    .concurrentModification, "database \(current.id) was changed by someone else at the same time; nothing was destroyed",
+                    context: ["database_id": current.id.rawValue])
+            }
+            try catalog.insertIntent(intent)
+            try catalog.audit(
+                at: now, databaseID: current.id.rawValue, actor: actor, action: event.rawValue, from: current.state.rawValue,
+                to: DatabaseState.destroyed.rawValue, reason: destruction.rawValue,
+                detail: current.lifecycle.destroyAfter.map { ["destroy_after": RFC3339.format($0)] } ?? [:])
+        }
+        Failpoint.destroyAfterIntent.hit()
+        do throws(TenureError) {
+            try finishDrop(intent)
+        } catch {
+            throw TenureError(
+                error.code,
+                "the destruction of \(current.id) is recorded, but dropping it on server '\(current.serverName)' failed (\(error.message)); it will be finished at the next start or sweep",
+                context: error.context, sqlState: error.sqlState)
+        }
+    }
+
+    /// Drops the database (even a half-dropped "invalid" one) and its role, then closes the intent.
+    func finishDrop(_ intent: IntentRecord) throws(TenureError) {
+        let server = try catalog.server(named: intent.serverName)
+        let admin = try connectAdmin(server)
+        defer { admin.close() }
+        if try admin.query("SELECT 1 FROM pg_roles WHERE rolname = $1", [intent.postgresRole]).rows.count == 1 {
+            try admin.execute("ALTER ROLE \(quoteIdentifier(intent.postgresRole)) NOLOGIN")
+        }
+        try admin.execute("DROP DATABASE IF EXISTS \(quoteIdentifier(intent.postgresDatabase)) WITH (FORCE)")
+        Failpoint.destroyAfterDropDatabase.hit()
+        try admin.execute("DROP ROLE IF EXISTS \(quoteIdentifier(intent.postgresRole))")
+        Failpoint.destroyAfterDropRole.hit()
+        let now = clock.now()
+        try catalog.transaction { () throws(TenureError) in
+            try catalog.finishIntent(intent.id, status: "completed", now: now)
+            try catalog.audit(
+                at: now, databaseID: intent.databaseID.rawValue, actor: actor, action: "destroy_completed", from: nil, to: nil, reason: nil,
+                detail: ["server": intent.serverName])
+        }
+    }
+
+    // MARK: - Recovery
+
+    public struct RecoveryAction: Sendable {
+        public var intentID: IntentID
+        public var databaseID: DatabaseID
+        public var outcome: String
+    }
+
+    /// Finishes or rolls back every pending intent whose process is gone (its advisory lock
+    /// is free): a create is rolled back, a drop is finished. Intents of running processes are
+    /// left alone; a server that cannot be reached leaves its intents for next time.
+    @discardableResult
+    public func recover() throws(TenureError) -> [RecoveryAction] {
+        var actions: [RecoveryAction] = []
+        for intent in try catalog.pendingIntents() {
+            guard try catalog.tryLock(key: intent.lockKey) else { continue }
+            defer { try? catalog.unlock(key: intent.lockKey) }
+            do throws(TenureError) {
+                switch intent.kind {
+                case .createDatabase:
+                    try rollBackCreate(intent, reason: "interrupted create rolled back at start")
+                    actions.append(RecoveryAction(intentID: intent.id, databaseID: intent.databaseID, outcome: "create rolled back"))
+                case .dropDatabase:
+                    try finishDrop(intent)
+                    actions.append(RecoveryAction(intentID: intent.id, databaseID: intent.databaseID, outcome: "destroy finished"))
+                }
+                logger.notice(
+                    "finished an interrupted operation",
+                    metadata: ["tenure.database_id": "\(intent.databaseID)", "tenure.intent": "\(intent.kind.rawValue)"])
+            } catch {
+                logger.warning(
+                    "could not finish an interrupted operation; will retry",
+                    metadata: ["tenure.database_id": "\(intent.databaseID)", "tenure.error": "\(error.message)"])
+            }
+        }
+        return actions
+    }
+}

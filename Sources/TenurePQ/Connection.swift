@@ -1,0 +1,240 @@
+import CLibPQ
+#if canImport(Glibc)
+import Glibc
+#endif
+import TenureCore
+
+/// libpq connection parameters as keyword/value pairs. Built from a URL or key=value string by
+/// libpq's own parser, so every form libpq accepts works. `description` never shows a password.
+public struct ConnectionParameters: Sendable, CustomStringConvertible, Equatable {
+    public private(set) var values: [(String, String)]
+
+    public static func == (lhs: ConnectionParameters, rhs: ConnectionParameters) -> Bool {
+        lhs.values.elementsEqual(rhs.values, by: { $0 == $1 })
+    }
+
+    public init(_ values: [(String, String)] = []) { self.values = values }
+
+    /// Parses a `postgresql://` URL or a `key=value` string with libpq's parser.
+    public init(parsing text: String, setting: String = "connection URL") throws(TenureError) {
+        var errorMessage: UnsafeMutablePointer<CChar>?
+        guard let options = PQconninfoParse(text, &errorMessage) else {
+            let reason = errorMessage.map { String(cString: $0) } ?? "unparseable"
+            if let errorMessage { PQfreemem(errorMessage) }
+            // libpq's message names the bad part; it never echoes a password.
+            throw TenureError(.invalidConfiguration, "\(setting) is not a valid PostgreSQL connection string: \(reason.trimmingTrailingNewlines())")
+        }
+        defer { PQconninfoFree(options) }
+        var values: [(String, String)] = []
+        var cursor = options
+        while let keyword = cursor.pointee.keyword {
+            if let value = cursor.pointee.val { values.append((String(cString: keyword), String(cString: value))) }
+            cursor += 1
+        }
+        self.values = values
+    }
+
+    public subscript(key: String) -> String? {
+        get { values.last(where: { $0.0 == key })?.1 }
+        set {
+            values.removeAll { $0.0 == key }
+            if let newValue { values.append((key, newValue)) }
+        }
+    }
+
+    /// The same server with another database.
+    public func with(database: String) -> ConnectionParameters {
+        var copy = self
+        copy["dbname"] = database
+        return copy
+    }
+
+    public var hasPassword: Bool { self["password"] != nil }
+
+    /// `key=value` pairs with the password replaced by `***`.
+    public var description: String {
+        values.map { key, value in key == "password" ? "\(key)=***" : "\(key)=\(value)" }.joined(separator: " ")
+    }
+
+    /// host:port/dbname for messages.
+    public var shortDescription: String {
+        let host = self["host"] ?? self["hostaddr"] ?? "localhost"
+        return "\(host):\(self["port"] ?? "5432")/\(self["dbname"] ?? self["user"] ?? "?")"
+    }
+}
+
+/// A result set in text format.
+public struct QueryResult: Sendable {
+    public var columns: [String]
+    public var rows: [[String?]]
+    /// Rows affected by INSERT/UPDATE/DELETE (PQcmdTuples), 0 otherwise.
+    public var affectedRowCount: Int
+
+    public subscript(row: Int, column: String) -> String? {
+        guard let index = columns.firstIndex(of: column) else {
+            preconditionFailure("no column \(column) in result")
+        }
+        return rows[row][index]
+    }
+}
+
+/// A synchronous libpq connection. Not thread-safe: it is born, used and closed on one
+/// thread (the data plane's rule); blocking calls must never run on an event loop.
+public final class PostgresConnection {
+    private var handle: OpaquePointer?
+    public let parameters: ConnectionParameters
+
+    /// Connects, failing with `.serverUnreachable` (and the server's reason) if it cannot.
+    /// Thread: any thread that may block.
+    public init(_ parameters: ConnectionParameters, applicationName: String = "tenure", connectTimeoutSeconds: Int = 10)
+        throws(TenureError)
+    {
+        var parameters = parameters
+        if parameters["application_name"] == nil { parameters["application_name"] = applicationName }
+        if parameters["connect_timeout"] == nil { parameters["connect_timeout"] = String(connectTimeoutSeconds) }
+        self.parameters = parameters
+        let keys = parameters.values.map { strdup($0.0) }
+        let values = parameters.values.map { strdup($0.1) }
+        defer {
+            keys.forEach { free($0) }
+            values.forEach { free($0) }
+        }
+        var keyPointers: [UnsafePointer<CChar>?] = keys.map { UnsafePointer($0) } + [nil]
+        var valuePointers: [UnsafePointer<CChar>?] = values.map { UnsafePointer($0) } + [nil]
+        let connection = PQconnectdbParams(&keyPointers, &valuePointers, 0)
+        guard let connection, PQstatus(connection) == CONNECTION_OK else {
+            let reason = connection.map { String(cString: PQerrorMessage($0)) } ?? "out of memory"
+            if let connection { PQfinish(connection) }
+            var error = TenureError(
+                .serverUnreachable, "cannot connect to PostgreSQL at \(parameters.shortDescription): \(reason.trimmingTrailingNewlines())",
+                context: ["server": parameters.shortDescription])
+            // An interrupted DROP DATABASE leaves an invalid database: 55000 on connect.
+            if reason.contains("invalid database") { error.sqlState = "55000" }
+            if reason.contains("does not exist") { error.sqlState = "3D000" }
+            throw error
+        }
+        PQsetNoticeProcessor(connection, { _, _ in }, nil)
+        handle = connection
+    }
+
+    deinit { close() }
+
+    public func close() {
+        if let handle { PQfinish(handle) }
+        handle = nil
+    }
+
+    /// The server's major version number (e.g. 15).
+    public var serverMajorVersion: Int { Int(PQserverVersion(handle)) / 10_000 }
+
+    /// Runs one statement with bound text parameters and returns its rows.
+    @discardableResult
+    public func query(_ sql: String, _ parameters: [String?] = []) throws(TenureError) -> QueryResult {
+        guard let handle else { preconditionFailure("query on a closed connection") }
+        let copies = parameters.map { $0.map { strdup($0) } ?? nil }
+        defer { copies.forEach { free($0) } }
+        let pointers: [UnsafePointer<CChar>?] = copies.map { $0.map { UnsafePointer($0) } }
+        let result = pointers.withUnsafeBufferPointer { buffer in
+            PQexecParams(handle, sql, Int32(parameters.count), nil, buffer.baseAddress, nil, nil, 0)
+        }
+        return try consume(result, sql: sql)
+    }
+
+    /// Runs one or more statements without parameters (simple protocol). For DDL.
+    public func execute(_ sql: String) throws(TenureError) {
+        guard let handle else { preconditionFailure("execute on a closed connection") }
+        let result = PQexec(handle, sql)
+        _ = try consume(result, sql: sql)
+    }
+
+    /// Computes a SCRAM-SHA-256 verifier on the client, so the plaintext password never
+    /// reaches the server, its logs or `pg_stat_activity`.
+    public func scramVerifier(password: String, role: String) throws(TenureError) -> String {
+        guard let handle else { preconditionFailure("closed connection") }
+        guard let encrypted = PQencryptPasswordConn(handle, password, role, "scram-sha-256") else {
+            throw TenureError(.internal, "libpq could not compute a SCRAM verifier: \(String(cString: PQerrorMessage(handle)).trimmingTrailingNewlines())")
+        }
+        defer { PQfreemem(encrypted) }
+        return String(cString: encrypted)
+    }
+
+    private func consume(_ result: OpaquePointer?, sql: String) throws(TenureError) -> QueryResult {
+        guard let result else {
+            throw TenureError(.serverUnreachable, "lost the connection to \(parameters.shortDescription): \(errorMessage)")
+        }
+        defer { PQclear(result) }
+        // Drain: a simple-protocol PQexec returns only the last result, so nothing is left.
+        switch PQresultStatus(result) {
+        case PGRES_COMMAND_OK, PGRES_TUPLES_OK, PGRES_EMPTY_QUERY:
+            let columnCount = Int(PQnfields(result))
+            let rowCount = Int(PQntuples(result))
+            let columns = (0..<columnCount).map { String(cString: PQfname(result, Int32($0))) }
+            var rows: [[String?]] = []
+            rows.reserveCapacity(rowCount)
+            for row in 0..<rowCount {
+                rows.append(
+                    (0..<columnCount).map { column in
+                        PQgetisnull(result, Int32(row), Int32(column)) == 1 ? nil : String(cString: PQgetvalue(result, Int32(row), Int32(column)))
+                    })
+            }
+            let affected = Int(String(cString: PQcmdTuples(result))) ?? 0
+            return QueryResult(columns: columns, rows: rows, affectedRowCount: affected)
+        default:
+            let sqlState = PQresultErrorField(result, Int32(UInt8(ascii: "C"))).map { String(cString: $0) }
+            let primary = PQresultErrorField(result, Int32(UInt8(ascii: "M"))).map { String(cString: $0) } ?? errorMessage
+            let brokenConnection = PQstatus(handle) != CONNECTION_OK
+            throw TenureError(
+                brokenConnection ? .serverUnreachable : .postgres,
+                "PostgreSQL at \(parameters.shortDescription) refused the statement: \(primary)\(sqlState.map { " (SQLSTATE \($0))" } ?? "")",
+                context: ["server": parameters.shortDescription], sqlState: sqlState)
+        }
+    }
+
+    private var errorMessage: String {
+        handle.map { String(cString: PQerrorMessage($0)).trimmingTrailingNewlines() } ?? "closed"
+    }
+
+    /// Runs `body` in a transaction; commits when it returns, rolls back when it throws.
+    public func transaction<T>(_ body: () throws(TenureError) -> T) throws(TenureError) -> T {
+        try execute("BEGIN")
+        do {
+            let value = try body()
+            try execute("COMMIT")
+            return value
+        } catch {
+            try? execute("ROLLBACK")
+            throw error
+        }
+    }
+}
+
+/// Quotes a validated identifier for SQL. The only place identifiers are built; every caller
+/// passes names derived from typed ids or from the catalog's own constants.
+public func quoteIdentifier(_ name: String) -> String {
+    precondition(!name.utf8.contains(0), "identifier with NUL")
+    return "\"" + name.replacingAll("\"", with: "\"\"") + "\""
+}
+
+/// Quotes a string literal (for DDL that cannot take bound parameters). Standard-conforming
+/// strings are on in every supported server, so only `'` needs doubling.
+public func quoteLiteral(_ value: String) -> String {
+    precondition(!value.utf8.contains(0), "literal with NUL")
+    return "'" + value.replacingAll("'", with: "''") + "'"
+}
+
+extension String {
+    func trimmingTrailingNewlines() -> String {
+        var text = self
+        while let last = text.last, last.isNewline || last == " " { text.removeLast() }
+        return text
+    }
+
+    func replacingAll(_ target: Character, with replacement: String) -> String {
+        var result = ""
+        result.reserveCapacity(utf8.count)
+        for character in self {
+            if character == target { result += replacement } else { result.append(character) }
+        }
+        return result
+    }
+}

@@ -1,0 +1,417 @@
+import ArgumentParser
+import Foundation
+import TenureCatalog
+import TenureControl
+import TenureCore
+
+/// Options every command takes.
+struct GlobalOptions: ParsableArguments {
+    @Flag(name: .long, help: "Print one JSON document on stdout instead of a table.")
+    var json = false
+
+    @Option(name: .long, help: ArgumentHelp("State directory (overrides TENURE_HOME).", valueName: "path"))
+    var home: String?
+
+    func configuration() throws(TenureError) -> TenureConfiguration {
+        var environment = ProcessInfo.processInfo.environment
+        if let home { environment["TENURE_HOME"] = home }
+        return try TenureConfiguration.load(environment: environment)
+    }
+}
+
+extension Plan: ExpressibleByArgument {}
+extension DatabaseState: ExpressibleByArgument {}
+
+struct Tenure: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "tenure",
+        abstract: "Lifecycle manager for database-per-tenant PostgreSQL hosting.",
+        discussion: """
+            Configuration comes from an optional file ($TENURE_HOME/tenure.conf or $TENURE_CONFIG), then TENURE_* environment \
+            variables, then flags. Without TENURE_CATALOG_URL, Tenure starts its own PostgreSQL under TENURE_HOME (default ./var).
+
+            Exit codes: 0 success, 1 failure (server unreachable, PostgreSQL error), 2 usage or invalid input, 3 not found, \
+            4 conflict (state does not allow it, someone else changed it first, legal hold, sweep refused).
+            """,
+        subcommands: [
+            Migrate.self, ServerCommand.self, DatabaseCommand.self, AuditCommand.self, Expire.self, Serve.self, ConfigCommand.self,
+        ]
+    )
+}
+
+struct Migrate: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Apply the catalog's migrations (also done at every start).")
+    @OptionGroup var options: GlobalOptions
+
+    func run() {
+        runCommand(json: options.json) { (output) throws(TenureError) in
+            try Session.with(options) { (session) throws(TenureError) in
+                let status = try session.catalog.migrationStatus()
+                output.emit(json: ["version": status.applied, "latest": status.known]) {
+                    "catalog schema at version \(status.applied) (latest known \(status.known))"
+                }
+            }
+        }
+    }
+}
+
+// MARK: - server
+
+struct ServerCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "server", abstract: "Register and list the PostgreSQL servers that host tenant databases.",
+        subcommands: [Add.self, List.self])
+
+    struct Add: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Register a tenant server (checked by connecting to it).")
+        @OptionGroup var options: GlobalOptions
+        @Argument(help: "Server name (a DNS label).") var name: String
+        @Option(help: "Admin connection URL (a role that may create roles and databases).") var url: String
+        @Option(help: "Host tenants connect to (default: the URL's host).") var publicHost: String?
+        @Option(help: "Port tenants connect to (default: the URL's port).") var publicPort: Int?
+
+        func run() {
+            runCommand(json: options.json) { (output) throws(TenureError) in
+                try Session.with(options) { (session) throws(TenureError) in
+                    let server = try session.controller.addServer(name: name, url: url, publicHost: publicHost, publicPort: publicPort)
+                    output.emit(json: serverDocument(server)) { "registered server \(server.name) (\(server.redactedURL))" }
+                }
+            }
+        }
+    }
+
+    struct List: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "List tenant servers.")
+        @OptionGroup var options: GlobalOptions
+
+        func run() {
+            runCommand(json: options.json) { (output) throws(TenureError) in
+                try Session.with(options) { (session) throws(TenureError) in
+                    let servers = try session.catalog.servers()
+                    output.emit(json: ["servers": servers.map(serverDocument)]) {
+                        table(["NAME", "PUBLIC", "ADMIN URL"], servers.map { [$0.name.rawValue, "\($0.publicHost):\($0.publicPort)", $0.redactedURL] })
+                    }
+                }
+            }
+        }
+    }
+}
+
+func serverDocument(_ server: ServerRecord) -> [String: Any] {
+    [
+        "name": server.name.rawValue, "admin_url": server.redactedURL, "public_host": server.publicHost, "public_port": server.publicPort,
+        "created_at": RFC3339.format(server.createdAt),
+    ]
+}
+
+// MARK: - db
+
+struct DatabaseCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "db", abstract: "Create hosted databases and move them through their lifecycle.",
+        subcommands: [Create.self, List.self, Show.self, Subscribe.self, Cancel.self, Reactivate.self, Destroy.self, Hold.self, Release.self])
+
+    struct Create: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Create a database and its owner role; prints the connection URL with its password, once.")
+        @OptionGroup var options: GlobalOptions
+        @Argument(help: "The customer's name for it: a DNS label (lowercase letters, digits, '-', up to 63).") var name: String
+        @Option(help: "trial or paid.") var plan: Plan = .trial
+        @Option(help: "Tenant server to place it on (default: default).") var server: String?
+
+        func run() {
+            runCommand(json: options.json) { (output) throws(TenureError) in
+                try Session.with(options) { (session) throws(TenureError) in
+                    let created = try session.controller.createDatabase(name: name, plan: plan, serverName: server)
+                    var document = databaseDocument(created.record)
+                    document["connection_url"] = created.connectionURL
+                    output.emit(json: document) {
+                        databaseDetail(created.record) + "\n\nconnection URL (shown once, keep it safe):\n" + created.connectionURL
+                    }
+                }
+            }
+        }
+    }
+
+    struct List: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "List databases.")
+        @OptionGroup var options: GlobalOptions
+        @Option(help: "Only this state: provisioning, trial, active, deactivated or destroyed.") var state: DatabaseState?
+
+        func run() {
+            runCommand(json: options.json) { (output) throws(TenureError) in
+                try Session.with(options) { (session) throws(TenureError) in
+                    let records = try session.catalog.databases(state: state)
+                    output.emit(json: ["databases": records.map(databaseDocument)]) {
+                        table(
+                            ["ID", "NAME", "STATE", "PLAN", "SERVER", "DEADLINE", "HOLD"],
+                            records.map { record in
+                                let l = record.lifecycle
+                                let deadline: String
+                                switch l.state {
+                                case .trial: deadline = "trial ends " + short(l.trialEndsAt)
+                                case .deactivated: deadline = "destroy after " + short(l.destroyAfter)
+                                case .destroyed: deadline = "destroyed " + short(l.destroyedAt)
+                                case .provisioning, .active: deadline = "-"
+                                }
+                                return [record.id.rawValue, record.name, l.state.rawValue, l.plan.rawValue, record.serverName, deadline, l.legalHold == nil ? "-" : "held"]
+                            })
+                    }
+                }
+            }
+        }
+    }
+
+    struct Show: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Show one database (or its tombstone).")
+        @OptionGroup var options: GlobalOptions
+        @Argument(help: "Database id (db_…).") var id: String
+
+        func run() {
+            runCommand(json: options.json) { (output) throws(TenureError) in
+                let id = try DatabaseID(parsing: id)
+                try Session.with(options) { (session) throws(TenureError) in
+                    let record = try session.catalog.database(id)
+                    output.emit(json: databaseDocument(record)) { databaseDetail(record) }
+                }
+            }
+        }
+    }
+
+    struct Subscribe: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Turn a trial into a paid, active database.")
+        @OptionGroup var options: GlobalOptions
+        @Argument(help: "Database id (db_…).") var id: String
+        func run() { transition(options, id, .subscribe) }
+    }
+
+    struct Cancel: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Cancel an active database: login disabled, sessions ended, data kept for the grace period.")
+        @OptionGroup var options: GlobalOptions
+        @Argument(help: "Database id (db_…).") var id: String
+        func run() { transition(options, id, .cancel) }
+    }
+
+    struct Reactivate: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Reactivate a deactivated database within its grace period.")
+        @OptionGroup var options: GlobalOptions
+        @Argument(help: "Database id (db_…).") var id: String
+        @Flag(help: "Also set and print a new password (shown once).") var newPassword = false
+        func run() { transition(options, id, .reactivate, newPassword: newPassword) }
+    }
+
+    struct Destroy: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Request deletion: destroy the database and its role now, keeping a tombstone.")
+        @OptionGroup var options: GlobalOptions
+        @Argument(help: "Database id (db_…).") var id: String
+        @Option(help: "The database's name, to confirm.") var confirm: String
+
+        func run() {
+            runCommand(json: options.json) { (output) throws(TenureError) in
+                let id = try DatabaseID(parsing: id)
+                try Session.with(options) { (session) throws(TenureError) in
+                    let outcome = try session.controller.requestDeletion(id, confirmName: confirm)
+                    output.emit(json: databaseDocument(outcome.record)) { "destroyed \(id) (\(outcome.record.name))" }
+                }
+            }
+        }
+    }
+
+    struct Hold: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Place a legal hold: no destruction until released.")
+        @OptionGroup var options: GlobalOptions
+        @Argument(help: "Database id (db_…).") var id: String
+        @Option(help: "Why (recorded in the audit trail).") var reason: String
+        func run() { transition(options, id, .hold, reason: reason) }
+    }
+
+    struct Release: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Lift a legal hold.")
+        @OptionGroup var options: GlobalOptions
+        @Argument(help: "Database id (db_…).") var id: String
+        func run() { transition(options, id, .release) }
+    }
+}
+
+/// The shared path of the transition commands.
+func transition(_ options: GlobalOptions, _ text: String, _ event: LifecycleEvent, reason: String? = nil, newPassword: Bool = false) {
+    runCommand(json: options.json) { (output) throws(TenureError) in
+        let id = try DatabaseID(parsing: text)
+        if let reason {
+            let trimmed = reason.trimmingCharacters(in: .whitespacesAndNewlines)
+            guard !trimmed.isEmpty, trimmed.count <= 500, !trimmed.unicodeScalars.contains(where: { $0.value < 0x20 }) else {
+                throw TenureError(.invalidRequest, "--reason must be 1–500 characters of text on one line")
+            }
+        }
+        try Session.with(options) { (session) throws(TenureError) in
+            let outcome = try session.controller.apply(event, to: id, reason: reason, newPassword: newPassword)
+            var document = databaseDocument(outcome.record)
+            if let url = outcome.connectionURL { document["connection_url"] = url }
+            output.emit(json: document) {
+                var text = "\(event.rawValue): \(id) (\(outcome.record.name)) is now \(outcome.record.state.rawValue)"
+                if outcome.record.lifecycle.legalHold != nil { text += ", under legal hold" }
+                if let url = outcome.connectionURL { text += "\n\nnew connection URL (shown once, keep it safe):\n\(url)" }
+                return text
+            }
+        }
+    }
+}
+
+// MARK: - audit
+
+struct AuditCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "audit", abstract: "Show the audit trail (of one database, or the latest events).")
+    @OptionGroup var options: GlobalOptions
+    @Argument(help: "Database id (db_…); all databases if omitted.") var id: String?
+    @Option(help: "At most this many events.") var limit: Int = 200
+
+    func run() {
+        runCommand(json: options.json) { (output) throws(TenureError) in
+            let id = try id.map { (text) throws(TenureError) in try DatabaseID(parsing: text) }
+            guard (1...100_000).contains(limit) else { throw TenureError(.invalidRequest, "--limit must be from 1 to 100000") }
+            try Session.with(options) { (session) throws(TenureError) in
+                if let id { _ = try session.catalog.database(id) }
+                let events = try session.catalog.auditEvents(databaseID: id, limit: limit)
+                output.emit(json: [
+                    "events": events.map { event -> [String: Any] in
+                        [
+                            "id": event.id, "at": RFC3339.format(event.at), "database_id": event.databaseID ?? NSNull(), "actor": event.actor,
+                            "action": event.action, "from": event.fromState ?? NSNull(), "to": event.toState ?? NSNull(), "reason": event.reason ?? NSNull(),
+                            "detail": (try? JSONSerialization.jsonObject(with: Data(event.detail.utf8))) ?? [:],
+                        ]
+                    }
+                ]) {
+                    table(
+                        ["AT", "DATABASE", "ACTOR", "ACTION", "FROM", "TO", "REASON"],
+                        events.map {
+                            [RFC3339.format($0.at), $0.databaseID ?? "-", $0.actor, $0.action, $0.fromState ?? "-", $0.toState ?? "-", $0.reason ?? "-"]
+                        })
+                }
+            }
+        }
+    }
+}
+
+// MARK: - expire
+
+struct Expire: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run the expiry sweep: end trials past their end, destroy deactivated databases past their grace.",
+        discussion: """
+            --dry-run lists exactly what a real sweep would do, with the rule and deadline of each; with --as-of it answers for \
+            that instant. A real sweep always runs at the current time. A sweep that would destroy more than \
+            TENURE_MAX_DESTROY_FRACTION of the live fleet or TENURE_MAX_DESTROY_COUNT databases destroys nothing and exits 4.
+            """)
+    @OptionGroup var options: GlobalOptions
+    @Flag(help: "Only say what would be done.") var dryRun = false
+    @Option(help: ArgumentHelp("With --dry-run: the instant to plan for (RFC 3339).", valueName: "instant")) var asOf: String?
+
+    func run() {
+        var refused = false
+        runCommand(json: options.json) { (output) throws(TenureError) in
+            let asOf = try asOf.map { (text) throws(TenureError) in try RFC3339.parse(text, setting: "--as-of") }
+            if asOf != nil && !dryRun {
+                throw TenureError(.invalidRequest, "--as-of needs --dry-run: a real sweep runs only at the current time")
+            }
+            try Session.with(options) { (session) throws(TenureError) in
+                let report = try session.controller.sweep(dryRun: dryRun, asOf: asOf)
+                output.emit(json: sweepDocument(report)) { sweepText(report) }
+                refused = report.refusal != nil || report.plan.refusal != nil
+            }
+        }
+        // Exit only after the session closed (it may own the embedded server).
+        if refused { Foundation.exit(ExitStatus.conflict.rawValue) }
+    }
+}
+
+func sweepDocument(_ report: SweepReport) -> [String: Any] {
+    var document: [String: Any] = [
+        "dry_run": report.dryRun, "as_of": RFC3339.format(report.plan.asOf), "fleet_size": report.plan.fleetSize,
+        "destroy_count": report.plan.destroyCount, "destroy_allowance": report.plan.destroyAllowance,
+        "refusal": (report.refusal ?? report.plan.refusal).map { $0 as Any } ?? NSNull(),
+        "items": zip(report.plan.items, report.outcomes).map { item, outcome -> [String: Any] in
+            var entry: [String: Any] = [
+                "id": item.id.rawValue, "name": item.name, "rule": item.rule.rawValue, "deadline": RFC3339.format(item.deadline),
+                "action": item.decision.rawValue,
+            ]
+            switch outcome {
+            case .planned: entry["outcome"] = "planned"
+            case .done: entry["outcome"] = "done"
+            case .skipped(let why):
+                entry["outcome"] = "skipped"
+                entry["why"] = why
+            case .refused(let why):
+                entry["outcome"] = "refused"
+                entry["why"] = why
+            }
+            return entry
+        },
+    ]
+    if let id = report.sweepID { document["sweep_id"] = id }
+    if !report.recovered.isEmpty {
+        document["recovered"] = report.recovered.map { ["intent": $0.intentID.rawValue, "database_id": $0.databaseID.rawValue, "outcome": $0.outcome] }
+    }
+    return document
+}
+
+func sweepText(_ report: SweepReport) -> String {
+    var lines: [String] = []
+    let verb = report.dryRun ? "a sweep at \(RFC3339.format(report.plan.asOf)) would" : "the sweep at \(RFC3339.format(report.plan.asOf))"
+    if let refusal = report.refusal { return "sweep refused: \(refusal)" }
+    if report.plan.items.isEmpty {
+        lines.append("\(verb) \(report.dryRun ? "do nothing" : "found nothing due") (\(report.plan.fleetSize) live databases)")
+    } else {
+        lines.append("\(verb)\(report.dryRun ? "" : " handled"):")
+        lines.append(
+            table(
+                ["ID", "NAME", "ACTION", "RULE", "DEADLINE", "OUTCOME"],
+                zip(report.plan.items, report.outcomes).map { item, outcome in
+                    let text: String
+                    switch outcome {
+                    case .planned: text = "planned"
+                    case .done: text = "done"
+                    case .skipped(let why): text = "skipped: \(why)"
+                    case .refused(let why): text = "refused: \(why)"
+                    }
+                    return [item.id.rawValue, item.name, item.decision.rawValue, item.rule.rawValue, RFC3339.format(item.deadline), text]
+                }))
+    }
+    if let refusal = report.plan.refusal { lines.append("destruction refused: \(refusal)") }
+    for action in report.recovered { lines.append("recovered \(action.databaseID): \(action.outcome)") }
+    return lines.joined(separator: "\n")
+}
+
+// MARK: - config
+
+struct ConfigCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "config", abstract: "Show the effective configuration (secrets redacted) and every setting with its default.")
+    @OptionGroup var options: GlobalOptions
+
+    func run() {
+        runCommand(json: options.json) { (output) throws(TenureError) in
+            let configuration = try options.configuration()
+            let effective: [String: Any] = [
+                "TENURE_HOME": configuration.home,
+                "TENURE_CATALOG_URL": configuration.catalogURL.map(redactPassword(in:)) ?? NSNull(),
+                "TENURE_TRIAL_PERIOD": PolicyDuration.format(configuration.policy.trialPeriod),
+                "TENURE_GRACE_PERIOD": PolicyDuration.format(configuration.policy.gracePeriod),
+                "TENURE_MAX_DESTROY_FRACTION": configuration.sweepLimits.maximumDestroyFraction,
+                "TENURE_MAX_DESTROY_COUNT": configuration.sweepLimits.maximumDestroyCount,
+                "TENURE_MAX_CLOCK_SKEW": PolicyDuration.format(configuration.sweepLimits.maximumClockSkew),
+                "TENURE_SWEEP_INTERVAL": PolicyDuration.format(configuration.sweepInterval),
+                "TENURE_PG_BIN": configuration.postgresBinDirectory,
+                "TENURE_LOG_LEVEL": configuration.logLevel,
+            ]
+            output.emit(json: effective) {
+                table(
+                    ["SETTING", "VALUE", "DEFAULT", "MEANING"],
+                    TenureConfiguration.settings.map { setting in
+                        ["\(setting.key)", effective[setting.key].map { "\($0 is NSNull ? "(embedded)" : $0)" } ?? "-", setting.defaultValue, setting.help]
+                    })
+            }
+        }
+    }
+}
