@@ -50,15 +50,19 @@ let package = Package(
             swiftSettings: strict
         ),
 
+        // Starts the real PostgreSQL server the integration tests use; runs the tenure binary.
+        .target(
+            name: "TenureTestSupport", dependencies: ["TenureCore", "TenurePQ", "TenureEmbedded"], path: "Tests/TenureTestSupport",
+            swiftSettings: strict),
         .testTarget(name: "TenureCoreTests", dependencies: ["TenureCore"]),
         .testTarget(name: "TenureZstdTests", dependencies: ["TenureZstd"]),
         .testTarget(
             name: "TenureIntegrationTests",
-            dependencies: ["TenureCore", "TenurePQ", "TenureCatalog", "TenureControl", "TenureEmbedded"]
+            dependencies: ["TenureCore", "TenurePQ", "TenureCatalog", "TenureControl", "TenureEmbedded", "TenureTestSupport"]
         ),
         .testTarget(
             name: "TenureEndToEndTests",
-            dependencies: ["TenureCore", "TenurePQ", "TenureEmbedded", "tenure"]
+            dependencies: ["TenureCore", "TenurePQ", "TenureEmbedded", "TenureTestSupport", "tenure"]
         ),
     ],
     swiftLanguageModes: [.v6]

@@ -135,7 +135,7 @@ public final class Controller {
         do throws(TenureError) {
             let verifier = try admin.scramVerifier(password: password, role: record.postgresRole)
             try admin.execute(
-                "CREATE ROLE \(quoteIdentifier(record.postgresRole)) LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS NOINHERIT PASSWORD \(quoteLiteral(verifier))"
+                "CREATE ROLE \(quoteIdentifier(record.postgresRole)) LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS PASSWORD \(quoteLiteral(verifier))"
             )
             Failpoint.createAfterRole.hit()
             try admin.execute(

@@ -1,0 +1,88 @@
+import Foundation
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A child process with stdout and stderr captured to files (posix_spawn + waitpid).
+public final class ChildProcess: @unchecked Sendable {
+    public let pid: pid_t
+    private let outputPath: String
+    private let errorPath: String
+
+    public struct Outcome: Sendable, CustomStringConvertible {
+        public var status: Int32
+        /// The signal that ended it, if one did.
+        public var signal: Int32?
+        public var stdout: String
+        public var stderr: String
+        public var description: String { "exit \(status) signal \(signal.map(String.init) ?? "-")\nstdout: \(stdout)\nstderr: \(stderr)" }
+
+        /// stdout parsed as a JSON object.
+        public var json: [String: Any] {
+            (try? JSONSerialization.jsonObject(with: Data(stdout.utf8))) as? [String: Any] ?? [:]
+        }
+    }
+
+    public init(_ arguments: [String], environment: [String: String]) throws {
+        let base = NSTemporaryDirectory() + "tenure-child-\(getpid())-\(UInt64.random(in: 0...UInt64.max))"
+        outputPath = base + ".out"
+        errorPath = base + ".err"
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_addopen(&actions, 1, outputPath, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+        posix_spawn_file_actions_addopen(&actions, 2, errorPath, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+        let argv = arguments.map { strdup($0) } + [nil]
+        let envp = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
+        defer {
+            argv.forEach { free($0) }
+            envp.forEach { free($0) }
+        }
+        var pid: pid_t = 0
+        let result = posix_spawn(&pid, arguments[0], &actions, nil, argv, envp)
+        guard result == 0 else { throw POSIXError(POSIXErrorCode(rawValue: result) ?? .EINVAL) }
+        self.pid = pid
+    }
+
+    public func signal(_ signal: Int32) { kill(pid, signal) }
+
+    /// Waits for the process and collects its output.
+    public func wait() -> Outcome {
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        let stdout = (try? String(contentsOfFile: outputPath, encoding: .utf8)) ?? ""
+        let stderr = (try? String(contentsOfFile: errorPath, encoding: .utf8)) ?? ""
+        unlink(outputPath)
+        unlink(errorPath)
+        let signaled = (status & 0x7f) != 0
+        return Outcome(status: signaled ? -1 : (status >> 8) & 0xff, signal: signaled ? status & 0x7f : nil, stdout: stdout, stderr: stderr)
+    }
+
+    /// The stdout written so far (for long-running processes).
+    public var currentOutput: String {
+        ((try? String(contentsOfFile: outputPath, encoding: .utf8)) ?? "") + ((try? String(contentsOfFile: errorPath, encoding: .utf8)) ?? "")
+    }
+}
+
+/// The built `tenure` executable (SwiftPM builds it for the end-to-end tests).
+public func tenureExecutable() -> String {
+    let candidates = [
+        Bundle.main.bundleURL.appendingPathComponent("tenure").path,
+        Bundle.main.bundleURL.deletingLastPathComponent().appendingPathComponent("tenure").path,
+        URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../../.build/debug/tenure").standardized.path,
+    ]
+    return candidates.first { FileManager.default.isExecutableFile(atPath: $0) } ?? candidates.last!
+}
+
+/// Runs `tenure` with a minimal environment plus `environment`, and waits for it.
+public func runTenure(_ arguments: [String], environment: [String: String]) throws -> ChildProcess.Outcome {
+    try startTenure(arguments, environment: environment).wait()
+}
+
+public func startTenure(_ arguments: [String], environment: [String: String]) throws -> ChildProcess {
+    var base = ["PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin", "HOME": "/tmp", "USER": "test", "LANG": "C.UTF-8"]
+    for (key, value) in environment { base[key] = value }
+    return try ChildProcess([tenureExecutable()] + arguments, environment: base)
+}
