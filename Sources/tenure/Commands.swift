@@ -272,8 +272,9 @@ struct AuditCommand: ParsableCommand {
             let id = try id.map { (text) throws(TenureError) in try DatabaseID(parsing: text) }
             guard (1...100_000).contains(limit) else { throw TenureError(.invalidRequest, "--limit must be from 1 to 100000") }
             try Session.with(options) { (session) throws(TenureError) in
-                if let id { _ = try session.catalog.database(id) }
                 let events = try session.catalog.auditEvents(databaseID: id, limit: limit)
+                // A rolled-back create leaves no database row, only its audit trail.
+                if let id, events.isEmpty { _ = try session.catalog.database(id) }
                 output.emit(json: [
                     "events": events.map { event -> [String: Any] in
                         [
