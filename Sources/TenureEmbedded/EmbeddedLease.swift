@@ -31,6 +31,7 @@ public final class EmbeddedLease {
         while true {
             if flock(ownerDescriptor, LOCK_EX | LOCK_NB) == 0 {
                 role = .owner
+                Self.record(ownerDescriptor, waitForOwnership ? "serve \(getpid())\n" : "command \(getpid())\n")
                 do { try cluster.start() } catch {
                     flock(ownerDescriptor, LOCK_UN)
                     Glibc.close(ownerDescriptor)
@@ -46,7 +47,8 @@ public final class EmbeddedLease {
                 }
                 flock(usersDescriptor, LOCK_UN)
             }
-            guard ContinuousClock.now < deadline else {
+            let ownedByServe = waitForOwnership && Self.contents(ownerDescriptor).hasPrefix("serve ")
+            guard ContinuousClock.now < deadline, !ownedByServe else {
                 Glibc.close(ownerDescriptor)
                 Glibc.close(usersDescriptor)
                 throw TenureError(
@@ -71,6 +73,7 @@ public final class EmbeddedLease {
         case .user:
             flock(usersDescriptor, LOCK_UN)
         case .owner:
+            Self.record(ownerDescriptor, "")
             flock(usersDescriptor, LOCK_EX)
             defer {
                 flock(usersDescriptor, LOCK_UN)
@@ -81,6 +84,17 @@ public final class EmbeddedLease {
     }
 
     deinit { try? release() }
+
+    private static func record(_ descriptor: Int32, _ text: String) {
+        ftruncate(descriptor, 0)
+        _ = text.withCString { pwrite(descriptor, $0, strlen($0), 0) }
+    }
+
+    private static func contents(_ descriptor: Int32) -> String {
+        var buffer = [UInt8](repeating: 0, count: 64)
+        let count = pread(descriptor, &buffer, 64, 0)
+        return count > 0 ? String(decoding: buffer[0..<count], as: UTF8.self) : ""
+    }
 
     private static func open(_ path: String) throws(TenureError) -> Int32 {
         let descriptor = Glibc.open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
