@@ -39,7 +39,7 @@ test: deps
 	$(SWIFT) test --skip-build --no-parallel
 
 bench: deps
-	./ops/bench.sh
+	@echo 'make bench arrives with the backup engine (issue 4)'; exit 1
 
 clean:
 	rm -rf .build
