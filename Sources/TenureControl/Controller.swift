@@ -84,6 +84,7 @@ public final class Controller {
         guard isSuper || (rights[0, "rolcreaterole"] == "t" && rights[0, "rolcreatedb"] == "t") else {
             throw TenureError(.invalidRequest, "the user in --url may not create roles and databases on server '\(serverName)'; nothing registered")
         }
+        try hardenServer(connection)
         let host = parameters["host"].flatMap { $0.hasPrefix("/") ? nil : $0 } ?? "127.0.0.1"
         let record = ServerRecord(
             name: serverName, adminURL: url, publicHost: publicHost ?? host, publicPort: publicPort ?? Int(parameters["port"] ?? "5432") ?? 5432,
@@ -93,6 +94,21 @@ public final class Controller {
             try catalog.audit(at: record.createdAt, databaseID: nil, actor: actor, action: "server_add", from: nil, to: nil, reason: nil, detail: ["server": serverName.rawValue])
         }
         return record
+    }
+
+    /// Tenant isolation (RELIABILITY S1) also needs the server's other databases closed:
+    /// PostgreSQL grants `CONNECT` and `TEMPORARY` on `postgres`, `template1` and every new
+    /// database to PUBLIC. Revokes them wherever PUBLIC still has them. Idempotent; run at
+    /// registration and before every create, so databases added later are closed too.
+    func hardenServer(_ admin: PostgresConnection) throws(TenureError) {
+        let open = try admin.query(
+            "SELECT datname FROM pg_database WHERE datallowconn AND (has_database_privilege('public', oid, 'CONNECT') OR has_database_privilege('public', oid, 'TEMPORARY')) ORDER BY 1"
+        )
+        for row in open.rows {
+            guard let name = row[0] else { continue }
+            try admin.execute("REVOKE CONNECT, TEMPORARY ON DATABASE \(quoteIdentifier(name)) FROM PUBLIC")
+            logger.notice("revoked CONNECT from PUBLIC on a tenant server's database", metadata: ["tenure.database": "\(name)"])
+        }
     }
 
     // MARK: - Create
@@ -105,6 +121,7 @@ public final class Controller {
         let server = try catalog.server(named: serverName ?? ServerName.defaultServer.rawValue)
         let admin = try connectAdmin(server)
         defer { admin.close() }
+        try hardenServer(admin)
         if try catalog.databases().contains(where: { $0.name == databaseName.rawValue && $0.state != .destroyed }) {
             throw TenureError(.nameTaken, "a live database named '\(databaseName)' already exists", context: ["name": databaseName.rawValue])
         }
