@@ -26,6 +26,8 @@ let package = Package(
         // Thin synchronous wrappers over the C libraries.
         .target(name: "TenurePQ", dependencies: ["CLibPQ", "TenureCore"], swiftSettings: strict),
         .target(name: "TenureZstd", dependencies: ["CZstd", "TenureCore"], swiftSettings: strict),
+        // The data path: archive format, backup, restore, verify, SQL export.
+        .target(name: "TenureEngine", dependencies: ["TenureCore", "TenurePQ", "TenureZstd"], swiftSettings: strict),
         // The private PostgreSQL cluster Tenure starts itself (also used by the tests).
         .target(name: "TenureEmbedded", dependencies: ["TenureCore", "TenurePQ"], swiftSettings: strict),
         // Catalog store and migrations embedded from sql/catalog.
@@ -42,7 +44,7 @@ let package = Package(
         .executableTarget(
             name: "tenure",
             dependencies: [
-                "TenureCore", "TenureControl", "TenureCatalog", "TenureEmbedded",
+                "TenureCore", "TenureControl", "TenureCatalog", "TenureEmbedded", "TenureEngine", "TenurePQ",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -56,6 +58,7 @@ let package = Package(
             swiftSettings: strict),
         .testTarget(name: "TenureCoreTests", dependencies: ["TenureCore"]),
         .testTarget(name: "TenureZstdTests", dependencies: ["TenureZstd"]),
+        .testTarget(name: "TenureEngineTests", dependencies: ["TenureCore", "TenurePQ", "TenureEngine", "TenureTestSupport", "tenure"]),
         .testTarget(
             name: "TenureIntegrationTests",
             dependencies: ["TenureCore", "TenurePQ", "TenureCatalog", "TenureControl", "TenureEmbedded", "TenureTestSupport"]

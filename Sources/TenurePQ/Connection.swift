@@ -158,6 +158,13 @@ public final class PostgresConnection {
         return String(cString: encrypted)
     }
 
+    var rawHandle: OpaquePointer? { handle }
+    var lastErrorMessage: String { errorMessage }
+
+    func consumeResult(_ result: OpaquePointer, sql: String) throws(TenureError) -> QueryResult {
+        try consume(result, sql: sql)
+    }
+
     private func consume(_ result: OpaquePointer?, sql: String) throws(TenureError) -> QueryResult {
         guard let result else {
             throw TenureError(.serverUnreachable, "lost the connection to \(parameters.shortDescription): \(errorMessage)")
@@ -236,5 +243,108 @@ extension String {
             if character == target { result += replacement } else { result.append(character) }
         }
         return result
+    }
+}
+
+// MARK: - COPY
+
+extension PostgresConnection {
+    /// Runs `COPY ... TO STDOUT` and hands each row (PQgetCopyData's buffer, valid only during
+    /// the call) to `row`. Returns the row count from the server's completion tag, which the
+    /// caller compares with what it counted: a COPY that ends without its tag fails (B1).
+    public func copyOut(_ sql: String, row: (UnsafeRawBufferPointer) throws(TenureError) -> Void) throws(TenureError) -> Int {
+        guard let handle = rawHandle else { preconditionFailure("copy on a closed connection") }
+        guard PQsendQuery(handle, sql) == 1 else {
+            throw TenureError(.serverUnreachable, "cannot send COPY to \(parameters.shortDescription): \(lastErrorMessage)")
+        }
+        guard let first = PQgetResult(handle) else {
+            throw TenureError(.serverUnreachable, "no response to COPY from \(parameters.shortDescription): \(lastErrorMessage)")
+        }
+        guard PQresultStatus(first) == PGRES_COPY_OUT else {
+            _ = try? consumeResult(first, sql: sql)
+            drainResults()
+            throw TenureError(.postgres, "COPY did not start on \(parameters.shortDescription): \(lastErrorMessage)")
+        }
+        PQclear(first)
+        var failure: TenureError?
+        while true {
+            var buffer: UnsafeMutablePointer<CChar>?
+            let length = PQgetCopyData(handle, &buffer, 0)
+            if length > 0, let buffer {
+                if failure == nil {
+                    do throws(TenureError) {
+                        try row(UnsafeRawBufferPointer(start: buffer, count: Int(length)))
+                    } catch {
+                        failure = error
+                        // Stop the server producing more; keep draining so the connection stays usable.
+                        cancelRunningQuery()
+                    }
+                }
+                PQfreemem(buffer)
+                continue
+            }
+            if let buffer { PQfreemem(buffer) }
+            break
+        }
+        let result = PQgetResult(handle)
+        defer { drainResults() }
+        if let failure {
+            if let result { PQclear(result) }
+            throw failure
+        }
+        guard let result else {
+            throw TenureError(.serverUnreachable, "COPY from \(parameters.shortDescription) ended without its completion tag: \(lastErrorMessage)")
+        }
+        let rows = try consumeResult(result, sql: sql).affectedRowCount
+        return rows
+    }
+
+    /// Starts `COPY ... FROM STDIN`; then `copyData` any number of times and `endCopy` once,
+    /// which returns the server's row count.
+    public func beginCopyIn(_ sql: String) throws(TenureError) {
+        guard let handle = rawHandle else { preconditionFailure("copy on a closed connection") }
+        guard PQsendQuery(handle, sql) == 1, let first = PQgetResult(handle) else {
+            throw TenureError(.serverUnreachable, "cannot start COPY on \(parameters.shortDescription): \(lastErrorMessage)")
+        }
+        guard PQresultStatus(first) == PGRES_COPY_IN else {
+            _ = try consumeResult(first, sql: sql)
+            drainResults()
+            throw TenureError(.postgres, "COPY FROM STDIN did not start on \(parameters.shortDescription)")
+        }
+        PQclear(first)
+    }
+
+    public func copyData(_ bytes: UnsafeRawBufferPointer) throws(TenureError) {
+        guard let handle = rawHandle, let base = bytes.baseAddress else { return }
+        guard PQputCopyData(handle, base.assumingMemoryBound(to: CChar.self), Int32(bytes.count)) == 1 else {
+            throw TenureError(.serverUnreachable, "sending COPY data to \(parameters.shortDescription) failed: \(lastErrorMessage)")
+        }
+    }
+
+    /// Ends a COPY FROM STDIN (or aborts it with `failWith`) and returns the server's row count.
+    @discardableResult
+    public func endCopy(failWith reason: String? = nil) throws(TenureError) -> Int {
+        guard let handle = rawHandle else { preconditionFailure("copy on a closed connection") }
+        guard PQputCopyEnd(handle, reason) == 1 else {
+            throw TenureError(.serverUnreachable, "ending COPY on \(parameters.shortDescription) failed: \(lastErrorMessage)")
+        }
+        guard let result = PQgetResult(handle) else {
+            throw TenureError(.serverUnreachable, "COPY on \(parameters.shortDescription) ended without a result")
+        }
+        defer { drainResults() }
+        return try consumeResult(result, sql: "COPY").affectedRowCount
+    }
+
+    /// Asks the server to cancel the running statement (PQcancel; safe from another thread).
+    public func cancelRunningQuery() {
+        guard let handle = rawHandle, let cancel = PQgetCancel(handle) else { return }
+        var buffer = [CChar](repeating: 0, count: 256)
+        _ = PQcancel(cancel, &buffer, 256)
+        PQfreeCancel(cancel)
+    }
+
+    func drainResults() {
+        guard let handle = rawHandle else { return }
+        while let result = PQgetResult(handle) { PQclear(result) }
     }
 }

@@ -64,3 +64,96 @@ public enum Zstd {
         return output
     }
 }
+
+/// Compresses chunks into independent frames (content size and XXH64 content checksum
+/// included), reusing one context. Thread: one thread at a time.
+public final class FrameCompressor {
+    private let context: OpaquePointer
+    private var output: [UInt8] = []
+
+    public init(level: Int32) {
+        guard let context = ZSTD_createCCtx() else { fatalError("zstd: out of memory") }
+        self.context = context
+        ZSTD_CCtx_setParameter(context, ZSTD_c_compressionLevel, level)
+        ZSTD_CCtx_setParameter(context, ZSTD_c_checksumFlag, 1)
+        ZSTD_CCtx_setParameter(context, ZSTD_c_contentSizeFlag, 1)
+    }
+
+    deinit { ZSTD_freeCCtx(context) }
+
+    /// One frame holding `input`.
+    public func compress(_ input: UnsafeRawBufferPointer) throws(TenureError) -> [UInt8] {
+        let bound = ZSTD_compressBound(input.count)
+        if output.count < bound { output = [UInt8](repeating: 0, count: bound) }
+        let written = output.withUnsafeMutableBytes { destination in
+            ZSTD_compress2(context, destination.baseAddress, bound, input.baseAddress, input.count)
+        }
+        if ZSTD_isError(written) != 0 {
+            throw TenureError(.internal, "zstd compression failed: \(String(cString: ZSTD_getErrorName(written)))")
+        }
+        return Array(output[0..<written])
+    }
+}
+
+/// Decompresses a sequence of whole frames, checking each frame's end and checksum, and
+/// refusing to produce more than a limit (a zip bomb stops at the limit, not at the disk).
+public final class FrameDecompressor {
+    private let context: OpaquePointer
+    private let chunk = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 18, alignment: 16)
+
+    public init() {
+        guard let context = ZSTD_createDCtx() else { fatalError("zstd: out of memory") }
+        self.context = context
+    }
+
+    deinit {
+        ZSTD_freeDCtx(context)
+        chunk.deallocate()
+    }
+
+    /// Feeds the decompressed bytes of `input` to `output` and returns their count.
+    /// Throws `.invalidRequest` with `what` in the message for corrupt, truncated or oversized data.
+    @discardableResult
+    public func decompress(
+        _ input: UnsafeRawBufferPointer, maximumByteCount: Int, what: String,
+        output: (UnsafeRawBufferPointer) throws(TenureError) -> Void
+    ) throws(TenureError) -> Int {
+        ZSTD_DCtx_reset(context, ZSTD_reset_session_only)
+        guard input.count > 0 else { throw TenureError(.invalidRequest, "\(what): empty, expected zstd frames") }
+        var source = ZSTD_inBuffer(src: input.baseAddress, size: input.count, pos: 0)
+        var total = 0
+        var frameEnded = false
+        while true {
+            var produced = 0
+            var remaining = 0
+            var out = ZSTD_outBuffer(dst: chunk.baseAddress, size: chunk.count, pos: 0)
+            remaining = ZSTD_decompressStream(context, &out, &source)
+            produced = out.pos
+            if ZSTD_isError(remaining) != 0 {
+                throw TenureError(.invalidRequest, "\(what): corrupt zstd data (\(String(cString: ZSTD_getErrorName(remaining))))")
+            }
+            total += produced
+            if total > maximumByteCount {
+                throw TenureError(.invalidRequest, "\(what): decompresses past the limit of \(maximumByteCount) bytes")
+            }
+            if produced > 0 {
+                try output(UnsafeRawBufferPointer(start: chunk.baseAddress, count: produced))
+            }
+            frameEnded = remaining == 0
+            if source.pos == source.size && produced < chunk.count {
+                break
+            }
+        }
+        guard frameEnded else { throw TenureError(.invalidRequest, "\(what): truncated zstd frame (no frame end)") }
+        return total
+    }
+}
+
+extension Zstd {
+    /// The content size a frame declares in its header, if it declares one.
+    public static func frameContentSize(_ frame: UnsafeRawBufferPointer) -> UInt64? {
+        let size = ZSTD_getFrameContentSize(frame.baseAddress, frame.count)
+        // ZSTD_CONTENTSIZE_UNKNOWN (-1) and ZSTD_CONTENTSIZE_ERROR (-2)
+        return size >= UInt64.max - 1 ? nil : size
+    }
+}

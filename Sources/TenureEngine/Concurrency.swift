@@ -1,0 +1,108 @@
+import Foundation
+import Synchronization
+import TenureCore
+
+/// A bounded blocking queue between data-plane threads: producers wait when it is full, so a
+/// slow consumer slows the producers and memory stays bounded. `fail` wakes everyone.
+final class BoundedQueue<Element>: @unchecked Sendable {
+    private let condition = NSCondition()
+    private var items: [Element] = []
+    private let capacity: Int
+    private var closed = false
+    private var failed = false
+
+    init(capacity: Int) {
+        precondition(capacity > 0, "queue capacity")
+        self.capacity = capacity
+    }
+
+    /// Waits for room; false if the queue failed (the item is dropped).
+    @discardableResult
+    func push(_ item: Element) -> Bool {
+        condition.lock()
+        defer { condition.unlock() }
+        while items.count >= capacity && !failed { condition.wait() }
+        guard !failed else { return false }
+        items.append(item)
+        condition.broadcast()
+        return true
+    }
+
+    /// The next item; nil when closed and empty, or failed.
+    func pop() -> Element? {
+        condition.lock()
+        defer { condition.unlock() }
+        while items.isEmpty && !closed && !failed { condition.wait() }
+        guard !failed, !items.isEmpty else { return nil }
+        let item = items.removeFirst()
+        condition.broadcast()
+        return item
+    }
+
+    /// No more items will be pushed.
+    func close() {
+        condition.lock()
+        closed = true
+        condition.broadcast()
+        condition.unlock()
+    }
+
+    func fail() {
+        condition.lock()
+        failed = true
+        items.removeAll()
+        condition.broadcast()
+        condition.unlock()
+    }
+}
+
+/// The first error of a group of threads; later ones are dropped.
+final class FirstFailure: Sendable {
+    private let state = Mutex<TenureError?>(nil)
+
+    func record(_ error: TenureError) {
+        state.withLock { if $0 == nil { $0 = error } }
+    }
+
+    var error: TenureError? { state.withLock { $0 } }
+}
+
+/// Progress counters the data plane bumps and anyone may sample (never a queue of events).
+public final class TransferProgress: Sendable {
+    public let rawBytes = Atomic<Int64>(0)
+    public let compressedBytes = Atomic<Int64>(0)
+    public let rows = Atomic<Int64>(0)
+    /// The expected raw size, when known (sum of table sizes), for an ETA.
+    public let expectedBytes = Atomic<Int64>(0)
+    public init() {}
+}
+
+/// Runs `body` on `count` dedicated threads and waits for all of them.
+func runThreads(count: Int, name: String, _ body: @escaping @Sendable (Int) -> Void) {
+    let group = DispatchGroup()
+    for index in 0..<count {
+        group.enter()
+        let thread = Thread {
+            body(index)
+            group.leave()
+        }
+        thread.name = "\(name)-\(index)"
+        thread.stackSize = 4 << 20
+        thread.start()
+    }
+    group.wait()
+}
+
+/// A value shared between threads behind a lock. Decide under the lock, act outside it.
+final class Locked<Value>: @unchecked Sendable {
+    private let lock = NSLock()
+    private var value: Value
+
+    init(_ value: Value) { self.value = value }
+
+    func withLock<T>(_ body: (inout Value) -> T) -> T {
+        lock.lock()
+        defer { lock.unlock() }
+        return body(&value)
+    }
+}

@@ -1,0 +1,148 @@
+import Foundation
+import TenureCore
+import TenurePQ
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// PostgreSQL's own `pg_dump`, the authority on DDL. Tenure runs it for the schema sections
+/// only, inside the backup's exported snapshot.
+public struct PgDump: Sendable {
+    public let path: String
+
+    public init(path: String = "/usr/lib/postgresql/15/bin/pg_dump") { self.path = path }
+
+    /// `pg_dump --version` → (major, full version text).
+    public func version() throws(TenureError) -> (major: Int, text: String) {
+        let output = try run(["--version"], password: nil, maximumBytes: 4096)
+        // "pg_dump (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)"
+        let words = output.split(separator: " ")
+        guard words.count >= 3, let major = Int(words[2].split(separator: ".")[0]) else {
+            throw TenureError(.internal, "cannot read pg_dump's version from '\(printable(output))'")
+        }
+        return (major, String(words[2]))
+    }
+
+    /// Whether this pg_dump writes `\restrict` lines (15.14+) and takes `--restrict-key`.
+    public func supportsRestrictKey() -> Bool {
+        ((try? run(["--help"], password: nil, maximumBytes: 65_536)) ?? "").contains("--restrict-key")
+    }
+
+    /// Dumps one schema section of the database in `parameters`, in `snapshot`.
+    public func dumpSection(_ section: String, parameters: ConnectionParameters, snapshot: String, restrictKey: String?, maximumBytes: Int)
+        throws(TenureError) -> String
+    {
+        precondition(section == "pre-data" || section == "post-data", "pg_dump section")
+        var arguments = ["--section=\(section)", "--snapshot=\(snapshot)", "--no-password", "--encoding=UTF8"]
+        if let restrictKey { arguments.append("--restrict-key=\(restrictKey)") }
+        // The password never goes on the command line or into the environment.
+        let keywords = parameters.values.filter { $0.0 != "password" }.map { "\($0.0)=\(Self.quoteConnectionValue($0.1))" }
+        arguments += ["--dbname=" + keywords.joined(separator: " ")]
+        return try run(arguments, password: parameters["password"], maximumBytes: maximumBytes)
+    }
+
+    static func quoteConnectionValue(_ value: String) -> String {
+        "'" + value.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "'", with: "\\'") + "'"
+    }
+
+    /// Runs pg_dump, collecting stdout (bounded) and stderr through pipes with poll().
+    func run(_ arguments: [String], password: String?, maximumBytes: Int) throws(TenureError) -> String {
+        var environment = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("PG") && !$0.key.hasPrefix("TENURE_") }
+        var passDirectory: String?
+        if let password {
+            // A private pgpass file in a 0700 directory, removed as soon as pg_dump exits.
+            let directory = NSTemporaryDirectory() + "tenure-pgpass-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+            mkdir(directory, 0o700)
+            let file = directory + "/pgpass"
+            let escaped = password.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: ":", with: "\\:")
+            let descriptor = open(file, O_WRONLY | O_CREAT | O_EXCL, 0o600)
+            if descriptor >= 0 {
+                let line = "*:*:*:*:\(escaped)\n"
+                _ = line.withCString { Glibc.write(descriptor, $0, strlen($0)) }
+                close(descriptor)
+            }
+            environment["PGPASSFILE"] = file
+            passDirectory = directory
+        }
+        defer {
+            if let passDirectory {
+                unlink(passDirectory + "/pgpass")
+                rmdir(passDirectory)
+            }
+        }
+        var stdoutPipe: [Int32] = [0, 0]
+        var stderrPipe: [Int32] = [0, 0]
+        guard pipe(&stdoutPipe) == 0, pipe(&stderrPipe) == 0 else { throw TenureError(.internal, "cannot create pipes for pg_dump") }
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_adddup2(&actions, stdoutPipe[1], 1)
+        posix_spawn_file_actions_adddup2(&actions, stderrPipe[1], 2)
+        for descriptor in stdoutPipe + stderrPipe { posix_spawn_file_actions_addclose(&actions, descriptor) }
+        let argv = ([path] + arguments).map { strdup($0) } + [nil]
+        let envp = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
+        defer {
+            argv.forEach { free($0) }
+            envp.forEach { free($0) }
+        }
+        var pid: pid_t = 0
+        let spawned = posix_spawn(&pid, path, &actions, nil, argv, envp)
+        close(stdoutPipe[1])
+        close(stderrPipe[1])
+        defer {
+            close(stdoutPipe[0])
+            close(stderrPipe[0])
+        }
+        guard spawned == 0 else {
+            throw TenureError(.internal, "cannot run \(path): \(String(cString: strerror(spawned)))")
+        }
+        var output: [UInt8] = []
+        var errors: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 65_536)
+        var open = [stdoutPipe[0], stderrPipe[0]]
+        var tooBig = false
+        while !open.isEmpty {
+            var descriptors = open.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
+            let ready = poll(&descriptors, nfds_t(descriptors.count), -1)
+            if ready < 0 {
+                if errno == EINTR { continue }
+                break
+            }
+            for entry in descriptors where entry.revents != 0 {
+                let count = buffer.withUnsafeMutableBytes { Glibc.read(entry.fd, $0.baseAddress, $0.count) }
+                if count <= 0 {
+                    open.removeAll { $0 == entry.fd }
+                } else if entry.fd == stdoutPipe[0] {
+                    if output.count + count > maximumBytes {
+                        tooBig = true
+                        kill(pid, SIGTERM)
+                    } else {
+                        output.append(contentsOf: buffer[0..<count])
+                    }
+                } else if errors.count < 65_536 {
+                    errors.append(contentsOf: buffer[0..<count])
+                }
+            }
+        }
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        if tooBig { throw TenureError(.internal, "pg_dump's output is larger than the limit of \(maximumBytes) bytes") }
+        let exited = (status & 0x7f) == 0 && ((status >> 8) & 0xff) == 0
+        guard exited else {
+            let message = String(decoding: errors, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+            throw TenureError(.postgres, "pg_dump failed: \(message.isEmpty ? "exit status \((status >> 8) & 0xff)" : message)")
+        }
+        return String(decoding: output, as: UTF8.self)
+    }
+}
+
+/// The `\restrict KEY` / `\unrestrict KEY` lines pg_dump 15.14+ writes for psql. Statements
+/// sent through libpq must not contain them; exactly those lines (with this key) are removed.
+public func stripRestrictLines(_ script: String, key: String?) -> String {
+    guard let key else { return script }
+    let restrict = "\\restrict \(key)"
+    let unrestrict = "\\unrestrict \(key)"
+    return script.split(separator: "\n", omittingEmptySubsequences: false).filter { $0 != restrict && $0 != unrestrict }.joined(separator: "\n")
+}

@@ -1,0 +1,338 @@
+import Foundation
+import TenureCore
+import TenurePQ
+import TenureZstd
+
+public struct RestoreOptions: Sendable {
+    /// The server and the name of the database to create (it must not exist).
+    public var target: ConnectionParameters
+    public var jobs: Int
+    public var limits = EngineLimits()
+    /// `maintenance_work_mem` for index builds.
+    public var maintenanceWorkMemory = "512MB"
+
+    public init(target: ConnectionParameters, jobs: Int) {
+        self.target = target
+        self.jobs = jobs
+    }
+}
+
+public struct RestoreSummary: Sendable {
+    public var database: String
+    public var tableCount: Int
+    public var rowCount: Int64
+    public var memberCount: Int
+}
+
+/// Restores a native archive while it arrives, all or nothing: into a new database under a
+/// temporary name, schema first, data members in parallel, then indexes and constraints in
+/// parallel; renamed into place only after the manifest checked out. On any failure the
+/// temporary database is dropped and nothing is left behind. Thread: blocks.
+public func runRestore(source: DescriptorSource, options: RestoreOptions, progress: TransferProgress = TransferProgress()) throws(TenureError)
+    -> RestoreSummary
+{
+    guard let target = options.target["dbname"], !target.isEmpty else {
+        throw TenureError(.invalidRequest, "the restore URL must name the database to create")
+    }
+    let admin = try connectMaintenance(options.target)
+    defer { admin.close() }
+    if try !admin.query("SELECT 1 FROM pg_catalog.pg_database WHERE datname = $1", [target]).rows.isEmpty {
+        throw TenureError(.invalidRequest, "database '\(printable(target))' already exists; restore creates a new database and never overwrites one")
+    }
+    let temporary = "tenure_restore_" + String((0..<16).map { _ in "abcdefghijklmnopqrstuvwxyz0123456789".randomElement()! })
+    var created = false
+    do throws(TenureError) {
+        let restore = Restore(options: options, temporary: temporary, progress: progress) { (encoding) throws(TenureError) in
+            guard encoding.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "_" }) else {
+                throw TenureError(.invalidRequest, "archive header names an invalid encoding '\(printable(encoding))'")
+            }
+            try admin.execute("CREATE DATABASE \(quoteIdentifier(temporary)) TEMPLATE template0 ENCODING '\(encoding)'")
+            created = true
+        }
+        var summary = try restore.run(source: source)
+        try admin.execute("ALTER DATABASE \(quoteIdentifier(temporary)) RENAME TO \(quoteIdentifier(target))")
+        summary.database = target
+        return summary
+    } catch {
+        if created { dropQuietly(temporary, admin: admin, parameters: options.target) }
+        throw error
+    }
+}
+
+/// A connection to the target server's maintenance database.
+func connectMaintenance(_ parameters: ConnectionParameters) throws(TenureError) -> PostgresConnection {
+    do { return try PostgresConnection(parameters.with(database: "postgres"), applicationName: "tenure-restore") } catch {
+        return try PostgresConnection(parameters.with(database: "template1"), applicationName: "tenure-restore")
+    }
+}
+
+func dropQuietly(_ database: String, admin: PostgresConnection, parameters: ConnectionParameters) {
+    let statement = "DROP DATABASE IF EXISTS \(quoteIdentifier(database)) WITH (FORCE)"
+    if (try? admin.execute(statement)) == nil, let fresh = try? connectMaintenance(parameters) {
+        try? fresh.execute(statement)
+        fresh.close()
+    }
+}
+
+/// One data or blob member on its way to a loader.
+struct LoadItem: Sendable {
+    var key: ChunkKey
+    var name: String
+    var bytes: [UInt8]
+    var blobOffset: Int64
+    var table: TableEntry?
+}
+
+final class Restore {
+    let options: RestoreOptions
+    let temporary: String
+    let progress: TransferProgress
+    let createDatabase: (String) throws(TenureError) -> Void
+
+    init(options: RestoreOptions, temporary: String, progress: TransferProgress, createDatabase: @escaping (String) throws(TenureError) -> Void) {
+        self.options = options
+        self.temporary = temporary
+        self.progress = progress
+        self.createDatabase = createDatabase
+    }
+
+    var parameters: ConnectionParameters { options.target.with(database: temporary) }
+
+    func connect() throws(TenureError) -> PostgresConnection {
+        let connection = try PostgresConnection(parameters, applicationName: "tenure-restore")
+        try connection.execute("SET search_path = pg_catalog; SET statement_timeout = 0; SET maintenance_work_mem = '\(options.maintenanceWorkMemory)'")
+        return connection
+    }
+
+    func run(source: DescriptorSource) throws(TenureError) -> RestoreSummary {
+        let reader = ArchiveReader(source: source, limits: options.limits)
+        var main: PostgresConnection?
+        defer { main?.close() }
+        var tables: [TableEntry] = []
+        var restrictKey: String?
+        let queue = BoundedQueue<LoadItem>(capacity: max(2, options.jobs * 2))
+        let failure = FirstFailure()
+        let counted = Locked<[String: (rows: Int64, rawBytes: Int64)]>([:])
+        var loadersDone: DispatchGroup?
+        func stopLoaders() {
+            queue.close()
+            loadersDone?.wait()
+            loadersDone = nil
+        }
+        var manifest: Manifest?
+        do throws(TenureError) {
+            while let member = try reader.next() {
+                if let error = failure.error { throw error }
+                switch member {
+                case .header(let header):
+                    restrictKey = header.restrictKey
+                    try createDatabase(header.encoding)
+                    main = try connect()
+                case .preData(let script):
+                    try execute(script, restrictKey: restrictKey, section: "pre-data schema", on: main!)
+                case .tables(let list):
+                    tables = list
+                case .sequences(let script):
+                    try execute(script, restrictKey: nil, section: "sequences", on: main!)
+                    loadersDone = startLoaders(queue: queue, failure: failure, counted: counted)
+                case .chunk(let key, let name, let bytes, let offset):
+                    var table: TableEntry?
+                    if key.kind == .data {
+                        guard key.object >= 1, Int(key.object) <= tables.count else {
+                            throw TenureError(.invalidRequest, "archive member '\(name)' belongs to table \(key.object), which tables.json does not list")
+                        }
+                        table = tables[Int(key.object) - 1]
+                    }
+                    guard queue.push(LoadItem(key: key, name: name, bytes: bytes, blobOffset: offset, table: table)) else {
+                        throw failure.error ?? TenureError(.internal, "restore cancelled")
+                    }
+                case .postData(let script):
+                    stopLoaders()
+                    if let error = failure.error { throw error }
+                    try runPostData(stripRestrictLines(script, key: restrictKey))
+                case .manifest(let value):
+                    manifest = value
+                }
+            }
+        } catch {
+            queue.fail()
+            stopLoaders()
+            throw failure.error ?? error
+        }
+        guard let manifest else { throw TenureError(.invalidRequest, "archive has no manifest") }
+        try reader.check(manifest, counted: counted.withLock { $0 })
+        // The PG15 public-schema rule, re-asserted after every restore.
+        try main!.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+        main?.close()
+        main = nil
+        return RestoreSummary(database: temporary, tableCount: tables.count, rowCount: manifest.rowCount, memberCount: manifest.members.count)
+    }
+
+    /// Runs a schema script through libpq: pg_dump's `\restrict` lines (with the archive's
+    /// key) are removed; anything else psql-specific is a syntax error on the server.
+    func execute(_ script: String, restrictKey: String?, section: String, on connection: PostgresConnection) throws(TenureError) {
+        do { try connection.execute(stripRestrictLines(script, key: restrictKey)) } catch {
+            throw TenureError(error.code, "restoring the \(section) failed: \(error.message)", context: error.context, sqlState: error.sqlState)
+        }
+    }
+
+    func startLoaders(queue: BoundedQueue<LoadItem>, failure: FirstFailure, counted: Locked<[String: (rows: Int64, rawBytes: Int64)]>) -> DispatchGroup {
+        let group = DispatchGroup()
+        group.enter()
+        let jobs = options.jobs
+        let parameters = self.parameters
+        let limits = options.limits
+        let memory = options.maintenanceWorkMemory
+        let progress = self.progress
+        Thread {
+            runThreads(count: jobs, name: "tenure-restore") { _ in
+                do throws(TenureError) {
+                    let connection = try PostgresConnection(parameters, applicationName: "tenure-restore-worker")
+                    defer { connection.close() }
+                    try connection.execute("SET search_path = pg_catalog; SET statement_timeout = 0; SET maintenance_work_mem = '\(memory)'; SET synchronous_commit = off")
+                    let decompressor = FrameDecompressor()
+                    while let item = queue.pop() {
+                        let result = try load(item, connection: connection, decompressor: decompressor, limits: limits)
+                        counted.withLock { $0[item.name] = result }
+                        progress.rows.add(result.rows, ordering: .relaxed)
+                        progress.rawBytes.add(result.rawBytes, ordering: .relaxed)
+                        progress.compressedBytes.add(Int64(item.bytes.count), ordering: .relaxed)
+                    }
+                } catch {
+                    failure.record(error)
+                    queue.fail()
+                }
+            }
+            group.leave()
+        }.start()
+        return group
+    }
+
+    /// The index builds and constraints in parallel (indexes and keys, then foreign keys),
+    /// then everything else in pg_dump's order.
+    func runPostData(_ script: String) throws(TenureError) {
+        let (preamble, entries) = splitSchemaEntries(script)
+        let phases: [[SchemaEntry]] = [
+            entries.filter { $0.type == "INDEX" || $0.type == "CONSTRAINT" },
+            entries.filter { $0.type == "FK CONSTRAINT" },
+        ]
+        let rest = entries.filter { !["INDEX", "CONSTRAINT", "FK CONSTRAINT"].contains($0.type) }
+        for phase in phases where !phase.isEmpty {
+            let work = Locked(phase[...])
+            let failure = FirstFailure()
+            let parameters = self.parameters
+            let memory = options.maintenanceWorkMemory
+            runThreads(count: min(options.jobs, phase.count), name: "tenure-post-data") { _ in
+                do throws(TenureError) {
+                    let connection = try PostgresConnection(parameters, applicationName: "tenure-restore-worker")
+                    defer { connection.close() }
+                    try connection.execute("SET maintenance_work_mem = '\(memory)'")
+                    try connection.execute(preamble)
+                    while failure.error == nil, let entry = work.withLock({ $0.popFirst() }) {
+                        do throws(TenureError) { try connection.execute(entry.sql) } catch {
+                            throw TenureError(error.code, "restoring \(entry.type) \(entry.name) failed: \(error.message)", sqlState: error.sqlState)
+                        }
+                    }
+                } catch { failure.record(error) }
+            }
+            if let error = failure.error { throw error }
+        }
+        if !rest.isEmpty {
+            let connection = try connect()
+            defer { connection.close() }
+            try connection.execute(preamble)
+            for entry in rest {
+                do throws(TenureError) { try connection.execute(entry.sql) } catch {
+                    throw TenureError(error.code, "restoring \(entry.type) \(entry.name) failed: \(error.message)", sqlState: error.sqlState)
+                }
+            }
+        }
+    }
+}
+
+/// Loads one member: COPY for data (the server's row count is returned), `lo_put` for blobs.
+func load(_ item: LoadItem, connection: PostgresConnection, decompressor: FrameDecompressor, limits: EngineLimits) throws(TenureError) -> (
+    rows: Int64, rawBytes: Int64
+) {
+    let what = "archive member '\(item.name)'"
+    switch item.key.kind {
+    case .data:
+        let table = item.table!
+        try connection.beginCopyIn("COPY \(table.copyTarget) FROM STDIN")
+        var raw = 0
+        do throws(TenureError) {
+            raw = try item.bytes.withBytes { (buffer) throws(TenureError) in
+                try decompressor.decompress(buffer, maximumByteCount: limits.maximumRawMemberBytes, what: what) { (chunk) throws(TenureError) in
+                    try connection.copyData(chunk)
+                }
+            }
+        } catch {
+            _ = try? connection.endCopy(failWith: "tenure: \(error.message)")
+            throw error
+        }
+        let rows: Int
+        do { rows = try connection.endCopy() } catch {
+            throw TenureError(error.code, "loading \(what) into \(table.qualifiedName) failed: \(error.message)", sqlState: error.sqlState)
+        }
+        return (Int64(rows), Int64(raw))
+    case .blob:
+        var data: [UInt8] = []
+        _ = try item.bytes.withBytes { (buffer) throws(TenureError) in
+            try decompressor.decompress(buffer, maximumByteCount: limits.maximumRawMemberBytes, what: what) { chunk in data.append(contentsOf: chunk) }
+        }
+        let oid = String(item.key.object)
+        if item.key.part == 1 {
+            try connection.query(
+                "SELECT pg_catalog.lo_create($1::oid) WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_largeobject_metadata WHERE oid = $1::oid)", [oid])
+        }
+        if !data.isEmpty {
+            try connection.query("SELECT pg_catalog.lo_put($1::oid, $2::int8, $3::bytea)", [oid, String(item.blobOffset), hexBytea(data)])
+        }
+        return (0, Int64(data.count))
+    }
+}
+
+func hexBytea(_ bytes: [UInt8]) -> String {
+    let digits = Array("0123456789abcdef".utf8)
+    var text = [UInt8]("\\x".utf8)
+    text.reserveCapacity(2 + bytes.count * 2)
+    for byte in bytes {
+        text.append(digits[Int(byte >> 4)])
+        text.append(digits[Int(byte & 15)])
+    }
+    return String(decoding: text, as: UTF8.self)
+}
+
+/// One entry of a pg_dump plain script ("-- Name: x; Type: T; Schema: s; Owner: o").
+struct SchemaEntry: Sendable {
+    var type: String
+    var name: String
+    var sql: String
+}
+
+/// Splits a pg_dump section into its preamble (SET statements) and entries, by the
+/// comment headers pg_dump writes before every entry.
+func splitSchemaEntries(_ script: String) -> (preamble: String, entries: [SchemaEntry]) {
+    let lines = script.split(separator: "\n", omittingEmptySubsequences: false)
+    var preamble: [Substring] = []
+    var entries: [SchemaEntry] = []
+    var current: (type: String, name: String, lines: [Substring])?
+    var index = 0
+    while index < lines.count {
+        let line = lines[index]
+        if line == "--", index + 1 < lines.count, lines[index + 1].hasPrefix("-- Name: ") {
+            if let current { entries.append(SchemaEntry(type: current.type, name: current.name, sql: current.lines.joined(separator: "\n"))) }
+            let header = lines[index + 1]
+            let fields = header.dropFirst("-- ".count).components(separatedBy: "; ")
+            let name = fields.first { $0.hasPrefix("Name: ") }.map { String($0.dropFirst(6)) } ?? "?"
+            let type = fields.first { $0.hasPrefix("Type: ") }.map { String($0.dropFirst(6)) } ?? "?"
+            current = (type, name, [])
+            index += 2
+            continue
+        }
+        if current != nil { current!.lines.append(line) } else { preamble.append(line) }
+        index += 1
+    }
+    if let current { entries.append(SchemaEntry(type: current.type, name: current.name, sql: current.lines.joined(separator: "\n"))) }
+    return (preamble.joined(separator: "\n"), entries)
+}

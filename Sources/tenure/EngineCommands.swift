@@ -1,0 +1,158 @@
+import ArgumentParser
+import Foundation
+import TenureControl
+import TenureCore
+import TenureEngine
+import TenurePQ
+
+extension BackupFormat: ExpressibleByArgument {}
+
+/// Prints bytes, rows, rate and ETA to stderr once a second while `body` runs, when stderr
+/// is a terminal (never into a pipe or a log).
+func withProgress<T>(_ label: String, _ progress: TransferProgress, _ body: () throws(TenureError) -> T) throws(TenureError) -> T {
+    guard isatty(2) == 1 else { return try body() }
+    let done = Locked(false)
+    let start = Date()
+    let thread = Thread {
+        while !done.withLock({ $0 }) {
+            Thread.sleep(forTimeInterval: 1)
+            if done.withLock({ $0 }) { break }
+            let bytes = progress.rawBytes.load(ordering: .relaxed)
+            let rows = progress.rows.load(ordering: .relaxed)
+            let expected = progress.expectedBytes.load(ordering: .relaxed)
+            let seconds = max(Date().timeIntervalSince(start), 0.001)
+            let rate = Double(bytes) / seconds
+            var line = "\r\(label): \(formatBytes(bytes)), \(rows) rows, \(formatBytes(Int64(rate)))/s"
+            if expected > bytes, rate > 0 { line += ", ETA \(Int(Double(expected - bytes) / rate)) s" }
+            FileHandle.standardError.write(Data((line + "    ").utf8))
+        }
+    }
+    thread.start()
+    defer {
+        done.withLock { $0 = true }
+        FileHandle.standardError.write(Data("\r\u{1B}[K".utf8))
+    }
+    return try body()
+}
+
+final class Locked<Value>: @unchecked Sendable {
+    private let lock = NSLock()
+    private var value: Value
+    init(_ value: Value) { self.value = value }
+    func withLock<T>(_ body: (inout Value) -> T) -> T {
+        lock.lock()
+        defer { lock.unlock() }
+        return body(&value)
+    }
+}
+
+func formatBytes(_ count: Int64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"]
+    var value = Double(count)
+    var unit = 0
+    while value >= 1024 && unit < units.count - 1 {
+        value /= 1024
+        unit += 1
+    }
+    return unit == 0 ? "\(count) B" : String(format: "%.1f %@", value, units[unit])
+}
+
+func defaultJobs() -> Int { max(1, ProcessInfo.processInfo.activeProcessorCount) }
+
+func pgDump(_ configuration: TenureConfiguration) -> PgDump {
+    PgDump(path: ProcessInfo.processInfo.environment["TENURE_PG_DUMP"] ?? configuration.postgresBinDirectory + "/pg_dump")
+}
+
+struct BackupCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "backup", abstract: "Back up any PostgreSQL database (the URL names it) to a .tenure archive or a .sql.zst export.",
+        discussion: """
+            The output file is written under a temporary name and appears under its final name only when the backup is complete; \
+            with -o - the stream goes to stdout (a failed backup then lacks its manifest, which verify and restore detect).
+            """)
+    @OptionGroup var options: GlobalOptions
+    @Option(help: "Connection URL of the database to back up.") var url: String
+    @Option(name: .shortAndLong, help: "Output file, or - for stdout.") var output: String
+    @Option(help: "Parallel worker connections (default: the number of cores).") var jobs: Int?
+    @Option(help: "native (.tenure archive) or sql (.sql.zst for psql).") var format: BackupFormat = .native
+    @Option(help: "zstd compression level, 1–19.") var level: Int32 = BackupOptions.defaultLevel
+
+    func run() {
+        runCommand(json: options.json) { (output) throws(TenureError) in
+            let configuration = try options.configuration()
+            let jobs = jobs ?? defaultJobs()
+            guard (1...64).contains(jobs) else { throw TenureError(.invalidRequest, "--jobs must be from 1 to 64") }
+            guard (1...19).contains(level) else { throw TenureError(.invalidRequest, "--level must be from 1 to 19") }
+            let source = try ConnectionParameters(parsing: url, setting: "--url")
+            let sink: any ByteSink = self.output == "-" ? DescriptorSink(descriptor: 1, what: "stdout") : try AtomicFileSink(path: self.output)
+            if self.output == "-" && isatty(1) == 1 { throw TenureError(.invalidRequest, "refusing to write a backup to a terminal; redirect stdout") }
+            var backupOptions = BackupOptions(source: source, jobs: jobs, level: level, format: format, pgDump: pgDump(configuration), createdAt: Date())
+            backupOptions.limits = EngineLimits()
+            let progress = TransferProgress()
+            let start = Date()
+            let summary = try withProgress("backup", progress) { () throws(TenureError) in try runBackup(backupOptions, sink: sink, progress: progress) }
+            let seconds = Date().timeIntervalSince(start)
+            let document: [String: Any] = [
+                "output": self.output, "format": format.rawValue, "tables": summary.tableCount, "rows": summary.rowCount, "raw_bytes": summary.rawBytes,
+                "written_bytes": summary.writtenBytes, "members": summary.memberCount, "sequences": summary.sequenceCount,
+                "large_objects": summary.largeObjectCount, "seconds": (seconds * 1000).rounded() / 1000,
+            ]
+            // With -o -, stdout is the archive: the summary goes to stderr.
+            if self.output == "-" {
+                FileHandle.standardError.write(Data("backup: \(summary.tableCount) tables, \(summary.rowCount) rows, \(formatBytes(summary.writtenBytes)) in \(String(format: "%.1f", seconds)) s\n".utf8))
+            } else {
+                output.emit(json: document) {
+                    "backed up \(summary.tableCount) tables, \(summary.rowCount) rows (\(formatBytes(summary.rawBytes)) raw) to \(self.output): \(formatBytes(summary.writtenBytes)) in \(String(format: "%.1f", seconds)) s"
+                }
+            }
+        }
+    }
+}
+
+struct RestoreCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "restore", abstract: "Restore a .tenure archive into a new database (the URL names it; it must not exist yet).",
+        discussion: "All or nothing: the data goes into a temporary database that is renamed into place only after every part checked out.")
+    @OptionGroup var options: GlobalOptions
+    @Argument(help: "Archive file, or - for stdin.") var input: String
+    @Option(help: "Connection URL naming the database to create.") var url: String
+    @Option(help: "Parallel loader connections (default: the number of cores).") var jobs: Int?
+
+    func run() {
+        runCommand(json: options.json) { (output) throws(TenureError) in
+            let jobs = jobs ?? defaultJobs()
+            guard (1...64).contains(jobs) else { throw TenureError(.invalidRequest, "--jobs must be from 1 to 64") }
+            let target = try ConnectionParameters(parsing: url, setting: "--url")
+            let source = input == "-" ? DescriptorSource(descriptor: 0, what: "stdin") : try DescriptorSource(path: input)
+            let progress = TransferProgress()
+            let start = Date()
+            let summary = try withProgress("restore", progress) { () throws(TenureError) in
+                try runRestore(source: source, options: RestoreOptions(target: target, jobs: jobs), progress: progress)
+            }
+            let seconds = Date().timeIntervalSince(start)
+            output.emit(json: [
+                "database": summary.database, "tables": summary.tableCount, "rows": summary.rowCount, "members": summary.memberCount,
+                "seconds": (seconds * 1000).rounded() / 1000,
+            ]) { "restored \(summary.tableCount) tables, \(summary.rowCount) rows into database \(summary.database) in \(String(format: "%.1f", seconds)) s" }
+        }
+    }
+}
+
+struct VerifyCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "verify", abstract: "Check a .tenure archive completely without a database: frames, rows, order, manifest, end marker.")
+    @OptionGroup var options: GlobalOptions
+    @Argument(help: "Archive file, or - for stdin.") var input: String
+
+    func run() {
+        runCommand(json: options.json) { (output) throws(TenureError) in
+            let source = input == "-" ? DescriptorSource(descriptor: 0, what: "stdin") : try DescriptorSource(path: input)
+            let progress = TransferProgress()
+            let summary = try withProgress("verify", progress) { () throws(TenureError) in try runVerify(source: source, progress: progress) }
+            output.emit(json: [
+                "ok": true, "members": summary.memberCount, "tables": summary.tableCount, "rows": summary.rowCount, "raw_bytes": summary.rawBytes,
+                "created_at": summary.header.createdAt, "database": summary.header.database, "server_version": summary.header.serverVersion,
+            ]) { "archive OK: \(summary.memberCount) members, \(summary.tableCount) tables, \(summary.rowCount) rows, \(formatBytes(summary.rawBytes)) of data" }
+        }
+    }
+}
