@@ -1,0 +1,148 @@
+import Foundation
+import Testing
+import TenureCore
+import TenurePQ
+import TenureTestSupport
+
+/// A database full of the cases a logical backup gets wrong.
+let hardCasesSQL = #"""
+CREATE EXTENSION hstore;
+CREATE EXTENSION citext;
+CREATE SCHEMA "Odd Schema";
+CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
+CREATE TABLE types (
+    id serial PRIMARY KEY, i2 smallint, i4 integer, i8 bigint, n numeric(30,8), f4 real, f8 double precision, b boolean,
+    t text, vc varchar(40), c char(3), d date, ts timestamp, tz timestamptz, iv interval, tm time, u uuid, j json, jb jsonb,
+    ba bytea, arr integer[], tarr text[], ip inet, net cidr, mac macaddr, pt point, rng int4range, bits bit varying(16),
+    x xml, m mood, h hstore, ci citext, cash money, tsv tsvector
+);
+INSERT INTO types (i2, i4, i8, n, f4, f8, b, t, vc, c, d, ts, tz, iv, tm, u, j, jb, ba, arr, tarr, ip, net, mac, pt, rng, bits, x, m, h, ci, cash, tsv)
+VALUES
+ (1, 2, 3, 12345.678, 1.5, 2.25, true, 'plain', 'v', 'abc', '2026-01-31', '2026-01-31 12:00', '2026-01-31 12:00+02', '1 day 2 hours', '13:14',
+  'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '{"a": [1, 2]}', '{"b": {"c": null}}', '\x00ff10', '{1,2,NULL}', '{"a b","c\"d",NULL}',
+  '192.168.0.1', '10.0.0.0/8', '08:00:2b:01:02:03', '(1,2)', '[1,10)', B'1011', '<a>x</a>', 'happy', 'k=>v, "q w"=>NULL', 'MiXeD', 12.34, 'fat cat'),
+ (NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL),
+ (-32768, -2147483648, -9223372036854775808, 'NaN', 'Infinity', '-Infinity', false, '', '', '', '-infinity', 'infinity', 'epoch', '-1 year', '00:00',
+  '00000000-0000-0000-0000-000000000000', '""', '[]', '\x', '{}', '{}', '::1', '::/0', '00:00:00:00:00:00', '(0,0)', 'empty', B'', '<r/>', 'sad', '', '', 0, ''),
+ (0, 0, 0, 0.00000001, 0, 0, true, E'back\\slash \\. \\N tab\there\nnew line\r\ncrlf', E'\\.', 'x', '2000-02-29', '1999-12-31 23:59:59.999999',
+  '2026-03-29 02:30 Europe/Berlin', '0', '23:59:59', 'ffffffff-ffff-ffff-ffff-ffffffffffff', E'{"s": "line\\nbreak"}', '{"emoji": "😀", "é": "ü"}',
+  '\x5c2e0a', '{-1}', E'{"\\\\"}', '10.1.2.3/32', '192.168.1.0/24', 'ff:ff:ff:ff:ff:ff', '(-1.5,2.5)', '(,)', B'1', '<a b="1"/>', 'ok',
+  E'"back\\\\slash"=>"x"', 'Ärger', -5.5, 'a:1 b:2'),
+ (7, 7, 7, 7, 7, 7, true, 'Grüße, 日本語, עברית, emoji 😀 and a NUL-free \u0001 control', 'ünïcödé', 'ñ', '1970-01-01', NULL, NULL, NULL, NULL, NULL,
+  NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL);
+CREATE TABLE "Odd Schema"."Mixed ""Quoted"" Name" ("Weird Col" text, "select" integer, "ÜberCol" text);
+INSERT INTO "Odd Schema"."Mixed ""Quoted"" Name" VALUES ('a', 1, 'b'), (NULL, NULL, NULL), ('', 0, E'\t');
+CREATE TABLE no_columns ();
+INSERT INTO no_columns DEFAULT VALUES; INSERT INTO no_columns DEFAULT VALUES; INSERT INTO no_columns DEFAULT VALUES;
+CREATE TABLE dropped_column (a integer, b text, c integer);
+ALTER TABLE dropped_column DROP COLUMN b;
+INSERT INTO dropped_column VALUES (1, 2), (3, NULL);
+CREATE TABLE measurements (city integer, logdate date NOT NULL, reading integer) PARTITION BY RANGE (logdate);
+CREATE TABLE measurements_2025 PARTITION OF measurements FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');
+CREATE TABLE measurements_2026 PARTITION OF measurements FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');
+CREATE INDEX measurements_city ON measurements (city);
+INSERT INTO measurements SELECT g % 10, date '2025-06-01' + g, g FROM generate_series(1, 400) g;
+CREATE TABLE animals (name text PRIMARY KEY);
+CREATE TABLE dogs (bark text) INHERITS (animals);
+INSERT INTO animals VALUES ('generic');
+INSERT INTO dogs VALUES ('rex', 'woof'), ('fido', NULL);
+CREATE TABLE generated (a integer, b integer GENERATED ALWAYS AS (a * 10) STORED);
+INSERT INTO generated (a) VALUES (1), (2), (NULL);
+CREATE TABLE identity_table (id integer GENERATED ALWAYS AS IDENTITY PRIMARY KEY, v text);
+INSERT INTO identity_table (v) SELECT 'v' || g FROM generate_series(1, 5) g;
+CREATE SEQUENCE seq_called;
+SELECT setval('seq_called', 1234);
+CREATE SEQUENCE seq_not_called;
+SELECT setval('seq_not_called', 77, false);
+CREATE SEQUENCE "Odd Schema"."Odd Seq" INCREMENT BY -1 MINVALUE -100 MAXVALUE 100 START 5;
+SELECT nextval('"Odd Schema"."Odd Seq"');
+CREATE TABLE toasty (id integer PRIMARY KEY, big text, blob bytea);
+INSERT INTO toasty SELECT 1, string_agg(md5(g::text), ''), decode(string_agg(md5((g * 7)::text), ''), 'hex') FROM generate_series(1, 150000) g;
+INSERT INTO toasty VALUES (2, repeat('x', 10), NULL);
+SELECT lo_from_bytea(0, 'small large object');
+SELECT lo_from_bytea(0, '');
+SELECT lo_from_bytea(0, decode(string_agg(md5(g::text), ''), 'hex')) FROM generate_series(1, 200000) g;
+CREATE TABLE accounts (id integer PRIMARY KEY, owner text NOT NULL, balance numeric CHECK (balance >= -1000), UNIQUE (owner));
+INSERT INTO accounts SELECT g, 'owner' || g, g * 10 FROM generate_series(1, 3000) g;
+CREATE TABLE transfers (id bigserial PRIMARY KEY, account integer REFERENCES accounts (id) ON DELETE CASCADE, amount numeric);
+INSERT INTO transfers (account, amount) SELECT 1 + g % 3000, g FROM generate_series(1, 20000) g;
+CREATE INDEX transfers_expression ON transfers ((amount * 2)) WHERE amount > 10;
+CREATE VIEW rich AS SELECT owner FROM accounts WHERE balance > 100;
+CREATE MATERIALIZED VIEW totals AS SELECT account, sum(amount) AS total FROM transfers GROUP BY account;
+CREATE UNIQUE INDEX totals_account ON totals (account);
+CREATE FUNCTION touch() RETURNS trigger LANGUAGE plpgsql AS $body$
+BEGIN
+    NEW.v := NEW.v || '!';
+    RETURN NEW;
+END
+$body$;
+CREATE TRIGGER identity_touch BEFORE INSERT ON identity_table FOR EACH ROW EXECUTE FUNCTION touch();
+ALTER TABLE accounts ENABLE ROW LEVEL SECURITY;
+CREATE POLICY own_rows ON accounts USING (owner = current_user);
+COMMENT ON TABLE accounts IS 'Customer accounts; it''s commented';
+COMMENT ON COLUMN accounts.balance IS 'in cents, may be "negative"';
+"""#
+
+/// Comparison of two databases: schema text, per-table content fingerprints, sequences, large objects.
+func fingerprint(_ server: TestServer, _ database: String) throws -> [String] {
+    var lines: [String] = []
+    let tables = try server.rows(
+        """
+        SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE c.relkind IN ('r', 'm') AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_toast' ORDER BY 1
+        """, database: database)
+    for row in tables {
+        let name = row[0]!
+        let print = try server.rows(
+            "SELECT count(*) || ' ' || coalesce(md5(string_agg(h, '' ORDER BY h)), '-') FROM (SELECT md5(t::text) AS h FROM ONLY \(name) t) s",
+            database: database)
+        lines.append("table \(name): \(print[0][0]!)")
+    }
+    for row in try server.rows(
+        "SELECT quote_ident(schemaname) || '.' || quote_ident(sequencename) FROM pg_sequences ORDER BY 1", database: database)
+    {
+        let state = try server.rows("SELECT last_value || ' ' || is_called FROM \(row[0]!)", database: database)
+        lines.append("sequence \(row[0]!): \(state[0][0]!)")
+    }
+    for row in try server.rows("SELECT oid || ' ' || md5(lo_get(oid)) FROM pg_largeobject_metadata ORDER BY oid", database: database) {
+        lines.append("large object \(row[0]!)")
+    }
+    return lines
+}
+
+/// `pg_dump --schema-only`, without the per-run `\restrict` key lines.
+func schemaDump(_ server: TestServer, _ database: String) throws -> String {
+    let child = try ChildProcess(
+        ["/usr/lib/postgresql/15/bin/pg_dump", "--schema-only", "-h", server.cluster.socketDirectory, "-p", String(server.port), "-U", "postgres", database],
+        environment: ["PATH": "/usr/bin:/bin", "LC_ALL": "C.UTF-8"])
+    let outcome = child.wait()
+    #expect(outcome.status == 0, "\(outcome.stderr)")
+    return outcome.stdout.split(separator: "\n", omittingEmptySubsequences: false).filter { !$0.hasPrefix("\\restrict") && !$0.hasPrefix("\\unrestrict") }
+        .joined(separator: "\n")
+}
+
+func newDatabaseName(_ prefix: String) -> String {
+    prefix + "_" + String(DatabaseID.random().rawValue.dropFirst(3))
+}
+
+func url(_ server: TestServer, _ database: String) -> String {
+    "postgresql://postgres@/\(database)?host=\(server.cluster.socketDirectory)&port=\(server.port)"
+}
+
+func createHardCases(_ server: TestServer) throws -> String {
+    let name = newDatabaseName("hard")
+    _ = try server.rows("CREATE DATABASE \(name)")
+    let connection = try server.connect(database: name)
+    defer { connection.close() }
+    try connection.execute(hardCasesSQL)
+    return name
+}
+
+func temporaryFile(_ suffix: String) -> String {
+    NSTemporaryDirectory() + "tenure-test-\(UUID().uuidString.prefix(8))\(suffix)"
+}
+
+/// Databases a failed restore could have left behind.
+func leftovers(_ server: TestServer) throws -> [String] {
+    try server.rows("SELECT datname FROM pg_database WHERE datname LIKE 'tenure_restore_%'").map { $0[0]! }
+}
