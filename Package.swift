@@ -58,7 +58,7 @@ let package = Package(
             swiftSettings: strict),
         .testTarget(name: "TenureCoreTests", dependencies: ["TenureCore"]),
         .testTarget(name: "TenureZstdTests", dependencies: ["TenureZstd"]),
-        .testTarget(name: "TenureEngineTests", dependencies: ["TenureCore", "TenurePQ", "TenureEngine", "TenureTestSupport", "tenure"]),
+        .testTarget(name: "TenureEngineTests", dependencies: ["TenureCore", "TenurePQ", "TenureEngine", "TenureZstd", "TenureTestSupport", "tenure"]),
         .testTarget(
             name: "TenureIntegrationTests",
             dependencies: ["TenureCore", "TenurePQ", "TenureCatalog", "TenureControl", "TenureEmbedded", "TenureTestSupport"]

@@ -124,11 +124,10 @@ public final class FrameDecompressor {
         var total = 0
         var frameEnded = false
         while true {
-            var produced = 0
-            var remaining = 0
+            let consumedBefore = source.pos
             var out = ZSTD_outBuffer(dst: chunk.baseAddress, size: chunk.count, pos: 0)
-            remaining = ZSTD_decompressStream(context, &out, &source)
-            produced = out.pos
+            let remaining = ZSTD_decompressStream(context, &out, &source)
+            let produced = out.pos
             if ZSTD_isError(remaining) != 0 {
                 throw TenureError(.invalidRequest, "\(what): corrupt zstd data (\(String(cString: ZSTD_getErrorName(remaining))))")
             }
@@ -139,10 +138,13 @@ public final class FrameDecompressor {
             if produced > 0 {
                 try output(UnsafeRawBufferPointer(start: chunk.baseAddress, count: produced))
             }
-            frameEnded = remaining == 0
-            if source.pos == source.size && produced < chunk.count {
+            // 0 means a frame ended and was fully flushed; more input means another frame.
+            if remaining == 0 && source.pos == source.size {
+                frameEnded = true
                 break
             }
+            // No progress with all input given: the frame is cut short.
+            if produced == 0 && source.pos == consumedBefore { break }
         }
         guard frameEnded else { throw TenureError(.invalidRequest, "\(what): truncated zstd frame (no frame end)") }
         return total
@@ -155,5 +157,12 @@ extension Zstd {
         let size = ZSTD_getFrameContentSize(frame.baseAddress, frame.count)
         // ZSTD_CONTENTSIZE_UNKNOWN (-1) and ZSTD_CONTENTSIZE_ERROR (-2)
         return size >= UInt64.max - 1 ? nil : size
+    }
+}
+
+/// One-shot helper for tests and small members.
+public enum TenureZstdFrame {
+    public static func compress(_ bytes: [UInt8], level: Int32 = 3) throws(TenureError) -> [UInt8] {
+        try Zstd.compressFrame(bytes, level: level)
     }
 }

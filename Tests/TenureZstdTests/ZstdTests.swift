@@ -20,3 +20,20 @@ import TenureCore
         #expect(throws: TenureError.self) { try Zstd.decompressFrame(frame, maximumByteCount: 1 << 16) }
     }
 }
+
+@Suite struct FrameTests {
+    @Test(arguments: [0, 1, 65_536, 1 << 18, (1 << 18) + 1, 1 << 20, (1 << 20) + 7, 3_200_000])
+    func framesOfEverySizeRoundTrip(size: Int) throws {
+        var generator = SystemRandomNumberGenerator()
+        let input = (0..<size).map { _ in UInt8.random(in: 0...255, using: &generator) }
+        let compressor = FrameCompressor(level: 1)
+        let frame = try input.withBytes { (buffer) throws(TenureError) in try compressor.compress(buffer) }
+        var output: [UInt8] = []
+        let decompressor = FrameDecompressor()
+        let count = try frame.withBytes { (buffer) throws(TenureError) in
+            try decompressor.decompress(buffer, maximumByteCount: 1 << 23, what: "test") { output.append(contentsOf: $0) }
+        }
+        #expect(count == size && output == input)
+        #expect(frame.withUnsafeBytes { Zstd.frameContentSize($0) } == UInt64(size))
+    }
+}
