@@ -4,7 +4,7 @@
 #   make bench  benchmarks (never part of `make test`)
 
 SWIFT        ?= swift
-APT_PACKAGES := postgresql-15 libpq-dev libzstd-dev pkg-config zstd
+APT_PACKAGES := postgresql-15 postgresql-contrib libpq-dev libzstd-dev pkg-config zstd time
 PG_BIN       ?= /usr/lib/postgresql/15/bin
 TENURE_HOME  ?= $(CURDIR)/var
 export TENURE_HOME
@@ -38,8 +38,8 @@ test: deps
 	$(SWIFT) build --build-tests
 	$(SWIFT) test --skip-build --no-parallel
 
-bench: deps
-	@echo 'make bench arrives with the backup engine (issue 4)'; exit 1
+bench: release
+	TENURE_BIN=$$($(SWIFT) build -c release --show-bin-path)/tenure python3 ops/bench.py
 
 clean:
 	rm -rf .build

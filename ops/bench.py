@@ -1,0 +1,186 @@
+#!/usr/bin/env python3
+"""make bench: Tenure's backup/restore against pg_dump/pg_restore on one private server.
+
+Generates a benchmark database (BENCH_SCALE GiB of table data, default 1: one big table of
+about 60 %, 6 medium tables, 300 small ones; numeric, timestamptz, jsonb, text, bytea;
+indexes and a foreign key), then times each tool in one run with N = cores and prints
+seconds, output bytes, peak RSS and the ratios against the targets of issue 4.
+Never part of `make test`.
+"""
+import json, os, re, shutil, subprocess, sys, time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PG_BIN = os.environ.get("TENURE_PG_BIN", "/usr/lib/postgresql/15/bin")
+SCALE = float(os.environ.get("BENCH_SCALE", "1"))
+JOBS = int(os.environ.get("BENCH_JOBS", str(os.cpu_count() or 2)))
+WORK = os.environ.get("BENCH_DIR", "/tmp/tenure-bench")
+PORT = int(os.environ.get("BENCH_PORT", "55499"))
+TENURE = os.environ.get("TENURE_BIN") or os.path.join(ROOT, ".build", "release", "tenure")
+AS_ROOT = os.geteuid() == 0
+SOCKET = os.path.join(WORK, "sock")
+DATA = os.path.join(WORK, "data")
+OUT = os.path.join(WORK, "out")
+
+
+def as_postgres(cmd):
+    return ["runuser", "-u", "postgres", "--"] + cmd if AS_ROOT else cmd
+
+
+def run(cmd, **kw):
+    return subprocess.run(cmd, check=True, **kw)
+
+
+def psql(db, sql):
+    run([PG_BIN + "/psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", SOCKET, "-p", str(PORT), "-U", "postgres", "-d", db, "-c", sql],
+        stdout=subprocess.DEVNULL)
+
+
+def url(db):
+    return f"postgresql://postgres@/{db}?host={SOCKET}&port={PORT}"
+
+
+def start_server():
+    if os.path.exists(WORK):
+        subprocess.run(as_postgres([PG_BIN + "/pg_ctl", "-D", DATA, "-m", "immediate", "stop"]), capture_output=True)
+        shutil.rmtree(WORK)
+    os.makedirs(SOCKET)
+    os.makedirs(OUT)
+    if AS_ROOT:
+        run(["chown", "-R", "postgres:postgres", WORK])
+    run(as_postgres([PG_BIN + "/initdb", "-D", DATA, "-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C.UTF-8"]),
+        stdout=subprocess.DEVNULL)
+    with open(os.path.join(DATA, "postgresql.conf"), "a") as conf:
+        conf.write(f"port = {PORT}\nunix_socket_directories = '{SOCKET}'\nlisten_addresses = ''\n"
+                   "shared_buffers = 1GB\nmax_wal_size = 8GB\ncheckpoint_timeout = 30min\nmax_connections = 100\n"
+                   "maintenance_work_mem = 512MB\nwork_mem = 64MB\n")
+    run(as_postgres([PG_BIN + "/pg_ctl", "-D", DATA, "-l", os.path.join(WORK, "server.log"), "-w", "start"]), stdout=subprocess.DEVNULL)
+
+
+def stop_server():
+    subprocess.run(as_postgres([PG_BIN + "/pg_ctl", "-D", DATA, "-m", "fast", "-w", "stop"]), capture_output=True)
+
+
+def generate():
+    psql("postgres", "CREATE DATABASE bench")
+    big_rows = int(SCALE * 3_300_000)
+    medium_rows = int(SCALE * 180_000)
+    statements = [
+        "CREATE TABLE customers (id integer PRIMARY KEY, name text NOT NULL, email text, created timestamptz, profile jsonb)",
+        "INSERT INTO customers SELECT g, 'customer ' || g, 'c' || g || '@example.com', now() - g * interval '1 minute', "
+        "jsonb_build_object('tier', g % 5, 'tags', jsonb_build_array('a', 'b', g % 7)) FROM generate_series(1, 50000) g",
+        # The big table: ~60 % of the data.
+        "CREATE TABLE events (id bigint PRIMARY KEY, customer integer NOT NULL REFERENCES customers (id), amount numeric(14,2), "
+        "happened timestamptz, kind text, payload jsonb, note text, digest bytea)",
+        f"INSERT INTO events SELECT g, 1 + g % 50000, (g % 100000) / 7.0, timestamptz '2024-01-01' + g * interval '1 second', "
+        f"(ARRAY['click','view','buy','refund'])[1 + g % 4], jsonb_build_object('n', g, 'ua', 'Mozilla/5.0 (' || (g % 97) || ')', 'ok', g % 3 = 0), "
+        f"'note ' || md5(g::text) || ' ' || repeat(chr(97 + g % 26), g % 40), decode(md5((g * 31)::text), 'hex') "
+        f"FROM generate_series(1, {big_rows}) g",
+        "CREATE INDEX events_customer ON events (customer)",
+        "CREATE INDEX events_happened ON events (happened)",
+    ]
+    for m in range(1, 7):
+        statements += [
+            f"CREATE TABLE medium_{m} (id integer PRIMARY KEY, label text, value numeric, at timestamptz, attributes jsonb, blob bytea)",
+            f"INSERT INTO medium_{m} SELECT g, 'label ' || (g % 1000) || ' ' || md5((g * {m})::text), g * 1.25, now() - g * interval '1 hour', "
+            f"jsonb_build_object('m', {m}, 'g', g, 'text', repeat('x', g % 50)), decode(md5(g::text) || md5((g+1)::text), 'hex') "
+            f"FROM generate_series(1, {medium_rows}) g",
+            f"CREATE INDEX medium_{m}_label ON medium_{m} (label)",
+        ]
+    for s in range(1, 301):
+        statements += [
+            f"CREATE TABLE small_{s} (id integer PRIMARY KEY, name text, amount numeric, at timestamptz)",
+            f"INSERT INTO small_{s} SELECT g, 'row ' || g, g * {s}, now() FROM generate_series(1, 100) g",
+        ]
+    sql = ";\n".join(statements) + ";\nANALYZE;\n"
+    run([PG_BIN + "/psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", SOCKET, "-p", str(PORT), "-U", "postgres", "-d", "bench"],
+        input=sql.encode(), stdout=subprocess.DEVNULL)
+    run(as_postgres([PG_BIN + "/vacuumdb", "-h", SOCKET, "-p", str(PORT), "-U", "postgres", "--freeze", "-q", "bench"]))
+
+
+def timed(name, shell):
+    """Runs a shell command under GNU time; returns seconds and peak RSS (KiB) of the largest process."""
+    start = time.monotonic()
+    result = subprocess.run(["/usr/bin/time", "-f", "%M", "sh", "-c", shell], capture_output=True, text=True)
+    seconds = time.monotonic() - start
+    if result.returncode != 0:
+        sys.exit(f"{name} failed:\n{result.stderr}")
+    rss = int(result.stderr.strip().split("\n")[-1])
+    return seconds, rss
+
+
+def size(path):
+    if os.path.isdir(path):
+        return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
+    return os.path.getsize(path)
+
+
+def main():
+    if not os.path.exists(TENURE):
+        sys.exit(f"{TENURE} not built; run make bench")
+    start_server()
+    try:
+        t0 = time.monotonic()
+        generate()
+        data_bytes = int(subprocess.run([PG_BIN + "/psql", "-X", "-At", "-h", SOCKET, "-p", str(PORT), "-U", "postgres", "-d", "bench", "-c",
+                                          "SELECT sum(pg_relation_size(oid)) FROM pg_class WHERE relkind = 'r' AND relnamespace = 'public'::regnamespace"],
+                                         capture_output=True, text=True, check=True).stdout)
+        print(f"benchmark database: {data_bytes / 2**30:.2f} GiB of table data, generated in {time.monotonic() - t0:.0f} s; N = {JOBS}", flush=True)
+        psql("bench", "CHECKPOINT")
+        pg = PG_BIN
+        conn = f"-h {SOCKET} -p {PORT} -U postgres"
+        results = {}
+
+        def record(key, seconds, rss, path=None):
+            results[key] = {"seconds": seconds, "rss_kib": rss, "bytes": size(path) if path else None}
+            print(f"  {key}: {seconds:.1f} s, {rss / 1024:.0f} MiB", flush=True)
+
+        # Warm the cache once so the first tool is not penalised.
+        timed("warm", f"{pg}/pg_dump {conn} -Fc -Z0 bench > /dev/null")
+        s, r = timed("pg_dump -Fd", f"{pg}/pg_dump {conn} -Fd -j {JOBS} -f {OUT}/fd bench")
+        record("pg_dump -Fd -j N", s, r, f"{OUT}/fd")
+        s, r = timed("pg_dump | zstd", f"{pg}/pg_dump {conn} bench | zstd -q -3 -T1 > {OUT}/plain.sql.zst")
+        record("pg_dump | zstd -3 -T1", s, r, f"{OUT}/plain.sql.zst")
+        s, r = timed("tenure backup", f"{TENURE} backup --url '{url('bench')}' -o {OUT}/b.tenure --jobs {JOBS}")
+        record("tenure backup", s, r, f"{OUT}/b.tenure")
+        s, r = timed("tenure backup sql", f"{TENURE} backup --url '{url('bench')}' -o {OUT}/b.sql.zst --format sql --jobs {JOBS}")
+        record("tenure backup --format sql", s, r, f"{OUT}/b.sql.zst")
+        s, r = timed("tenure verify", f"{TENURE} verify {OUT}/b.tenure")
+        record("tenure verify", s, r)
+        psql("postgres", "CREATE DATABASE r_pg")
+        s, r = timed("pg_restore", f"{pg}/pg_restore {conn} -j {JOBS} -d r_pg {OUT}/fd")
+        record("pg_restore -j N", s, r)
+        psql("postgres", "CHECKPOINT")
+        s, r = timed("tenure restore", f"{TENURE} restore {OUT}/b.tenure --url '{url('r_tenure')}' --jobs {JOBS}")
+        record("tenure restore", s, r)
+
+        def ratio(a, b, key="seconds"):
+            return results[a][key] / results[b][key]
+
+        rows = [
+            ("backup vs pg_dump -Fd -j N", ratio("tenure backup", "pg_dump -Fd -j N"), 0.35),
+            ("backup vs pg_dump | zstd -3 -T1", ratio("tenure backup", "pg_dump | zstd -3 -T1"), 0.7),
+            ("restore vs pg_restore -j N", ratio("tenure restore", "pg_restore -j N"), 0.7),
+            ("sql export vs pg_dump | zstd -3 -T1", ratio("tenure backup --format sql", "pg_dump | zstd -3 -T1"), 1.0),
+            ("archive size vs pg_dump | zstd -3", ratio("tenure backup", "pg_dump | zstd -3 -T1", "bytes"), 1.1),
+        ]
+        print()
+        print(f"| run (N = {JOBS}, {data_bytes / 2**30:.2f} GiB of table data) | seconds | output bytes | peak RSS MiB |")
+        print("|---|---:|---:|---:|")
+        for key, value in results.items():
+            out = f"{value['bytes']:,}" if value["bytes"] is not None else "-"
+            print(f"| {key} | {value['seconds']:.1f} | {out} | {value['rss_kib'] / 1024:.0f} |")
+        print()
+        print("| ratio | measured | target | |")
+        print("|---|---:|---:|---|")
+        for name, value, target in rows:
+            print(f"| {name} | {value:.2f} | ≤ {target} | {'ok' if value <= target else 'MISSED'} |")
+        tenure_rss = max(results[k]["rss_kib"] for k in results if k.startswith("tenure")) / 1024
+        print(f"| tenure peak RSS (MiB) | {tenure_rss:.0f} | ≤ 200 | {'ok' if tenure_rss <= 200 else 'MISSED'} |")
+        with open(os.path.join(WORK, "results.json"), "w") as f:
+            json.dump(results, f, indent=2)
+    finally:
+        stop_server()
+
+
+if __name__ == "__main__":
+    main()
