@@ -104,6 +104,13 @@ final class Restore {
         return connection
     }
 
+    /// Phase timings on stderr with TENURE_TIMING=1 (for benchmarking).
+    let timing = ProcessInfo.processInfo.environment["TENURE_TIMING"] == "1"
+    let started = Date()
+    func mark(_ phase: String) {
+        if timing { FileHandle.standardError.write(Data(String(format: "restore %.2f s: %@\n", Date().timeIntervalSince(started), phase).utf8)) }
+    }
+
     func run(source: DescriptorSource) throws(TenureError) -> RestoreSummary {
         let reader = ArchiveReader(source: source, limits: options.limits)
         var main: PostgresConnection?
@@ -130,6 +137,7 @@ final class Restore {
                     main = try connect()
                 case .preData(let script):
                     try execute(script, restrictKey: restrictKey, section: "pre-data schema", on: main!)
+                    mark("pre-data done")
                 case .tables(let list):
                     tables = list
                 case .sequences(let script):
@@ -147,9 +155,12 @@ final class Restore {
                         throw failure.error ?? TenureError(.internal, "restore cancelled")
                     }
                 case .postData(let script):
+                    mark("all data read")
                     stopLoaders()
                     if let error = failure.error { throw error }
-                    try runPostData(stripRestrictLines(script, key: restrictKey))
+                    mark("data loaded")
+                    try runPostData(stripRestrictLines(script, key: restrictKey), tables: tables)
+                    mark("post-data done")
                 case .manifest(let value):
                     manifest = value
                 }
@@ -210,14 +221,19 @@ final class Restore {
 
     /// The index builds and constraints in parallel (indexes and keys, then foreign keys),
     /// then everything else in pg_dump's order.
-    func runPostData(_ script: String) throws(TenureError) {
+    func runPostData(_ script: String, tables: [TableEntry]) throws(TenureError) {
         let (preamble, entries) = splitSchemaEntries(script)
+        // Biggest table first, so the longest index build starts earliest.
+        var sizes: [String: Int64] = [:]
+        for table in tables { sizes[dumpName(table.schema) + "." + dumpName(table.name)] = table.byteCount }
+        func size(_ entry: SchemaEntry) -> Int64 { entry.table.flatMap { sizes[$0] } ?? 0 }
         let phases: [[SchemaEntry]] = [
-            entries.filter { $0.type == "INDEX" || $0.type == "CONSTRAINT" },
-            entries.filter { $0.type == "FK CONSTRAINT" },
+            entries.filter { $0.type == "INDEX" || $0.type == "CONSTRAINT" }.sorted { size($0) > size($1) },
+            entries.filter { $0.type == "FK CONSTRAINT" }.sorted { size($0) > size($1) },
         ]
         let rest = entries.filter { !["INDEX", "CONSTRAINT", "FK CONSTRAINT"].contains($0.type) }
         for phase in phases where !phase.isEmpty {
+            mark("post-data phase of \(phase.count) entries")
             let work = Locked(phase[...])
             let failure = FirstFailure()
             let parameters = self.parameters
@@ -308,6 +324,24 @@ struct SchemaEntry: Sendable {
     var type: String
     var name: String
     var sql: String
+
+    /// The table an index or constraint is on, as pg_dump spells it (`public.events`).
+    var table: String? {
+        for marker in ["ALTER TABLE ONLY ", "ALTER TABLE ", " ON ONLY ", " ON "] {
+            if let range = sql.range(of: marker) {
+                let rest = sql[range.upperBound...]
+                return String(rest.prefix { !$0.isWhitespace && $0 != "(" })
+            }
+        }
+        return nil
+    }
+}
+
+/// An identifier as pg_dump prints it: bare when it is a plain lowercase name, quoted otherwise.
+func dumpName(_ name: String) -> String {
+    let plain = name.first.map { $0 == "_" || ("a"..."z").contains($0) } == true
+        && name.allSatisfy { $0 == "_" || ("a"..."z").contains($0) || ("0"..."9").contains($0) }
+    return plain ? name : quoteName(name)
 }
 
 /// Splits a pg_dump section into its preamble (SET statements) and entries, by the
