@@ -36,7 +36,7 @@ let package = Package(
         .target(
             name: "TenureControl",
             dependencies: [
-                "TenureCore", "TenurePQ", "TenureCatalog", "TenureEmbedded",
+                "TenureCore", "TenurePQ", "TenureCatalog", "TenureEmbedded", "TenureEngine",
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strict

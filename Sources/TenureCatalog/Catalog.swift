@@ -221,12 +221,12 @@ public final class Catalog {
     public func insertIntent(_ intent: IntentRecord) throws(TenureError) {
         try connection.query(
             """
-            INSERT INTO intents (id, kind, database_id, server_name, pg_database, pg_role, status, created_at, lock_key)
-            VALUES ($1, $2, $3, $4, $5, $6, 'pending', to_timestamp($7::float8), $8)
+            INSERT INTO intents (id, kind, database_id, server_name, pg_database, pg_role, status, created_at, lock_key, detail)
+            VALUES ($1, $2, $3, $4, $5, $6, 'pending', to_timestamp($7::float8), $8, $9::jsonb)
             """,
             [
                 intent.id.rawValue, intent.kind.rawValue, intent.databaseID.rawValue, intent.serverName, intent.postgresDatabase,
-                intent.postgresRole, epoch(intent.createdAt), String(intent.lockKey),
+                intent.postgresRole, epoch(intent.createdAt), String(intent.lockKey), jsonText(intent.detail),
             ])
     }
 
@@ -240,7 +240,8 @@ public final class Catalog {
     public func pendingIntents() throws(TenureError) -> [IntentRecord] {
         let result = try connection.query(
             """
-            SELECT id, kind, database_id, server_name, pg_database, pg_role, lock_key, extract(epoch FROM created_at)::text AS created_at
+            SELECT id, kind, database_id, server_name, pg_database, pg_role, lock_key, extract(epoch FROM created_at)::text AS created_at,
+                   detail::text AS detail
             FROM intents WHERE status = 'pending' ORDER BY created_at, id
             """)
         return result.rows.indices.map { row in
@@ -248,8 +249,77 @@ public final class Catalog {
                 id: IntentID(unchecked: result[row, "id"]!), kind: IntentKind(rawValue: result[row, "kind"]!)!,
                 databaseID: DatabaseID(unchecked: result[row, "database_id"]!), serverName: result[row, "server_name"]!,
                 postgresDatabase: result[row, "pg_database"]!, postgresRole: result[row, "pg_role"]!,
-                lockKey: Int64(result[row, "lock_key"]!)!, createdAt: date(result[row, "created_at"])!)
+                lockKey: Int64(result[row, "lock_key"]!)!, createdAt: date(result[row, "created_at"])!,
+                detail: (try? JSONDecoder().decode([String: String].self, from: Data((result[row, "detail"] ?? "{}").utf8))) ?? [:])
         }
+    }
+
+    // MARK: - Backups
+
+    static let backupColumns = """
+        id, database_id, state, format, path, byte_count, row_count, table_count, error, lock_key,
+        extract(epoch FROM started_at)::text AS started_at, extract(epoch FROM finished_at)::text AS finished_at
+        """
+
+    public func insertBackup(_ backup: BackupRecord) throws(TenureError) {
+        try connection.query(
+            "INSERT INTO backups (id, database_id, state, format, path, started_at, lock_key) VALUES ($1, $2, $3, $4, $5, to_timestamp($6::float8), $7)",
+            [backup.id.rawValue, backup.databaseID.rawValue, backup.state, backup.format, backup.path, epoch(backup.startedAt), String(backup.lockKey)])
+    }
+
+    public func finishBackup(_ id: BackupID, state: String, byteCount: Int64?, rowCount: Int64?, tableCount: Int?, error: String?, now: Date)
+        throws(TenureError)
+    {
+        try connection.query(
+            """
+            UPDATE backups SET state = $2, byte_count = $3, row_count = $4, table_count = $5, error = $6, finished_at = to_timestamp($7::float8)
+            WHERE id = $1
+            """,
+            [id.rawValue, state, byteCount.map { String($0) }, rowCount.map { String($0) }, tableCount.map { String($0) }, error, epoch(now)])
+    }
+
+    public func backups(databaseID: DatabaseID? = nil, state: String? = nil) throws(TenureError) -> [BackupRecord] {
+        var conditions: [String] = []
+        var parameters: [String?] = []
+        if let databaseID {
+            parameters.append(databaseID.rawValue)
+            conditions.append("database_id = $\(parameters.count)")
+        }
+        if let state {
+            parameters.append(state)
+            conditions.append("state = $\(parameters.count)")
+        }
+        let filter = conditions.isEmpty ? "" : " WHERE " + conditions.joined(separator: " AND ")
+        let result = try connection.query("SELECT \(Self.backupColumns) FROM backups\(filter) ORDER BY started_at, id", parameters)
+        return result.rows.indices.map { backupRecord(result, $0) }
+    }
+
+    public func backup(_ id: BackupID) throws(TenureError) -> BackupRecord {
+        let result = try connection.query("SELECT \(Self.backupColumns) FROM backups WHERE id = $1", [id.rawValue])
+        guard !result.rows.isEmpty else {
+            throw TenureError(.backupNotFound, "no backup with id \(id)", context: ["backup_id": id.rawValue])
+        }
+        return backupRecord(result, 0)
+    }
+
+    /// Marks every backup of a database deleted (its files are removed by the caller).
+    public func deleteBackups(of databaseID: DatabaseID, now: Date) throws(TenureError) {
+        try connection.query(
+            "UPDATE backups SET state = 'deleted', finished_at = coalesce(finished_at, to_timestamp($2::float8)) WHERE database_id = $1 AND state <> 'deleted'",
+            [databaseID.rawValue, epoch(now)])
+    }
+
+    private func backupRecord(_ result: QueryResult, _ row: Int) -> BackupRecord {
+        var record = BackupRecord(
+            id: BackupID(unchecked: result[row, "id"]!), databaseID: DatabaseID(unchecked: result[row, "database_id"]!), state: result[row, "state"]!,
+            format: result[row, "format"]!, path: result[row, "path"]!, startedAt: date(result[row, "started_at"])!,
+            lockKey: Int64(result[row, "lock_key"]!)!)
+        record.byteCount = result[row, "byte_count"].flatMap { Int64($0) }
+        record.rowCount = result[row, "row_count"].flatMap { Int64($0) }
+        record.tableCount = result[row, "table_count"].flatMap { Int($0) }
+        record.error = result[row, "error"]
+        record.finishedAt = date(result[row, "finished_at"])
+        return record
     }
 
     /// Session advisory locks mark the process carrying out an intent: a crashed process's
@@ -336,6 +406,10 @@ public final class Catalog {
     public func isLatestSweep(_ token: Int64) throws(TenureError) -> Bool {
         try connection.query("SELECT NOT EXISTS (SELECT 1 FROM sweeps WHERE id > $1) AS latest", [String(token)])[0, "latest"] == "t"
     }
+}
+
+func jsonText(_ object: [String: String]) -> String {
+    String(decoding: (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])) ?? Data("{}".utf8), as: UTF8.self)
 }
 
 /// Seconds since 1970 with microseconds, as PostgreSQL's `to_timestamp` takes them.

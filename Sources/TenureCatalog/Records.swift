@@ -76,6 +76,34 @@ public struct DatabaseRecord: Sendable, Equatable {
 public enum IntentKind: String, Sendable {
     case createDatabase = "create_database"
     case dropDatabase = "drop_database"
+    /// Replacing a database's contents from a backup: detail holds "new" and "aside" names.
+    case restoreDatabase = "restore_database"
+}
+
+/// A backup in the store.
+public struct BackupRecord: Sendable, Equatable {
+    public var id: BackupID
+    public var databaseID: DatabaseID
+    public var state: String
+    public var format: String
+    public var path: String
+    public var byteCount: Int64?
+    public var rowCount: Int64?
+    public var tableCount: Int?
+    public var startedAt: Date
+    public var finishedAt: Date?
+    public var error: String?
+    public var lockKey: Int64
+
+    public init(id: BackupID, databaseID: DatabaseID, state: String, format: String, path: String, startedAt: Date, lockKey: Int64) {
+        self.id = id
+        self.databaseID = databaseID
+        self.state = state
+        self.format = format
+        self.path = path
+        self.startedAt = startedAt
+        self.lockKey = lockKey
+    }
 }
 
 public struct IntentRecord: Sendable, Equatable {
@@ -87,11 +115,14 @@ public struct IntentRecord: Sendable, Equatable {
     public var postgresRole: String
     public var lockKey: Int64
     public var createdAt: Date
+    /// Extra names for restores ("new", "aside").
+    public var detail: [String: String] = [:]
 
     public init(
         id: IntentID, kind: IntentKind, databaseID: DatabaseID, serverName: String, postgresDatabase: String, postgresRole: String, lockKey: Int64,
-        createdAt: Date
+        createdAt: Date, detail: [String: String] = [:]
     ) {
+        self.detail = detail
         self.id = id
         self.kind = kind
         self.databaseID = databaseID

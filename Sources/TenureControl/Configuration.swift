@@ -17,6 +17,10 @@ public struct TenureConfiguration: Sendable {
     /// PostgreSQL server programs for the embedded cluster.
     public var postgresBinDirectory: String
     public var logLevel: String
+    /// Where managed backups live (`$TENURE_HOME/backups` by default).
+    public var backupDirectory: String
+    /// Parallel connections for managed backups and restores.
+    public var engineJobs: Int
 
     /// Every setting the file and the environment accept, with its documented default.
     public static let settings: [(key: String, defaultValue: String, help: String)] = [
@@ -30,6 +34,8 @@ public struct TenureConfiguration: Sendable {
         ("TENURE_SWEEP_INTERVAL", "1m", "how often `tenure serve` runs the expiry sweep"),
         ("TENURE_PG_BIN", EmbeddedDefaults.postgresBinDirectory, "PostgreSQL 15 server programs for the embedded cluster"),
         ("TENURE_LOG_LEVEL", "info", "trace, debug, info, notice, warning, error or critical"),
+        ("TENURE_BACKUP_DIR", "$TENURE_HOME/backups", "the backup store for `tenure db backup`"),
+        ("TENURE_JOBS", "(cores)", "parallel connections for managed backups and restores"),
         ("TENURE_CONFIG", "$TENURE_HOME/tenure.conf", "optional configuration file of KEY=value lines"),
     ]
 
@@ -74,6 +80,16 @@ public struct TenureConfiguration: Sendable {
         sweepInterval = try values["TENURE_SWEEP_INTERVAL"].map { (text) throws(TenureError) in try PolicyDuration.parse(text, setting: "TENURE_SWEEP_INTERVAL") } ?? .seconds(60)
         postgresBinDirectory = values["TENURE_PG_BIN"] ?? EmbeddedDefaults.postgresBinDirectory
         logLevel = values["TENURE_LOG_LEVEL"] ?? "info"
+        backupDirectory = values["TENURE_BACKUP_DIR"].flatMap { $0.isEmpty ? nil : $0 } ?? (home + "/backups")
+        let cores = max(1, ProcessInfo.processInfo.activeProcessorCount)
+        if let text = values["TENURE_JOBS"] {
+            guard let jobs = Int(text), (1...64).contains(jobs) else {
+                throw TenureError(.invalidConfiguration, "TENURE_JOBS='\(printable(text))' must be a whole number from 1 to 64")
+            }
+            engineJobs = jobs
+        } else {
+            engineJobs = cores
+        }
         let levels = ["trace", "debug", "info", "notice", "warning", "error", "critical"]
         guard levels.contains(logLevel) else {
             throw TenureError(.invalidConfiguration, "TENURE_LOG_LEVEL='\(printable(logLevel))' must be one of \(levels.joined(separator: ", "))")
@@ -121,6 +137,9 @@ public enum Failpoint: String, CaseIterable, Sendable {
     case destroyAfterIntent = "destroy.after_intent"
     case destroyAfterDropDatabase = "destroy.after_drop_database"
     case destroyAfterDropRole = "destroy.after_drop_role"
+    case backupBeforePublish = "backup.before_publish"
+    case restoreAfterLoad = "restore.after_load"
+    case restoreAfterAside = "restore.after_aside"
 
     private static let armed: String? = ProcessInfo.processInfo.environment["TENURE_FAILPOINT"]
 

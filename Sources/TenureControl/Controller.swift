@@ -362,6 +362,7 @@ public final class Controller {
         Failpoint.destroyAfterDropDatabase.hit()
         try admin.execute("DROP ROLE IF EXISTS \(quoteIdentifier(intent.postgresRole))")
         Failpoint.destroyAfterDropRole.hit()
+        try deleteBackups(intent.databaseID)
         let now = clock.now()
         try catalog.transaction { () throws(TenureError) in
             try catalog.finishIntent(intent.id, status: "completed", now: now)
@@ -385,6 +386,7 @@ public final class Controller {
     @discardableResult
     public func recover() throws(TenureError) -> [RecoveryAction] {
         var actions: [RecoveryAction] = []
+        try recoverBackups()
         for intent in try catalog.pendingIntents() {
             guard try catalog.tryLock(key: intent.lockKey) else { continue }
             defer { try? catalog.unlock(key: intent.lockKey) }
@@ -396,6 +398,9 @@ public final class Controller {
                 case .dropDatabase:
                     try finishDrop(intent)
                     actions.append(RecoveryAction(intentID: intent.id, databaseID: intent.databaseID, outcome: "destroy finished"))
+                case .restoreDatabase:
+                    let outcome = try recoverRestore(intent)
+                    actions.append(RecoveryAction(intentID: intent.id, databaseID: intent.databaseID, outcome: outcome))
                 }
                 logger.notice(
                     "finished an interrupted operation",

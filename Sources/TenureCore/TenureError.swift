@@ -15,6 +15,7 @@ public struct TenureError: Error, CustomStringConvertible, Sendable {
         // Not found
         case databaseNotFound = "database.not_found"
         case serverNotFound = "server.not_found"
+        case backupNotFound = "backup.not_found"
         // Conflict
         case lifecycleConflict = "lifecycle.conflict"
         case concurrentModification = "lifecycle.concurrent_modification"
@@ -67,7 +68,7 @@ extension TenureError.Code {
         switch self {
         case .invalidRequest, .invalidID, .invalidName, .invalidConfiguration, .confirmationMismatch:
             return .invalidInput
-        case .databaseNotFound, .serverNotFound:
+        case .databaseNotFound, .serverNotFound, .backupNotFound:
             return .notFound
         case .lifecycleConflict, .concurrentModification, .legalHold, .nameTaken, .serverExists,
             .sweepRunning, .sweepRefused, .migrationChanged:

@@ -54,12 +54,17 @@ public final class DescriptorSink: ByteSink {
 /// complete stream (B3). `abort` removes the temporary file.
 public final class AtomicFileSink: ByteSink {
     public let path: String
-    let temporaryPath: String
+    public let temporaryPath: String
     let sink: DescriptorSink
+    /// When false, `finish` only makes the file durable; the caller checks `temporaryPath`
+    /// (verify) and then calls `publish`.
+    let publishOnFinish: Bool
     private var done = false
+    private var closed = false
 
-    public init(path: String) throws(TenureError) {
+    public init(path: String, publishOnFinish: Bool = true) throws(TenureError) {
         self.path = path
+        self.publishOnFinish = publishOnFinish
         let url = URL(fileURLWithPath: path)
         temporaryPath = url.deletingLastPathComponent().appendingPathComponent(".\(url.lastPathComponent).partial-\(UInt32.random(in: 0...UInt32.max))").path
         if FileManager.default.fileExists(atPath: path) {
@@ -83,6 +88,13 @@ public final class AtomicFileSink: ByteSink {
             throw TenureError(.internal, "fsync of \(path) failed: \(reason)")
         }
         close(sink.descriptor)
+        closed = true
+        if publishOnFinish { try publish() }
+    }
+
+    /// Gives the complete, durable file its final name (never replacing an existing file).
+    public func publish() throws(TenureError) {
+        precondition(closed && !done, "publish after finish, once")
         guard link(temporaryPath, path) == 0 else {
             let reason = String(cString: strerror(errno))
             abort()
@@ -100,7 +112,7 @@ public final class AtomicFileSink: ByteSink {
     public func abort() {
         guard !done else { return }
         done = true
-        close(sink.descriptor)
+        if !closed { close(sink.descriptor) }
         unlink(temporaryPath)
     }
 }

@@ -110,7 +110,10 @@ func serverDocument(_ server: ServerRecord) -> [String: Any] {
 struct DatabaseCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "db", abstract: "Create hosted databases and move them through their lifecycle.",
-        subcommands: [Create.self, List.self, Show.self, Subscribe.self, Cancel.self, Reactivate.self, Destroy.self, Hold.self, Release.self])
+        subcommands: [
+            Create.self, List.self, Show.self, Subscribe.self, Cancel.self, Reactivate.self, Destroy.self, Hold.self, Release.self,
+            Backup.self, Backups.self, Export.self, RestoreBackup.self,
+        ])
 
     struct Create: ParsableCommand {
         static let configuration = CommandConfiguration(

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import TenureControl
+import TenureCatalog
 import TenureCore
 import TenureEngine
 import TenurePQ
@@ -153,6 +154,115 @@ struct VerifyCommand: ParsableCommand {
                 "ok": true, "members": summary.memberCount, "tables": summary.tableCount, "rows": summary.rowCount, "raw_bytes": summary.rawBytes,
                 "created_at": summary.header.createdAt, "database": summary.header.database, "server_version": summary.header.serverVersion,
             ]) { "archive OK: \(summary.memberCount) members, \(summary.tableCount) tables, \(summary.rowCount) rows, \(formatBytes(summary.rawBytes)) of data" }
+        }
+    }
+}
+
+func backupDocument(_ record: BackupRecord, store: String) -> [String: Any] {
+    var document: [String: Any] = [
+        "id": record.id.rawValue, "database_id": record.databaseID.rawValue, "state": record.state, "format": record.format,
+        "path": store + "/" + record.path, "started_at": RFC3339.format(record.startedAt),
+        "finished_at": record.finishedAt.map { RFC3339.format($0) as Any } ?? NSNull(),
+    ]
+    if let bytes = record.byteCount { document["bytes"] = bytes }
+    if let rows = record.rowCount { document["rows"] = rows }
+    if let tables = record.tableCount { document["tables"] = tables }
+    if let error = record.error { document["error"] = error }
+    return document
+}
+
+extension DatabaseCommand {
+    struct Backup: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "backup", abstract: "Back a database up into the backup store (verified, then published and recorded as bk_…).")
+        @OptionGroup var options: GlobalOptions
+        @Argument(help: "Database id (db_…).") var id: String
+
+        func run() {
+            runCommand(json: options.json) { (output) throws(TenureError) in
+                let id = try DatabaseID(parsing: id)
+                try Session.with(options) { (session) throws(TenureError) in
+                    let outcome = try session.controller.backupDatabase(id)
+                    var document = backupDocument(outcome.record, store: session.configuration.backupDirectory)
+                    if let warning = outcome.warning {
+                        document["warning"] = warning
+                        FileHandle.standardError.write(Data("tenure: warning: \(warning)\n".utf8))
+                    }
+                    output.emit(json: document) {
+                        "backup \(outcome.record.id) of \(id) verified: \(formatBytes(outcome.record.byteCount ?? 0)), \(outcome.record.rowCount ?? 0) rows"
+                    }
+                }
+            }
+        }
+    }
+
+    struct Backups: ParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "backups", abstract: "List a database's backups (only verified ones count).")
+        @OptionGroup var options: GlobalOptions
+        @Argument(help: "Database id (db_…).") var id: String
+
+        func run() {
+            runCommand(json: options.json) { (output) throws(TenureError) in
+                let id = try DatabaseID(parsing: id)
+                try Session.with(options) { (session) throws(TenureError) in
+                    _ = try session.catalog.database(id)
+                    let backups = try session.catalog.backups(databaseID: id)
+                    output.emit(json: ["backups": backups.map { backupDocument($0, store: session.configuration.backupDirectory) }]) {
+                        table(
+                            ["ID", "STATE", "STARTED", "BYTES", "ROWS"],
+                            backups.map { [$0.id.rawValue, $0.state, RFC3339.format($0.startedAt), $0.byteCount.map(String.init) ?? "-", $0.rowCount.map(String.init) ?? "-"] })
+                    }
+                }
+            }
+        }
+    }
+
+    struct Export: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "export", abstract: "Stream a fresh backup of a database to a file or stdout (nothing is stored).")
+        @OptionGroup var options: GlobalOptions
+        @Argument(help: "Database id (db_…).") var id: String
+        @Option(name: .shortAndLong, help: "Output file, or - for stdout.") var output: String
+        @Option(help: "native (.tenure) or sql (.sql.zst).") var format: BackupFormat = .native
+
+        func run() {
+            runCommand(json: options.json) { (printer) throws(TenureError) in
+                let id = try DatabaseID(parsing: id)
+                if output == "-" && isatty(1) == 1 { throw TenureError(.invalidRequest, "refusing to write an export to a terminal; redirect stdout") }
+                try Session.with(options) { (session) throws(TenureError) in
+                    let sink: any ByteSink = output == "-" ? DescriptorSink(descriptor: 1, what: "stdout") : try AtomicFileSink(path: output)
+                    let summary = try session.controller.exportDatabase(id, format: format, sink: sink)
+                    if output == "-" {
+                        FileHandle.standardError.write(Data("export: \(summary.tableCount) tables, \(summary.rowCount) rows\n".utf8))
+                    } else {
+                        printer.emit(json: ["id": id.rawValue, "output": output, "format": format.rawValue, "tables": summary.tableCount, "rows": summary.rowCount]) {
+                            "exported \(id) to \(output): \(summary.tableCount) tables, \(summary.rowCount) rows"
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    struct RestoreBackup: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "restore",
+            abstract: "Replace a database's contents with one of its verified backups (the old contents stay until the new are complete).")
+        @OptionGroup var options: GlobalOptions
+        @Argument(help: "Database id (db_…).") var id: String
+        @Option(help: "Backup id (bk_…) of this database.") var backup: String
+
+        func run() {
+            runCommand(json: options.json) { (output) throws(TenureError) in
+                let id = try DatabaseID(parsing: id)
+                let backupID = try BackupID(parsing: backup)
+                try Session.with(options) { (session) throws(TenureError) in
+                    let record = try session.controller.restoreDatabase(id, from: backupID)
+                    var document = databaseDocument(record)
+                    document["backup_id"] = backupID.rawValue
+                    output.emit(json: document) { "restored \(id) (\(record.name)) from \(backupID)" }
+                }
+            }
         }
     }
 }

@@ -1,0 +1,249 @@
+import Foundation
+import Logging
+import TenureCatalog
+import TenureCore
+import TenureEngine
+import TenurePQ
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A managed backup just taken, with a plausibility warning (B8) when it looks wrong.
+public struct BackupOutcome: Sendable {
+    public var record: BackupRecord
+    public var warning: String?
+}
+
+extension Controller {
+    var pgDump: PgDump {
+        PgDump(path: ProcessInfo.processInfo.environment["TENURE_PG_DUMP"] ?? configuration.postgresBinDirectory + "/pg_dump")
+    }
+
+    func backupPath(_ record: BackupRecord) -> String { configuration.backupDirectory + "/" + record.path }
+
+    /// Backs a hosted database up into the backup store: written under a temporary name,
+    /// fsynced, verified completely, then published by rename and only then recorded as
+    /// `verified` (B3, B4). A failure is recorded as `failed` and never touches an older backup.
+    public func backupDatabase(_ id: DatabaseID) throws(TenureError) -> BackupOutcome {
+        let database = try catalog.database(id)
+        switch database.state {
+        case .trial, .active, .deactivated: break
+        case .provisioning, .destroyed:
+            throw TenureError(.lifecycleConflict, "a \(database.state.rawValue) database cannot be backed up", context: ["database_id": id.rawValue])
+        }
+        let server = try catalog.server(named: database.serverName)
+        let now = clock.now()
+        let backupID = BackupID.random()
+        var record = BackupRecord(
+            id: backupID, databaseID: id, state: "running", format: "native", path: "\(id)/\(backupID).tenure", startedAt: now,
+            lockKey: Int64.random(in: 1...Int64.max))
+        try catalog.lock(key: record.lockKey)
+        defer { try? catalog.unlock(key: record.lockKey) }
+        try catalog.insertBackup(record)
+        let directory = configuration.backupDirectory + "/" + id.rawValue
+        do throws(TenureError) {
+            do { try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true) } catch {
+                throw TenureError(.internal, "cannot create the backup directory \(directory): \(error.localizedDescription)")
+            }
+            let sink = try AtomicFileSink(path: backupPath(record), publishOnFinish: false)
+            let options = BackupOptions(
+                source: try adminParameters(server, database: database.postgresDatabase), jobs: configuration.engineJobs, format: .native,
+                pgDump: pgDump, createdAt: now)
+            let summary = try runBackup(options, sink: sink)
+            do throws(TenureError) {
+                _ = try runVerify(source: try DescriptorSource(path: sink.temporaryPath))
+                Failpoint.backupBeforePublish.hit()
+                try sink.publish()
+            } catch {
+                sink.abort()
+                throw error
+            }
+            let size = (try? FileManager.default.attributesOfItem(atPath: backupPath(record))[.size] as? Int64) ?? nil
+            let finished = clock.now()
+            let previous = try catalog.backups(databaseID: id, state: "verified").last
+            try catalog.transaction { () throws(TenureError) in
+                try catalog.finishBackup(
+                    backupID, state: "verified", byteCount: size, rowCount: summary.rowCount, tableCount: summary.tableCount, error: nil, now: finished)
+                try catalog.audit(
+                    at: finished, databaseID: id.rawValue, actor: actor, action: "backup", from: nil, to: nil, reason: nil,
+                    detail: ["backup_id": backupID.rawValue, "bytes": String(size ?? 0), "rows": String(summary.rowCount)])
+            }
+            record = try catalog.backup(backupID)
+            var warning: String?
+            if let previous, let before = previous.byteCount, let after = record.byteCount, before > 64 << 10, after < before / 2 {
+                warning = "this backup (\(after) bytes) is less than half the size of the previous one (\(previous.id), \(before) bytes); check the database"
+                logger.warning("backup much smaller than the previous one", metadata: ["tenure.database_id": "\(id)", "tenure.backup_id": "\(backupID)"])
+            }
+            return BackupOutcome(record: record, warning: warning)
+        } catch {
+            try? catalog.finishBackup(backupID, state: "failed", byteCount: nil, rowCount: nil, tableCount: nil, error: String(error.message.prefix(1000)), now: clock.now())
+            throw error
+        }
+    }
+
+    /// Streams a fresh backup of a hosted database to `sink` (nothing is stored).
+    public func exportDatabase(_ id: DatabaseID, format: BackupFormat, sink: any ByteSink) throws(TenureError) -> BackupSummary {
+        let database = try catalog.database(id)
+        switch database.state {
+        case .trial, .active, .deactivated: break
+        case .provisioning, .destroyed:
+            sink.abort()
+            throw TenureError(.lifecycleConflict, "a \(database.state.rawValue) database cannot be exported", context: ["database_id": id.rawValue])
+        }
+        let server = try catalog.server(named: database.serverName)
+        let options = BackupOptions(
+            source: try adminParameters(server, database: database.postgresDatabase), jobs: configuration.engineJobs, format: format, pgDump: pgDump,
+            createdAt: clock.now())
+        let summary = try runBackup(options, sink: sink)
+        try catalog.audit(
+            at: clock.now(), databaseID: id.rawValue, actor: actor, action: "export", from: nil, to: nil, reason: nil, detail: ["format": format.rawValue])
+        return summary
+    }
+
+    /// A backup of this database, checked to belong to it (RELIABILITY D1).
+    public func backupOf(_ id: DatabaseID, _ backupID: BackupID) throws(TenureError) -> BackupRecord {
+        let backup = try catalog.backup(backupID)
+        guard backup.databaseID == id else {
+            throw TenureError(
+                .invalidID, "backup \(backupID) belongs to database \(backup.databaseID), not to \(id); nothing was done",
+                context: ["backup_id": backupID.rawValue, "database_id": id.rawValue])
+        }
+        return backup
+    }
+
+    /// Replaces a database's contents with a verified backup. The backup is restored into a
+    /// new database beside the old one; only when it is complete are the two swapped (old
+    /// renamed aside, new renamed into place, old dropped), under an intent so a crash
+    /// leaves either the old or the new database, never neither and never a mix (B6).
+    public func restoreDatabase(_ id: DatabaseID, from backupID: BackupID) throws(TenureError) -> DatabaseRecord {
+        let database = try catalog.database(id)
+        let backup = try backupOf(id, backupID)
+        guard backup.state == "verified" else {
+            throw TenureError(.lifecycleConflict, "backup \(backupID) is \(backup.state); only verified backups can be restored")
+        }
+        switch database.state {
+        case .trial, .active: break
+        case .provisioning, .deactivated, .destroyed:
+            throw TenureError(.lifecycleConflict, "a \(database.state.rawValue) database cannot be restored; reactivate it first", context: ["database_id": id.rawValue])
+        }
+        let server = try catalog.server(named: database.serverName)
+        let suffix = String(IntentID.random().rawValue.dropFirst(3).prefix(12))
+        let newName = "\(database.postgresDatabase)_new_\(suffix)"
+        let asideName = "\(database.postgresDatabase)_old_\(suffix)"
+        let now = clock.now()
+        let intent = IntentRecord(
+            id: .random(), kind: .restoreDatabase, databaseID: id, serverName: database.serverName, postgresDatabase: database.postgresDatabase,
+            postgresRole: database.postgresRole, lockKey: Int64.random(in: 1...Int64.max), createdAt: now,
+            detail: ["new": newName, "aside": asideName, "backup_id": backupID.rawValue])
+        try catalog.lock(key: intent.lockKey)
+        defer { try? catalog.unlock(key: intent.lockKey) }
+        try catalog.transaction { () throws(TenureError) in
+            try catalog.insertIntent(intent)
+            try catalog.audit(
+                at: now, databaseID: id.rawValue, actor: actor, action: "restore_started", from: nil, to: nil, reason: nil,
+                detail: ["backup_id": backupID.rawValue])
+        }
+        let admin = try connectAdmin(server)
+        defer { admin.close() }
+        do throws(TenureError) {
+            let source = try DescriptorSource(path: backupPath(backup))
+            var options = RestoreOptions(target: try adminParameters(server, database: newName), jobs: configuration.engineJobs)
+            options.target["options"] = nil
+            _ = try runRestore(source: source, options: options)
+            // Tenant rules on the new database before anyone can reach it.
+            let role = quoteIdentifier(database.postgresRole)
+            try admin.execute("ALTER DATABASE \(quoteIdentifier(newName)) OWNER TO \(role)")
+            try admin.execute("REVOKE ALL ON DATABASE \(quoteIdentifier(newName)) FROM PUBLIC")
+            try admin.execute("GRANT CONNECT, TEMPORARY ON DATABASE \(quoteIdentifier(newName)) TO \(role)")
+            let fresh = try connectAdmin(server, database: newName)
+            try fresh.execute("ALTER SCHEMA public OWNER TO pg_database_owner; REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+            fresh.close()
+            Failpoint.restoreAfterLoad.hit()
+        } catch {
+            try? admin.execute("DROP DATABASE IF EXISTS \(quoteIdentifier(newName)) WITH (FORCE)")
+            try? catalog.finishIntent(intent.id, status: "rolled_back", now: clock.now())
+            throw error
+        }
+        try swapRestored(intent, admin: admin)
+        return try catalog.database(id)
+    }
+
+    /// The swap: old aside, new into place, old dropped, intent completed. Each step is
+    /// idempotent, so recovery can call it again after a crash past the point of no return.
+    func swapRestored(_ intent: IntentRecord, admin: PostgresConnection) throws(TenureError) {
+        let target = intent.postgresDatabase
+        guard let newName = intent.detail["new"], let asideName = intent.detail["aside"] else {
+            preconditionFailure("restore intent without names")
+        }
+        func exists(_ name: String) throws(TenureError) -> Bool {
+            try !admin.query("SELECT 1 FROM pg_catalog.pg_database WHERE datname = $1", [name]).rows.isEmpty
+        }
+        if try exists(newName) {
+            if try exists(target) {
+                try admin.query("SELECT count(pg_terminate_backend(pid, 10000)) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()", [target])
+                try admin.execute("ALTER DATABASE \(quoteIdentifier(target)) RENAME TO \(quoteIdentifier(asideName))")
+            }
+            Failpoint.restoreAfterAside.hit()
+            try admin.execute("ALTER DATABASE \(quoteIdentifier(newName)) RENAME TO \(quoteIdentifier(target))")
+        }
+        try admin.execute("DROP DATABASE IF EXISTS \(quoteIdentifier(asideName)) WITH (FORCE)")
+        let now = clock.now()
+        try catalog.transaction { () throws(TenureError) in
+            try catalog.finishIntent(intent.id, status: "completed", now: now)
+            try catalog.audit(
+                at: now, databaseID: intent.databaseID.rawValue, actor: actor, action: "restore_completed", from: nil, to: nil, reason: nil,
+                detail: ["backup_id": intent.detail["backup_id"] ?? ""])
+        }
+    }
+
+    /// Recovery of an interrupted restore: before the swap began (the target still in place and
+    /// nothing set aside) the new copy is dropped and the old database stays; after, the swap
+    /// is finished, since the new copy was complete before it started.
+    func recoverRestore(_ intent: IntentRecord) throws(TenureError) -> String {
+        let server = try catalog.server(named: intent.serverName)
+        let admin = try connectAdmin(server)
+        defer { admin.close() }
+        let aside = intent.detail["aside"] ?? ""
+        let new = intent.detail["new"] ?? ""
+        let asideExists = try !admin.query("SELECT 1 FROM pg_catalog.pg_database WHERE datname = $1", [aside]).rows.isEmpty
+        let targetExists = try !admin.query("SELECT 1 FROM pg_catalog.pg_database WHERE datname = $1", [intent.postgresDatabase]).rows.isEmpty
+        if asideExists || !targetExists {
+            try swapRestored(intent, admin: admin)
+            return "restore finished"
+        }
+        try admin.execute("DROP DATABASE IF EXISTS \(quoteIdentifier(new)) WITH (FORCE)")
+        let now = clock.now()
+        try catalog.transaction { () throws(TenureError) in
+            try catalog.finishIntent(intent.id, status: "rolled_back", now: now)
+            try catalog.audit(at: now, databaseID: intent.databaseID.rawValue, actor: actor, action: "restore_rolled_back", from: nil, to: nil, reason: nil)
+        }
+        return "restore rolled back"
+    }
+
+    /// Backups whose process died: marked failed, their temporary files removed (B3). Files
+    /// of running backups (their lock is held) are never touched (D9).
+    func recoverBackups() throws(TenureError) {
+        for backup in try catalog.backups(state: "running") {
+            guard try catalog.tryLock(key: backup.lockKey) else { continue }
+            defer { try? catalog.unlock(key: backup.lockKey) }
+            let directory = configuration.backupDirectory + "/" + backup.databaseID.rawValue
+            let prefix = ".\(backup.id).tenure.partial-"
+            for name in (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? [] where name.hasPrefix(prefix) {
+                unlink(directory + "/" + name)
+            }
+            try catalog.finishBackup(backup.id, state: "failed", byteCount: nil, rowCount: nil, tableCount: nil, error: "interrupted", now: clock.now())
+        }
+    }
+
+    /// Destroyed means gone: every backup file of the database and its directory.
+    func deleteBackups(_ id: DatabaseID) throws(TenureError) {
+        let directory = configuration.backupDirectory + "/" + id.rawValue
+        if FileManager.default.fileExists(atPath: directory) {
+            do { try FileManager.default.removeItem(atPath: directory) } catch {
+                throw TenureError(.internal, "cannot delete the backups of \(id) in \(directory): \(error.localizedDescription)")
+            }
+        }
+        try catalog.deleteBackups(of: id, now: clock.now())
+    }
+}
