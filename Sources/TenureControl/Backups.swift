@@ -47,12 +47,15 @@ extension Controller {
                 throw TenureError(.internal, "cannot create the backup directory \(directory): \(error.localizedDescription)")
             }
             let sink = try AtomicFileSink(path: backupPath(record), publishOnFinish: false)
-            let options = BackupOptions(
+            var options = BackupOptions(
                 source: try adminParameters(server, database: database.postgresDatabase), jobs: configuration.engineJobs, format: .native,
                 pgDump: pgDump, createdAt: now)
+            let key = try ArchiveKey.load(home: configuration.home, create: true)
+            options.signingKey = key
             let summary = try runBackup(options, sink: sink)
             do throws(TenureError) {
-                _ = try runVerify(source: try DescriptorSource(path: sink.temporaryPath))
+                let verified = try runVerify(source: try DescriptorSource(path: sink.temporaryPath), key: key)
+                guard verified.signature == .valid else { throw TenureError(.internal, "the new backup's signature did not check out") }
                 Failpoint.backupBeforePublish.hit()
                 try sink.publish()
             } catch {
@@ -92,9 +95,10 @@ extension Controller {
             throw TenureError(.lifecycleConflict, "a \(database.state.rawValue) database cannot be exported", context: ["database_id": id.rawValue])
         }
         let server = try catalog.server(named: database.serverName)
-        let options = BackupOptions(
+        var options = BackupOptions(
             source: try adminParameters(server, database: database.postgresDatabase), jobs: configuration.engineJobs, format: format, pgDump: pgDump,
             createdAt: clock.now())
+        options.signingKey = try ArchiveKey.load(home: configuration.home, create: true)
         let summary = try runBackup(options, sink: sink)
         try catalog.audit(
             at: clock.now(), databaseID: id.rawValue, actor: actor, action: "export", from: nil, to: nil, reason: nil, detail: ["format": format.rawValue])
@@ -150,6 +154,7 @@ extension Controller {
             let source = try DescriptorSource(path: backupPath(backup))
             var options = RestoreOptions(target: try adminParameters(server, database: newName), jobs: configuration.engineJobs)
             options.target["options"] = nil
+            options.key = try ArchiveKey.load(home: configuration.home, create: false)
             _ = try runRestore(source: source, options: options)
             // Tenant rules on the new database before anyone can reach it.
             let role = quoteIdentifier(database.postgresRole)

@@ -1,6 +1,10 @@
 import Foundation
 import TenureCore
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// The native archive (`.tenure`): a POSIX tar stream whose members come in this order:
 ///
 /// 1. `header.json`: format name and version, server and pg_dump versions, created-at, encoding
@@ -121,10 +125,84 @@ public struct Manifest: Codable, Sendable {
     public var tableCount: Int
     public var rowCount: Int64
     public var rawBytes: Int64
+    /// HMAC-SHA-256 over this manifest without its signature, with the key of the Tenure
+    /// installation that made it: tampering is detected, not only accidents (B5).
+    public var signature: ManifestSignature?
 
     enum CodingKeys: String, CodingKey {
-        case formatVersion = "format_version", members, tableCount = "table_count", rowCount = "row_count", rawBytes = "raw_bytes"
+        case formatVersion = "format_version", members, tableCount = "table_count", rowCount = "row_count", rawBytes = "raw_bytes", signature
     }
+
+    /// The bytes the signature covers: the manifest's canonical JSON without its signature.
+    func signedBytes() -> [UInt8] {
+        var unsigned = self
+        unsigned.signature = nil
+        return encodeJSON(unsigned)
+    }
+}
+
+public struct ManifestSignature: Codable, Sendable {
+    public var algorithm: String
+    public var keyID: String
+    public var value: String
+
+    enum CodingKeys: String, CodingKey { case algorithm, keyID = "key_id", value }
+}
+
+/// The key that signs manifests: 32 random bytes in `TENURE_HOME/archive.key` (mode 0600).
+public struct ArchiveKey: Sendable {
+    public let bytes: [UInt8]
+    public var keyID: String { String(SHA256.hex(SHA256.hash(bytes)).prefix(16)) }
+
+    public init(bytes: [UInt8]) { self.bytes = bytes }
+
+    /// Loads the key, creating it the first time (`create`); nil if absent and not created.
+    public static func load(home: String, create: Bool) throws(TenureError) -> ArchiveKey? {
+        let path = home + "/archive.key"
+        if let text = try? String(contentsOfFile: path, encoding: .utf8) {
+            let hex = Array(text.trimmingCharacters(in: .whitespacesAndNewlines).utf8)
+            guard hex.count == 64 else { throw TenureError(.invalidConfiguration, "\(path) is not a 64-digit hex key") }
+            return ArchiveKey(bytes: decodeHexBytea("\\x" + String(decoding: hex, as: UTF8.self)))
+        }
+        guard create else { return nil }
+        do { try FileManager.default.createDirectory(atPath: home, withIntermediateDirectories: true) } catch {
+            throw TenureError(.invalidConfiguration, "cannot create \(home): \(error.localizedDescription)")
+        }
+        var generator = SystemRandomNumberGenerator()
+        let bytes = (0..<32).map { _ in UInt8.random(in: 0...255, using: &generator) }
+        let descriptor = open(path, O_WRONLY | O_CREAT | O_EXCL, 0o600)
+        guard descriptor >= 0 else {
+            // Created meanwhile by another process: use theirs.
+            if let existing = try load(home: home, create: false) { return existing }
+            throw TenureError(.invalidConfiguration, "cannot create \(path)")
+        }
+        let line = SHA256.hex(bytes) + "\n"
+        _ = line.withCString { write(descriptor, $0, strlen($0)) }
+        close(descriptor)
+        return ArchiveKey(bytes: bytes)
+    }
+
+    func sign(_ manifest: Manifest) -> ManifestSignature {
+        ManifestSignature(algorithm: "hmac-sha256", keyID: keyID, value: SHA256.hex(SHA256.hmac(key: bytes, message: manifest.signedBytes())))
+    }
+}
+
+/// What a reader could say about a manifest's signature.
+public enum SignatureStatus: String, Sendable {
+    case valid
+    case unsigned
+    /// Signed with a key this installation does not have.
+    case unknownKey = "unknown_key"
+}
+
+/// Checks a manifest's signature with `key`; a mismatch is an error naming tampering.
+func checkSignature(_ manifest: Manifest, key: ArchiveKey?) throws(TenureError) -> SignatureStatus {
+    guard let signature = manifest.signature else { return .unsigned }
+    guard let key, key.keyID == signature.keyID, signature.algorithm == "hmac-sha256" else { return .unknownKey }
+    guard key.sign(manifest).value == signature.value else {
+        throw TenureError(.invalidRequest, "archive manifest signature does not match: the archive was altered after it was made")
+    }
+    return .valid
 }
 
 /// Identifier quoting for names read from the server or an archive (quotes doubled).

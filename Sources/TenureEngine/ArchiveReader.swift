@@ -179,12 +179,14 @@ public struct VerifySummary: Sendable {
     public var rowCount: Int64
     public var rawBytes: Int64
     public var header: ArchiveHeader
+    public var signature: SignatureStatus
 }
 
 /// Reads a whole archive and checks every frame, row counts, order, the manifest both ways
 /// and the end marker, without a database. Thread: blocks.
-public func runVerify(source: DescriptorSource, limits: EngineLimits = EngineLimits(), progress: TransferProgress = TransferProgress())
-    throws(TenureError) -> VerifySummary
+public func runVerify(
+    source: DescriptorSource, limits: EngineLimits = EngineLimits(), key: ArchiveKey? = nil, progress: TransferProgress = TransferProgress()
+) throws(TenureError) -> VerifySummary
 {
     let reader = ArchiveReader(source: source, limits: limits)
     let decompressor = FrameDecompressor()
@@ -215,6 +217,8 @@ public func runVerify(source: DescriptorSource, limits: EngineLimits = EngineLim
     }
     guard let manifest, let header = reader.header else { throw TenureError(.invalidRequest, "archive has no manifest") }
     try reader.check(manifest, counted: counted)
+    let signature = try checkSignature(manifest, key: key)
     return VerifySummary(
-        memberCount: manifest.members.count, tableCount: tables.count, rowCount: manifest.rowCount, rawBytes: manifest.rawBytes, header: header)
+        memberCount: manifest.members.count, tableCount: tables.count, rowCount: manifest.rowCount, rawBytes: manifest.rawBytes, header: header,
+        signature: signature)
 }

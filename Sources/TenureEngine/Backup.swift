@@ -25,6 +25,8 @@ public struct BackupOptions: Sendable {
     /// keeps every worker busy.
     public var partBytes: Int64 = 64 << 20
     public var createdAt: Date
+    /// Signs the manifest (native format) when set.
+    public var signingKey: ArchiveKey?
 
     public static let defaultLevel: Int32 = 1
 
@@ -157,7 +159,7 @@ final class Backup {
             restrictKey: restrictKey)
         let writer: any SegmentWriter =
             options.format == .native
-            ? NativeWriter(sink: sink, createdAt: options.createdAt, level: options.level)
+            ? NativeWriter(sink: sink, createdAt: options.createdAt, level: options.level, key: options.signingKey)
             : SQLWriter(sink: sink, level: options.level, restrictKey: restrictKey)
         try writer.begin(header: header, preData: preData, tables: tables, sequences: sequenceSQL)
 
@@ -439,10 +441,12 @@ final class NativeWriter: SegmentWriter {
     let sink: any ByteSink
     var entries: [ManifestEntry] = []
     var tableCount = 0
+    let key: ArchiveKey?
     private(set) var writtenBytes: Int64 = 0
 
-    init(sink: any ByteSink, createdAt: Date, level: Int32) {
+    init(sink: any ByteSink, createdAt: Date, level: Int32, key: ArchiveKey?) {
         self.sink = sink
+        self.key = key
         tar = TarWriter(sink: sink, modificationTime: Int(createdAt.timeIntervalSince1970))
     }
 
@@ -478,9 +482,11 @@ final class NativeWriter: SegmentWriter {
 
     func end(postData: String) throws(TenureError) {
         try writeSchemaMember(ArchiveLayout.postData, Array(postData.utf8), kind: "schema")
-        let manifest = Manifest(
+        var manifest = Manifest(
             formatVersion: ArchiveLayout.formatVersion, members: entries, tableCount: tableCount,
-            rowCount: entries.reduce(0) { $0 + $1.rows }, rawBytes: entries.filter { $0.kind == "data" || $0.kind == "blob" }.reduce(0) { $0 + $1.rawBytes })
+            rowCount: entries.reduce(0) { $0 + $1.rows }, rawBytes: entries.filter { $0.kind == "data" || $0.kind == "blob" }.reduce(0) { $0 + $1.rawBytes },
+            signature: nil)
+        manifest.signature = key?.sign(manifest)
         let bytes = encodeJSON(manifest)
         try tar.writeMember(name: ArchiveLayout.manifest, bytes: bytes)
         try tar.writeEnd()

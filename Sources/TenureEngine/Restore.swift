@@ -10,6 +10,8 @@ public struct RestoreOptions: Sendable {
     public var limits = EngineLimits()
     /// `maintenance_work_mem` for index builds.
     public var maintenanceWorkMemory = "512MB"
+    /// Checks the manifest's signature when the archive was signed with this key.
+    public var key: ArchiveKey?
 
     public init(target: ConnectionParameters, jobs: Int) {
         self.target = target
@@ -172,6 +174,7 @@ final class Restore {
         }
         guard let manifest else { throw TenureError(.invalidRequest, "archive has no manifest") }
         try reader.check(manifest, counted: counted.withLock { $0 })
+        _ = try checkSignature(manifest, key: options.key)
         // The PG15 public-schema rule, re-asserted after every restore.
         try main!.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
         main?.close()

@@ -88,7 +88,7 @@ struct BackupCommand: ParsableCommand {
             let sink: any ByteSink = self.output == "-" ? DescriptorSink(descriptor: 1, what: "stdout") : try AtomicFileSink(path: self.output)
             if self.output == "-" && isatty(1) == 1 { throw TenureError(.invalidRequest, "refusing to write a backup to a terminal; redirect stdout") }
             var backupOptions = BackupOptions(source: source, jobs: jobs, level: level, format: format, pgDump: pgDump(configuration), createdAt: Date())
-            backupOptions.limits = EngineLimits()
+            backupOptions.signingKey = try ArchiveKey.load(home: configuration.home, create: true)
             let progress = TransferProgress()
             let start = Date()
             let summary = try withProgress("backup", progress) { () throws(TenureError) in try runBackup(backupOptions, sink: sink, progress: progress) }
@@ -125,10 +125,12 @@ struct RestoreCommand: ParsableCommand {
             guard (1...64).contains(jobs) else { throw TenureError(.invalidRequest, "--jobs must be from 1 to 64") }
             let target = try ConnectionParameters(parsing: url, setting: "--url")
             let source = input == "-" ? DescriptorSource(descriptor: 0, what: "stdin") : try DescriptorSource(path: input)
+            var restoreOptions = RestoreOptions(target: target, jobs: jobs)
+            restoreOptions.key = try ArchiveKey.load(home: try options.configuration().home, create: false)
             let progress = TransferProgress()
             let start = Date()
             let summary = try withProgress("restore", progress) { () throws(TenureError) in
-                try runRestore(source: source, options: RestoreOptions(target: target, jobs: jobs), progress: progress)
+                try runRestore(source: source, options: restoreOptions, progress: progress)
             }
             let seconds = Date().timeIntervalSince(start)
             output.emit(json: [
@@ -148,12 +150,20 @@ struct VerifyCommand: ParsableCommand {
     func run() {
         runCommand(json: options.json) { (output) throws(TenureError) in
             let source = input == "-" ? DescriptorSource(descriptor: 0, what: "stdin") : try DescriptorSource(path: input)
+            let key = try ArchiveKey.load(home: try options.configuration().home, create: false)
             let progress = TransferProgress()
-            let summary = try withProgress("verify", progress) { () throws(TenureError) in try runVerify(source: source, progress: progress) }
+            let summary = try withProgress("verify", progress) { () throws(TenureError) in try runVerify(source: source, key: key, progress: progress) }
+            let signature: String
+            switch summary.signature {
+            case .valid: signature = "signature valid"
+            case .unsigned: signature = "unsigned"
+            case .unknownKey: signature = "signed with a key this installation does not have (checksums only)"
+            }
             output.emit(json: [
                 "ok": true, "members": summary.memberCount, "tables": summary.tableCount, "rows": summary.rowCount, "raw_bytes": summary.rawBytes,
                 "created_at": summary.header.createdAt, "database": summary.header.database, "server_version": summary.header.serverVersion,
-            ]) { "archive OK: \(summary.memberCount) members, \(summary.tableCount) tables, \(summary.rowCount) rows, \(formatBytes(summary.rawBytes)) of data" }
+                "signature": summary.signature.rawValue,
+            ]) { "archive OK: \(summary.memberCount) members, \(summary.tableCount) tables, \(summary.rowCount) rows, \(formatBytes(summary.rawBytes)) of data; \(signature)" }
         }
     }
 }

@@ -73,3 +73,27 @@ import Testing
         #expect(TenureError.Code.databaseNotFound.rawValue == "database.not_found")
     }
 }
+
+@Suite struct HashTests {
+    @Test func sha256KnownAnswers() {
+        #expect(SHA256.hex(SHA256.hash([])) == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855")
+        #expect(SHA256.hex(SHA256.hash(Array("abc".utf8))) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
+        #expect(
+            SHA256.hex(SHA256.hash(Array("abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq".utf8)))
+                == "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1")
+        // RFC 4231 test case 2
+        #expect(
+            SHA256.hex(SHA256.hmac(key: Array("Jefe".utf8), message: Array("what do ya want for nothing?".utf8)))
+                == "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843")
+    }
+
+    @Test func xxh64KnownAnswers() {
+        #expect(XXH64.hex([UInt8]().withUnsafeBytes { XXH64.hash($0) }) == "ef46db3751d8e999")
+        #expect(XXH64.hex(Array("abc".utf8).withUnsafeBytes { XXH64.hash($0) }) == "44bc2cf5ad770999")
+        // Streaming in odd pieces equals one shot.
+        let data = (0..<1000).map { UInt8(truncatingIfNeeded: $0 * 7) }
+        var streaming = XXH64()
+        for chunk in stride(from: 0, to: data.count, by: 37) { streaming.update(Array(data[chunk..<min(chunk + 37, data.count)])) }
+        #expect(streaming.digest() == data.withUnsafeBytes { XXH64.hash($0) })
+    }
+}

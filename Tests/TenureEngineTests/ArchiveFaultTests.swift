@@ -186,6 +186,49 @@ func buildTar(_ members: [RawMember], end: Bool = true) -> [UInt8] {
         try expectRejected(Array("this is not an archive at all, just garbage bytes".utf8), "truncated")
     }
 
+    /// Tampering that fixes the checksums too (B5): a changed data member with its size and
+    /// XXH64 rewritten in the manifest passes every checksum but not the keyed signature.
+    @Test func tamperingIsCaughtByTheSignature() throws {
+        let server = try TestServer.shared()
+        let source = try createHardCases(server)
+        let home = temporaryFile("-home")
+        defer { try? FileManager.default.removeItem(atPath: home) }
+        let archive = temporaryFile(".tenure")
+        defer { try? FileManager.default.removeItem(atPath: archive) }
+        let backup = try runTenure(["backup", "--url", url(server, source), "-o", archive], environment: ["TENURE_HOME": home])
+        #expect(backup.status == 0, "\(backup)")
+        let signed = try runTenure(["verify", archive, "--json"], environment: ["TENURE_HOME": home])
+        #expect(signed.json["signature"] as? String == "valid", "\(signed)")
+
+        var members = rawMembers(Array(FileManager.default.contents(atPath: archive)!))
+        let index = try #require(members.firstIndex { $0.name.hasPrefix("data/") })
+        let forged = try TenureZstdFrame.compress(Array("forged\n".utf8))
+        members[index].content = forged
+        let manifestIndex = members.count - 1
+        var manifest = try JSONSerialization.jsonObject(with: Data(members[manifestIndex].content)) as! [String: Any]
+        var entries = manifest["members"] as! [[String: Any]]
+        let entry = try #require(entries.firstIndex { $0["name"] as? String == members[index].name })
+        entries[entry]["compressed_bytes"] = forged.count
+        entries[entry]["raw_bytes"] = 7
+        entries[entry]["rows"] = 1
+        entries[entry]["xxh64"] = XXH64.hex(forged.withUnsafeBytes { XXH64.hash($0) })
+        manifest["members"] = entries
+        members[manifestIndex].content = Array(try JSONSerialization.data(withJSONObject: manifest, options: [.sortedKeys]))
+        let tampered = temporaryFile(".tenure")
+        _ = FileManager.default.createFile(atPath: tampered, contents: Data(buildTar(members)))
+        defer { try? FileManager.default.removeItem(atPath: tampered) }
+        let caught = try runTenure(["verify", tampered], environment: ["TENURE_HOME": home])
+        #expect(caught.status == 2 && caught.stderr.contains("signature does not match"), "\(caught)")
+        let target = newDatabaseName("tampered")
+        let restore = try runTenure(["restore", tampered, "--url", url(server, target)], environment: ["TENURE_HOME": home])
+        // Refused (by COPY rejecting the forged row, or by the signature), leaving nothing.
+        #expect(restore.status != 0, "\(restore)")
+        #expect(try !server.databaseExists(target) && leftovers(server).isEmpty)
+        // Without the key only checksums can be checked, and the verifier says so.
+        let elsewhere = try runTenure(["verify", archive, "--json"], environment: ["TENURE_HOME": home + "-other"])
+        #expect(elsewhere.status == 0 && elsewhere.json["signature"] as? String == "unknown_key", "\(elsewhere)")
+    }
+
     @Test func hostileMemberNamesAndTypes() throws {
         let members = rawMembers(Self.archive.bytes)
         for name in ["../etc/passwd", "/etc/passwd", "data/../../x.copy.zst", "data//x"] {
