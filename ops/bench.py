@@ -142,6 +142,8 @@ def main():
         record("pg_dump | zstd -3 -T1", s, r, f"{OUT}/plain.sql.zst")
         s, r = timed("tenure backup", f"{TENURE} backup --url '{url('bench')}' -o {OUT}/b.tenure --jobs {JOBS}")
         record("tenure backup", s, r, f"{OUT}/b.tenure")
+        s, r = timed("tenure backup level 3", f"{TENURE} backup --url '{url('bench')}' -o {OUT}/b3.tenure --jobs {JOBS} --level 3")
+        record("tenure backup --level 3", s, r, f"{OUT}/b3.tenure")
         s, r = timed("tenure backup sql", f"{TENURE} backup --url '{url('bench')}' -o {OUT}/b.sql.zst --format sql --jobs {JOBS}")
         record("tenure backup --format sql", s, r, f"{OUT}/b.sql.zst")
         s, r = timed("tenure verify", f"{TENURE} verify {OUT}/b.tenure")

@@ -230,29 +230,40 @@ final class Restore {
         var sizes: [String: Int64] = [:]
         for table in tables { sizes[dumpName(table.schema) + "." + dumpName(table.name)] = table.byteCount }
         func size(_ entry: SchemaEntry) -> Int64 { entry.table.flatMap { sizes[$0] } ?? 0 }
-        let phases: [[SchemaEntry]] = [
-            entries.filter { $0.type == "INDEX" || $0.type == "CONSTRAINT" }.sorted { size($0) > size($1) },
-            entries.filter { $0.type == "FK CONSTRAINT" }.sorted { size($0) > size($1) },
-        ]
+        // One pool: primary keys and unique constraints first (foreign keys need them), then
+        // indexes, then foreign keys, each group biggest table first. A foreign key starts as
+        // soon as every key exists, so it overlaps the last index builds instead of waiting.
+        let keys = entries.filter { $0.type == "CONSTRAINT" }.sorted { size($0) > size($1) }
+        let indexes = entries.filter { $0.type == "INDEX" }.sorted { size($0) > size($1) }
+        let foreignKeys = entries.filter { $0.type == "FK CONSTRAINT" }.sorted { size($0) > size($1) }
         let rest = entries.filter { !["INDEX", "CONSTRAINT", "FK CONSTRAINT"].contains($0.type) }
-        for phase in phases where !phase.isEmpty {
-            mark("post-data phase of \(phase.count) entries")
-            let work = Locked(phase[...])
+        let pool = keys + indexes + foreignKeys
+        if !pool.isEmpty {
+            mark("post-data pool of \(pool.count) entries")
+            let work = Locked(pool[...])
+            let keysPending = Locked(keys.count)
             let failure = FirstFailure()
             let parameters = self.parameters
             let memory = options.maintenanceWorkMemory
-            runThreads(count: min(options.jobs, phase.count), name: "tenure-post-data") { _ in
+            runThreads(count: min(options.jobs, pool.count), name: "tenure-post-data") { _ in
                 do throws(TenureError) {
                     let connection = try PostgresConnection(parameters, applicationName: "tenure-restore-worker")
                     defer { connection.close() }
                     try connection.execute("SET maintenance_work_mem = '\(memory)'")
                     try connection.execute(preamble)
                     while failure.error == nil, let entry = work.withLock({ $0.popFirst() }) {
+                        if entry.type == "FK CONSTRAINT" {
+                            while keysPending.withLock({ $0 }) > 0 && failure.error == nil { usleep(5_000) }
+                        }
                         do throws(TenureError) { try connection.execute(entry.sql) } catch {
                             throw TenureError(error.code, "restoring \(entry.type) \(entry.name) failed: \(error.message)", sqlState: error.sqlState)
                         }
+                        if entry.type == "CONSTRAINT" { keysPending.withLock { $0 -= 1 } }
                     }
-                } catch { failure.record(error) }
+                } catch {
+                    failure.record(error)
+                    keysPending.withLock { $0 = 0 }
+                }
             }
             if let error = failure.error { throw error }
         }
