@@ -155,6 +155,7 @@ extension Controller {
             var options = RestoreOptions(target: try adminParameters(server, database: newName), jobs: configuration.engineJobs)
             options.target["options"] = nil
             options.key = try ArchiveKey.load(home: configuration.home, create: false)
+            options.grantPublicConnect = false
             _ = try runRestore(source: source, options: options)
             // Tenant rules on the new database before anyone can reach it.
             let role = quoteIdentifier(database.postgresRole)

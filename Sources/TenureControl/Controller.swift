@@ -106,8 +106,14 @@ public final class Controller {
         )
         for row in open.rows {
             guard let name = row[0] else { continue }
-            try admin.execute("REVOKE CONNECT, TEMPORARY ON DATABASE \(quoteIdentifier(name)) FROM PUBLIC")
-            logger.notice("revoked CONNECT from PUBLIC on a tenant server's database", metadata: ["tenure.database": "\(name)"])
+            // Best effort on other databases: one may be dropped meanwhile (3D000), or have its
+            // privileges changed by a concurrent session (XX000 "tuple concurrently updated").
+            do throws(TenureError) {
+                try admin.execute("REVOKE CONNECT, TEMPORARY ON DATABASE \(quoteIdentifier(name)) FROM PUBLIC")
+                logger.notice("revoked CONNECT from PUBLIC on a tenant server's database", metadata: ["tenure.database": "\(name)"])
+            } catch {
+                logger.warning("could not revoke CONNECT from PUBLIC", metadata: ["tenure.database": "\(name)", "tenure.error": "\(error.message)"])
+            }
         }
     }
 

@@ -221,6 +221,24 @@ public struct EngineLimits: Sendable {
     /// Largest schema section (pre-data, post-data) and JSON member.
     public var maximumSchemaBytes = 512 << 20
     public init() {}
+
+    /// The defaults, overridden by TENURE_MAX_MEMBER_BYTES, TENURE_MAX_FRAME_BYTES (decompressed
+    /// size of one member), TENURE_MAX_MEMBERS and TENURE_MAX_SCHEMA_BYTES.
+    public static func fromEnvironment(_ environment: [String: String] = ProcessInfo.processInfo.environment) throws(TenureError) -> EngineLimits {
+        var limits = EngineLimits()
+        func value(_ key: String) throws(TenureError) -> Int? {
+            guard let text = environment[key] else { return nil }
+            guard let number = Int(text), number > 0 else {
+                throw TenureError(.invalidConfiguration, "\(key)='\(printable(text))' must be a positive number of bytes (or members)")
+            }
+            return number
+        }
+        if let number = try value("TENURE_MAX_MEMBER_BYTES") { limits.maximumMemberBytes = number }
+        if let number = try value("TENURE_MAX_FRAME_BYTES") { limits.maximumRawMemberBytes = number }
+        if let number = try value("TENURE_MAX_MEMBERS") { limits.maximumMemberCount = number }
+        if let number = try value("TENURE_MAX_SCHEMA_BYTES") { limits.maximumSchemaBytes = number }
+        return limits
+    }
 }
 
 let jsonEncoder: JSONEncoder = {

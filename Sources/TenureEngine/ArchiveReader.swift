@@ -42,7 +42,16 @@ final class ArchiveReader {
     func next() throws(TenureError) -> Member? {
         guard let entry = try tar.next() else {
             guard stage == .end else {
-                throw TenureError(.invalidRequest, "archive is incomplete: it ends before its \(stage == .manifest || stage == .chunks ? "manifest" : "schema members") (truncated or not a Tenure archive)")
+                let missing: String
+                switch stage {
+                case .header: missing = ArchiveLayout.header
+                case .preData: missing = ArchiveLayout.preData
+                case .tables: missing = ArchiveLayout.tables
+                case .sequences: missing = ArchiveLayout.sequences
+                case .chunks: missing = ArchiveLayout.postData
+                case .manifest, .end: missing = ArchiveLayout.manifest
+                }
+                throw TenureError(.invalidRequest, "archive is incomplete: it ends without its '\(missing)' member (truncated, or not a Tenure archive)")
             }
             return nil
         }

@@ -12,6 +12,10 @@ public struct RestoreOptions: Sendable {
     public var maintenanceWorkMemory = "512MB"
     /// Checks the manifest's signature when the archive was signed with this key.
     public var key: ArchiveKey?
+    /// The database is closed to PUBLIC while it is restored; true gives PUBLIC back the
+    /// default `CONNECT, TEMPORARY` at the end (as `createdb` would), false leaves it closed
+    /// (a tenant database, whose owner is granted access by the controller).
+    public var grantPublicConnect = true
 
     public init(target: ConnectionParameters, jobs: Int) {
         self.target = target
@@ -50,9 +54,13 @@ public func runRestore(source: DescriptorSource, options: RestoreOptions, progre
             }
             try admin.execute("CREATE DATABASE \(quoteIdentifier(temporary)) TEMPLATE template0 ENCODING '\(encoding)'")
             created = true
+            try admin.execute("REVOKE CONNECT, TEMPORARY ON DATABASE \(quoteIdentifier(temporary)) FROM PUBLIC")
         }
         var summary = try restore.run(source: source)
         try admin.execute("ALTER DATABASE \(quoteIdentifier(temporary)) RENAME TO \(quoteIdentifier(target))")
+        if options.grantPublicConnect {
+            try admin.execute("GRANT CONNECT, TEMPORARY ON DATABASE \(quoteIdentifier(target)) TO PUBLIC")
+        }
         summary.database = target
         return summary
     } catch {
@@ -129,6 +137,7 @@ final class Restore {
             loadersDone = nil
         }
         var manifest: Manifest?
+        var postData: String?
         do throws(TenureError) {
             while let member = try reader.next() {
                 if let error = failure.error { throw error }
@@ -161,10 +170,17 @@ final class Restore {
                     stopLoaders()
                     if let error = failure.error { throw error }
                     mark("data loaded")
-                    try runPostData(stripRestrictLines(script, key: restrictKey), tables: tables)
-                    mark("post-data done")
+                    postData = script
                 case .manifest(let value):
+                    // The manifest is checked before the post-data runs, so a missing, extra or
+                    // altered part is reported as such, not as whatever it breaks later.
+                    try reader.check(value, counted: counted.withLock { $0 })
+                    _ = try checkSignature(value, key: options.key)
                     manifest = value
+                    if let postData {
+                        try runPostData(stripRestrictLines(postData, key: restrictKey), tables: tables)
+                        mark("post-data done")
+                    }
                 }
             }
         } catch {
@@ -173,8 +189,6 @@ final class Restore {
             throw failure.error ?? error
         }
         guard let manifest else { throw TenureError(.invalidRequest, "archive has no manifest") }
-        try reader.check(manifest, counted: counted.withLock { $0 })
-        _ = try checkSignature(manifest, key: options.key)
         // The PG15 public-schema rule, re-asserted after every restore.
         try main!.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
         main?.close()

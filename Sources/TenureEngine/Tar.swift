@@ -71,6 +71,12 @@ public final class TarReader {
     let maximumMemberBytes: Int
     private var block = [UInt8](repeating: 0, count: TarWriter.blockSize)
     public private(set) var reachedEnd = false
+    /// The last member read, to say where a truncation happened.
+    private var lastName: String?
+
+    private var position: String {
+        lastName.map { "after member '\($0)'" } ?? "before its first member"
+    }
 
     public init(source: DescriptorSource, maximumMemberBytes: Int) {
         self.source = source
@@ -81,11 +87,11 @@ public final class TarReader {
     public func next() throws(TenureError) -> Member? {
         let offset = source.byteCount
         guard try readBlock() else {
-            throw TenureError(.invalidRequest, "archive is truncated: it ends at byte \(offset) without the end-of-archive marker")
+            throw TenureError(.invalidRequest, "archive is truncated \(position) (byte \(offset)): no further member and no end-of-archive marker")
         }
         if block.allSatisfy({ $0 == 0 }) {
             guard try readBlock(), block.allSatisfy({ $0 == 0 }) else {
-                throw TenureError(.invalidRequest, "archive is truncated or corrupt at byte \(offset): incomplete end-of-archive marker")
+                throw TenureError(.invalidRequest, "archive is truncated \(position) (byte \(offset)): incomplete end-of-archive marker")
             }
             // Anything after the marker must be zero padding (tar pads to 10 KiB records).
             var trailing = [UInt8](repeating: 0, count: 65_536)
@@ -134,6 +140,7 @@ public final class TarReader {
         guard size <= maximumMemberBytes else {
             throw TenureError(.invalidRequest, "archive member '\(shown)' is \(size) bytes, more than the limit of \(maximumMemberBytes)")
         }
+        lastName = name
         return Member(name: name, size: size, offset: offset)
     }
 
@@ -159,7 +166,7 @@ public final class TarReader {
         let count = try block.withMutableBytes { (buffer) throws(TenureError) in try source.readFully(into: buffer) }
         if count == 0 { return false }
         guard count == TarWriter.blockSize else {
-            throw TenureError(.invalidRequest, "archive is truncated at byte \(source.byteCount): a partial tar block")
+            throw TenureError(.invalidRequest, "archive is truncated \(position) (byte \(source.byteCount)): a partial tar block")
         }
         return true
     }

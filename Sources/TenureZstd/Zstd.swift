@@ -120,6 +120,10 @@ public final class FrameDecompressor {
     ) throws(TenureError) -> Int {
         ZSTD_DCtx_reset(context, ZSTD_reset_session_only)
         guard input.count > 0 else { throw TenureError(.invalidRequest, "\(what): empty, expected zstd frames") }
+        // A frame that declares more than the limit is refused before any work.
+        if let declared = Zstd.frameContentSize(input), declared > UInt64(maximumByteCount) {
+            throw TenureError(.invalidRequest, "\(what): declares \(declared) bytes of content, past the limit of \(maximumByteCount) bytes")
+        }
         var source = ZSTD_inBuffer(src: input.baseAddress, size: input.count, pos: 0)
         var total = 0
         var frameEnded = false

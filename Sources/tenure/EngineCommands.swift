@@ -126,6 +126,7 @@ struct RestoreCommand: ParsableCommand {
             let target = try ConnectionParameters(parsing: url, setting: "--url")
             let source = input == "-" ? DescriptorSource(descriptor: 0, what: "stdin") : try DescriptorSource(path: input)
             var restoreOptions = RestoreOptions(target: target, jobs: jobs)
+            restoreOptions.limits = try EngineLimits.fromEnvironment()
             restoreOptions.key = try ArchiveKey.load(home: try options.configuration().home, create: false)
             let progress = TransferProgress()
             let start = Date()
@@ -152,7 +153,7 @@ struct VerifyCommand: ParsableCommand {
             let source = input == "-" ? DescriptorSource(descriptor: 0, what: "stdin") : try DescriptorSource(path: input)
             let key = try ArchiveKey.load(home: try options.configuration().home, create: false)
             let progress = TransferProgress()
-            let summary = try withProgress("verify", progress) { () throws(TenureError) in try runVerify(source: source, key: key, progress: progress) }
+            let summary = try withProgress("verify", progress) { () throws(TenureError) in try runVerify(source: source, limits: try EngineLimits.fromEnvironment(), key: key, progress: progress) }
             let signature: String
             switch summary.signature {
             case .valid: signature = "signature valid"

@@ -142,7 +142,16 @@ func temporaryFile(_ suffix: String) -> String {
     NSTemporaryDirectory() + "tenure-test-\(UUID().uuidString.prefix(8))\(suffix)"
 }
 
-/// Databases a failed restore could have left behind.
+/// Databases a failed restore left behind. Tests run side by side on one server, so another
+/// test's restore may be in progress: a name counts only if it is still there after every
+/// running restore had time to finish.
 func leftovers(_ server: TestServer) throws -> [String] {
-    try server.rows("SELECT datname FROM pg_database WHERE datname LIKE 'tenure_restore_%'").map { $0[0]! }
+    let query = "SELECT datname FROM pg_database WHERE datname LIKE 'tenure_restore_%'"
+    var names = Set(try server.rows(query).map { $0[0]! })
+    let deadline = Date().addingTimeInterval(60)
+    while !names.isEmpty && Date() < deadline {
+        Thread.sleep(forTimeInterval: 0.5)
+        names.formIntersection(try server.rows(query).map { $0[0]! })
+    }
+    return names.sorted()
 }
