@@ -16,6 +16,11 @@ public struct RestoreOptions: Sendable {
     /// default `CONNECT, TEMPORARY` at the end (as `createdb` would), false leaves it closed
     /// (a tenant database, whose owner is granted access by the controller).
     public var grantPublicConnect = true
+    /// Load tables up to `freezeTableBytes` with `COPY ... FREEZE` on one loader each (truncated
+    /// in the loader's transaction, as FREEZE requires); bigger tables load in parallel parts
+    /// without it. Off by default: `make bench` measured it slower (see README).
+    public var freezeSmallTables = ProcessInfo.processInfo.environment["TENURE_RESTORE_FREEZE"] == "1"
+    public var freezeTableBytes: Int64 = 64 << 20
 
     public init(target: ConnectionParameters, jobs: Int) {
         self.target = target
@@ -127,14 +132,27 @@ final class Restore {
         defer { main?.close() }
         var tables: [TableEntry] = []
         var restrictKey: String?
-        let queue = BoundedQueue<LoadItem>(capacity: max(2, options.jobs * 2))
+        let queues = (0..<options.jobs).map { _ in BoundedQueue<LoadItem>(capacity: 2) }
+        let pending = Locked([Int](repeating: 0, count: options.jobs))
+        var nextQueue = 0
         let failure = FirstFailure()
         let counted = Locked<[String: (rows: Int64, rawBytes: Int64)]>([:])
         var loadersDone: DispatchGroup?
         func stopLoaders() {
-            queue.close()
+            queues.forEach { $0.close() }
             loadersDone?.wait()
             loadersDone = nil
+        }
+        /// Small tables go to a fixed loader when FREEZE is on (one transaction per table);
+        /// everything else to the least busy loader.
+        func route(_ item: LoadItem) -> Int {
+            if options.freezeSmallTables, let table = item.table, table.byteCount <= options.freezeTableBytes {
+                return table.index % queues.count
+            }
+            let counts = pending.withLock { $0 }
+            nextQueue = (nextQueue + 1) % queues.count
+            let least = counts.min() ?? 0
+            return counts.indices.first { counts[$0] == least && $0 >= nextQueue } ?? counts.firstIndex(of: least) ?? 0
         }
         var manifest: Manifest?
         var postData: String?
@@ -153,7 +171,7 @@ final class Restore {
                     tables = list
                 case .sequences(let script):
                     try execute(script, restrictKey: nil, section: "sequences", on: main!)
-                    loadersDone = startLoaders(queue: queue, failure: failure, counted: counted)
+                    loadersDone = startLoaders(queues: queues, pending: pending, failure: failure, counted: counted)
                 case .chunk(let key, let name, let bytes, let offset):
                     var table: TableEntry?
                     if key.kind == .data {
@@ -162,7 +180,10 @@ final class Restore {
                         }
                         table = tables[Int(key.object) - 1]
                     }
-                    guard queue.push(LoadItem(key: key, name: name, bytes: bytes, blobOffset: offset, table: table)) else {
+                    let item = LoadItem(key: key, name: name, bytes: bytes, blobOffset: offset, table: table)
+                    let target = route(item)
+                    pending.withLock { $0[target] += 1 }
+                    guard queues[target].push(item) else {
                         throw failure.error ?? TenureError(.internal, "restore cancelled")
                     }
                 case .postData(let script):
@@ -184,7 +205,7 @@ final class Restore {
                 }
             }
         } catch {
-            queue.fail()
+            queues.forEach { $0.fail() }
             stopLoaders()
             throw failure.error ?? error
         }
@@ -204,31 +225,44 @@ final class Restore {
         }
     }
 
-    func startLoaders(queue: BoundedQueue<LoadItem>, failure: FirstFailure, counted: Locked<[String: (rows: Int64, rawBytes: Int64)]>) -> DispatchGroup {
+    func startLoaders(
+        queues: [BoundedQueue<LoadItem>], pending: Locked<[Int]>, failure: FirstFailure, counted: Locked<[String: (rows: Int64, rawBytes: Int64)]>
+    ) -> DispatchGroup {
         let group = DispatchGroup()
         group.enter()
-        let jobs = options.jobs
         let parameters = self.parameters
         let limits = options.limits
         let memory = options.maintenanceWorkMemory
         let progress = self.progress
+        let freeze = options.freezeSmallTables
+        let freezeBytes = options.freezeTableBytes
         Thread {
-            runThreads(count: jobs, name: "tenure-restore") { _ in
+            runThreads(count: queues.count, name: "tenure-restore") { index in
                 do throws(TenureError) {
                     let connection = try PostgresConnection(parameters, applicationName: "tenure-restore-worker")
                     defer { connection.close() }
                     try connection.execute("SET search_path = pg_catalog; SET statement_timeout = 0; SET maintenance_work_mem = '\(memory)'; SET synchronous_commit = off")
                     let decompressor = FrameDecompressor()
-                    while let item = queue.pop() {
-                        let result = try load(item, connection: connection, decompressor: decompressor, limits: limits)
+                    var truncated = Set<Int>()
+                    if freeze { try connection.execute("BEGIN") }
+                    while let item = queues[index].pop() {
+                        var frozen = false
+                        if freeze, let table = item.table, table.byteCount <= freezeBytes {
+                            if truncated.insert(table.index).inserted { try connection.execute("TRUNCATE ONLY \(table.qualifiedName)") }
+                            frozen = true
+                        }
+                        let result = try load(item, connection: connection, decompressor: decompressor, limits: limits, freeze: frozen)
+                        pending.withLock { $0[index] -= 1 }
                         counted.withLock { $0[item.name] = result }
                         progress.rows.add(result.rows, ordering: .relaxed)
                         progress.rawBytes.add(result.rawBytes, ordering: .relaxed)
                         progress.compressedBytes.add(Int64(item.bytes.count), ordering: .relaxed)
                     }
+                    if failure.error != nil { return }
+                    if freeze { try connection.execute("COMMIT") }
                 } catch {
                     failure.record(error)
-                    queue.fail()
+                    queues.forEach { $0.fail() }
                 }
             }
             group.leave()
@@ -295,14 +329,15 @@ final class Restore {
 }
 
 /// Loads one member: COPY for data (the server's row count is returned), `lo_put` for blobs.
-func load(_ item: LoadItem, connection: PostgresConnection, decompressor: FrameDecompressor, limits: EngineLimits) throws(TenureError) -> (
+func load(_ item: LoadItem, connection: PostgresConnection, decompressor: FrameDecompressor, limits: EngineLimits, freeze: Bool = false)
+    throws(TenureError) -> (
     rows: Int64, rawBytes: Int64
 ) {
     let what = "archive member '\(item.name)'"
     switch item.key.kind {
     case .data:
         let table = item.table!
-        try connection.beginCopyIn("COPY \(table.copyTarget) FROM STDIN")
+        try connection.beginCopyIn("COPY \(table.copyTarget) FROM STDIN\(freeze ? " (FREEZE)" : "")")
         var raw = 0
         do throws(TenureError) {
             raw = try item.bytes.withBytes { (buffer) throws(TenureError) in
