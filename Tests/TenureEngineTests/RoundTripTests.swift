@@ -34,6 +34,22 @@ import TenureTestSupport
         #expect(try fingerprint(server, target) == expected)
     }
 
+    /// The optional FREEZE loading path restores the same database (and does freeze).
+    @Test func freezeLoadingRoundTrips() throws {
+        let server = try TestServer.shared()
+        let source = try createHardCases(server)
+        let archive = temporaryFile(".tenure")
+        defer { try? FileManager.default.removeItem(atPath: archive) }
+        #expect(try runTenure(["backup", "--url", url(server, source), "-o", archive], environment: [:]).status == 0)
+        let target = newDatabaseName("frozen")
+        let restore = try runTenure(["restore", archive, "--url", url(server, target), "--jobs", "2"], environment: ["TENURE_RESTORE_FREEZE": "1"])
+        #expect(restore.status == 0, "\(restore)")
+        #expect(try fingerprint(server, target) == fingerprint(server, source))
+        #expect(try schemaDump(server, target) == schemaDump(server, source))
+        let visible = try server.rows("SELECT relallvisible = relpages AND relpages > 0 FROM pg_class WHERE relname = 'accounts'", database: target)
+        #expect(visible == [["t"]], "COPY FREEZE leaves the pages all-visible")
+    }
+
     @Test func restoreFromStdinAndBackupToStdout() throws {
         let server = try TestServer.shared()
         let source = try createHardCases(server)
