@@ -156,6 +156,7 @@ final class Restore {
         }
         var manifest: Manifest?
         var postData: String?
+        var quieted: [TableEntry] = []
         do throws(TenureError) {
             while let member = try reader.next() {
                 if let error = failure.error { throw error }
@@ -169,6 +170,7 @@ final class Restore {
                     mark("pre-data done")
                 case .tables(let list):
                     tables = list
+                    quieted = try quietAutovacuum(tables, on: main!)
                 case .sequences(let script):
                     try execute(script, restrictKey: nil, section: "sequences", on: main!)
                     loadersDone = startLoaders(queues: queues, pending: pending, failure: failure, counted: counted)
@@ -210,11 +212,36 @@ final class Restore {
             throw failure.error ?? error
         }
         guard let manifest else { throw TenureError(.invalidRequest, "archive has no manifest") }
+        for table in quieted {
+            try main!.execute("ALTER TABLE \(table.qualifiedName) RESET (autovacuum_enabled, toast.autovacuum_enabled)")
+        }
         // The PG15 public-schema rule, re-asserted after every restore.
         try main!.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
         main?.close()
         main = nil
         return RestoreSummary(database: temporary, tableCount: tables.count, rowCount: manifest.rowCount, memberCount: manifest.members.count)
+    }
+
+    /// Autovacuum's insert-triggered VACUUM ANALYZE starts on big tables while they are still
+    /// loading and takes CPU from the load and the index builds. For the tables of at least
+    /// 16 MiB whose schema does not set `autovacuum_enabled` itself, it is switched off while
+    /// the database is built (nobody else can reach it) and reset before the rename, so the
+    /// result is the schema as dumped; autovacuum catches up afterwards.
+    func quietAutovacuum(_ tables: [TableEntry], on connection: PostgresConnection) throws(TenureError) -> [TableEntry] {
+        var quieted: [TableEntry] = []
+        for table in tables where table.byteCount >= 16 << 20 {
+            let options = try connection.query(
+                """
+                SELECT array_to_string(c.reloptions, ',') || ',' || coalesce(array_to_string(t.reloptions, ','), '') AS options
+                FROM pg_catalog.pg_class c LEFT JOIN pg_catalog.pg_class t ON t.oid = c.reltoastrelid
+                WHERE c.oid = $1::pg_catalog.regclass
+                """, [table.qualifiedName])
+            let text = (options.rows.first?[0] ?? nil) ?? ""
+            guard !text.contains("autovacuum_enabled") else { continue }
+            try connection.execute("ALTER TABLE \(table.qualifiedName) SET (autovacuum_enabled = false, toast.autovacuum_enabled = false)")
+            quieted.append(table)
+        }
+        return quieted
     }
 
     /// Runs a schema script through libpq: pg_dump's `\restrict` lines (with the archive's
