@@ -94,13 +94,13 @@ func runThreads(count: Int, name: String, _ body: @escaping @Sendable (Int) -> V
 }
 
 /// A value shared between threads behind a lock. Decide under the lock, act outside it.
-final class Locked<Value>: @unchecked Sendable {
+public final class Locked<Value>: @unchecked Sendable {
     private let lock = NSLock()
     private var value: Value
 
-    init(_ value: Value) { self.value = value }
+    public init(_ value: Value) { self.value = value }
 
-    func withLock<T>(_ body: (inout Value) -> T) -> T {
+    public func withLock<T>(_ body: (inout Value) -> T) -> T {
         lock.lock()
         defer { lock.unlock() }
         return body(&value)
