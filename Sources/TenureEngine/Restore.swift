@@ -115,7 +115,8 @@ final class Restore {
 
     func connect() throws(TenureError) -> PostgresConnection {
         let connection = try PostgresConnection(parameters, applicationName: "tenure-restore")
-        try connection.execute("SET search_path = pg_catalog; SET statement_timeout = 0; SET maintenance_work_mem = '\(options.maintenanceWorkMemory)'")
+        try connection.execute(
+            "SET search_path = pg_catalog; SET statement_timeout = 0; SET maintenance_work_mem = '\(options.maintenanceWorkMemory)'; SET synchronous_commit = off")
         return connection
     }
 
@@ -305,42 +306,76 @@ final class Restore {
         var sizes: [String: Int64] = [:]
         for table in tables { sizes[dumpName(table.schema) + "." + dumpName(table.name)] = table.byteCount }
         func size(_ entry: SchemaEntry) -> Int64 { entry.table.flatMap { sizes[$0] } ?? 0 }
-        // One pool: primary keys and unique constraints first (foreign keys need them), then
-        // indexes, then foreign keys, each group biggest table first. A foreign key starts as
-        // soon as every key exists, so it overlaps the last index builds instead of waiting.
-        let keys = entries.filter { $0.type == "CONSTRAINT" }.sorted { size($0) > size($1) }
-        let indexes = entries.filter { $0.type == "INDEX" }.sorted { size($0) > size($1) }
-        let foreignKeys = entries.filter { $0.type == "FK CONSTRAINT" }.sorted { size($0) > size($1) }
+        // One pool, biggest table first, each table's keys, then its indexes, then its foreign
+        // keys. A foreign key is taken only when the referenced table's keys exist and its own
+        // table's indexes are built (it would block on their locks); until then workers take
+        // the next entry, so nobody waits idle while there is work.
+        func rank(_ entry: SchemaEntry) -> Int { entry.type == "CONSTRAINT" ? 0 : entry.type == "INDEX" ? 1 : 2 }
+        // Keys that foreign keys reference come first (they are usually small and quick).
+        let referenced = Set(entries.filter { $0.type == "FK CONSTRAINT" }.compactMap(\.referencedTable))
+        func priority(_ entry: SchemaEntry) -> Int64 {
+            entry.type == "CONSTRAINT" && referenced.contains(entry.table ?? "") ? Int64.max : size(entry)
+        }
+        let pool = entries.filter { ["INDEX", "CONSTRAINT", "FK CONSTRAINT"].contains($0.type) }.sorted {
+            priority($0) != priority($1) ? priority($0) > priority($1) : rank($0) < rank($1)
+        }
         let rest = entries.filter { !["INDEX", "CONSTRAINT", "FK CONSTRAINT"].contains($0.type) }
-        let pool = keys + indexes + foreignKeys
         if !pool.isEmpty {
             mark("post-data pool of \(pool.count) entries")
-            let work = Locked(pool[...])
-            let keysPending = Locked(keys.count)
+            var outstanding: [String: Int] = [:]  // "key table" / "index table" → count not yet built
+            for entry in pool where entry.type != "FK CONSTRAINT" {
+                outstanding["\(entry.type == "CONSTRAINT" ? "key" : "index") \(entry.table ?? "")", default: 0] += 1
+            }
+            let state = Locked((work: pool, outstanding: outstanding))
             let failure = FirstFailure()
             let parameters = self.parameters
             let memory = options.maintenanceWorkMemory
+            let timing = self.timing
+            let started = self.started
             runThreads(count: min(options.jobs, pool.count), name: "tenure-post-data") { _ in
                 do throws(TenureError) {
                     let connection = try PostgresConnection(parameters, applicationName: "tenure-restore-worker")
                     defer { connection.close() }
-                    try connection.execute("SET maintenance_work_mem = '\(memory)'")
+                    // Commits need not wait for their WAL flush: the rename that publishes the
+                    // database commits synchronously and flushes all earlier WAL with it.
+                    try connection.execute("SET maintenance_work_mem = '\(memory)'; SET synchronous_commit = off")
                     try connection.execute(preamble)
-                    while failure.error == nil, let entry = work.withLock({ $0.popFirst() }) {
-                        if entry.type == "FK CONSTRAINT" {
-                            while keysPending.withLock({ $0 }) > 0 && failure.error == nil { usleep(5_000) }
+                    while failure.error == nil {
+                        // Decide under the lock: the first entry whose dependencies are built.
+                        let next: SchemaEntry?? = state.withLock { state in
+                            guard !state.work.isEmpty else { return .some(nil) }
+                            let ready = state.work.firstIndex { entry in
+                                guard entry.type == "FK CONSTRAINT" else { return true }
+                                let own = state.outstanding["index \(entry.table ?? "")"] ?? 0
+                                let referenced = entry.referencedTable.map { state.outstanding["key \($0)"] ?? 0 } ?? 0
+                                return own == 0 && referenced == 0
+                            }
+                            guard let ready else { return nil }
+                            return .some(state.work.remove(at: ready))
                         }
+                        guard let candidate = next else {
+                            usleep(5_000)
+                            continue
+                        }
+                        guard let entry = candidate else { break }
+                        let entryStart = Date()
                         do throws(TenureError) { try connection.execute(entry.sql) } catch {
                             throw TenureError(error.code, "restoring \(entry.type) \(entry.name) failed: \(error.message)", sqlState: error.sqlState)
                         }
-                        if entry.type == "CONSTRAINT" { keysPending.withLock { $0 -= 1 } }
+                        if entry.type != "FK CONSTRAINT" {
+                            state.withLock { $0.outstanding["\(entry.type == "CONSTRAINT" ? "key" : "index") \(entry.table ?? "")", default: 1] -= 1 }
+                        }
+                        let took = Date().timeIntervalSince(entryStart)
+                        if timing && took > 0.1 {
+                            FileHandle.standardError.write(
+                                Data(String(format: "restore %.2f s: %@ %@ took %.2f s\n", Date().timeIntervalSince(started), entry.type, entry.name, took).utf8))
+                        }
                     }
                 } catch {
                     failure.record(error)
-                    keysPending.withLock { $0 = 0 }
                 }
             }
-            if let error = failure.error { throw error }
+        if let error = failure.error { throw error }
         }
         if !rest.isEmpty {
             let connection = try connect()
@@ -414,6 +449,12 @@ struct SchemaEntry: Sendable {
     var type: String
     var name: String
     var sql: String
+
+    /// The table a foreign key references (`REFERENCES public.customers(id)`).
+    var referencedTable: String? {
+        guard let range = sql.range(of: "REFERENCES ") else { return nil }
+        return String(sql[range.upperBound...].prefix { !$0.isWhitespace && $0 != "(" })
+    }
 
     /// The table an index or constraint is on, as pg_dump spells it (`public.events`).
     var table: String? {
