@@ -254,6 +254,47 @@ public final class Catalog {
         }
     }
 
+    // MARK: - API keys
+
+    public func insertAPIKey(_ record: APIKeyRecord, keyHash: String) throws(TenureError) {
+        try connection.query(
+            "INSERT INTO api_keys (id, name, scopes, key_hash, created_at) VALUES ($1, $2, $3::text[], $4, to_timestamp($5::float8))",
+            [record.id.rawValue, record.name, "{" + record.scopes.map(\.rawValue).joined(separator: ",") + "}", keyHash, epoch(record.createdAt)])
+    }
+
+    public func apiKeys() throws(TenureError) -> [APIKeyRecord] {
+        let result = try connection.query(
+            """
+            SELECT id, name, array_to_string(scopes, ',') AS scopes, extract(epoch FROM created_at)::text AS created_at,
+                   extract(epoch FROM revoked_at)::text AS revoked_at, extract(epoch FROM last_used_at)::text AS last_used_at
+            FROM api_keys ORDER BY created_at, id
+            """)
+        return result.rows.indices.map { row in
+            APIKeyRecord(
+                id: APIKeyID(unchecked: result[row, "id"]!), name: result[row, "name"]!,
+                scopes: result[row, "scopes"]!.split(separator: ",").compactMap { APIScope(rawValue: String($0)) },
+                createdAt: date(result[row, "created_at"])!, revokedAt: date(result[row, "revoked_at"]), lastUsedAt: date(result[row, "last_used_at"]))
+        }
+    }
+
+    /// Revokes a key; false if it was already revoked. Throws `apiKeyNotFound` for an unknown id.
+    public func revokeAPIKey(_ id: APIKeyID, now: Date) throws(TenureError) -> Bool {
+        let result = try connection.query(
+            "UPDATE api_keys SET revoked_at = to_timestamp($2::float8) WHERE id = $1 AND revoked_at IS NULL", [id.rawValue, epoch(now)])
+        if result.affectedRowCount == 1 { return true }
+        guard try !connection.query("SELECT 1 FROM api_keys WHERE id = $1", [id.rawValue]).rows.isEmpty else {
+            throw TenureError(.apiKeyNotFound, "no API key with id \(id)", context: ["api_key_id": id.rawValue])
+        }
+        return false
+    }
+
+    /// The live key with this hash, if any (for authenticating a request).
+    public func apiKey(hash: String) throws(TenureError) -> APIKeyRecord? {
+        let result = try connection.query("SELECT id FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL", [hash])
+        guard let first = result.rows.first, let id = first[0] else { return nil }
+        return try apiKeys().first { $0.id.rawValue == id }
+    }
+
     // MARK: - Backups
 
     static let backupColumns = """

@@ -152,3 +152,27 @@ public struct SweepRecord: Sendable, Equatable {
     public var asOf: Date
     public var outcome: String
 }
+
+/// The scopes an API key may carry.
+public enum APIScope: String, Sendable, CaseIterable, Codable {
+    case read, write, admin
+}
+
+/// An API key as stored: never the key itself, only its hash.
+public struct APIKeyRecord: Sendable, Equatable {
+    public var id: APIKeyID
+    public var name: String
+    public var scopes: [APIScope]
+    public var createdAt: Date
+    public var revokedAt: Date?
+    public var lastUsedAt: Date?
+
+    public init(id: APIKeyID, name: String, scopes: [APIScope], createdAt: Date, revokedAt: Date?, lastUsedAt: Date?) {
+        self.id = id
+        self.name = name
+        self.scopes = scopes
+        self.createdAt = createdAt
+        self.revokedAt = revokedAt
+        self.lastUsedAt = lastUsedAt
+    }
+}

@@ -7,9 +7,11 @@ public enum IDKind: String, Sendable, CaseIterable {
     case upload = "up"
     case job = "job"
     case intent = "in"
+    case apiKey = "key"
 
     public var noun: String {
         switch self {
+        case .apiKey: return "API key"
         case .database: return "database"
         case .backup: return "backup"
         case .upload: return "upload"
@@ -101,6 +103,12 @@ public struct BackupID: TypedID {
 
 public struct UploadID: TypedID {
     public static let kind = IDKind.upload
+    public let rawValue: String
+    public init(unchecked: String) { rawValue = unchecked }
+}
+
+public struct APIKeyID: TypedID {
+    public static let kind = IDKind.apiKey
     public let rawValue: String
     public init(unchecked: String) { rawValue = unchecked }
 }

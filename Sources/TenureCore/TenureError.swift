@@ -16,6 +16,7 @@ public struct TenureError: Error, CustomStringConvertible, Sendable {
         case databaseNotFound = "database.not_found"
         case serverNotFound = "server.not_found"
         case backupNotFound = "backup.not_found"
+        case apiKeyNotFound = "api_key.not_found"
         // Conflict
         case lifecycleConflict = "lifecycle.conflict"
         case concurrentModification = "lifecycle.concurrent_modification"
@@ -68,7 +69,7 @@ extension TenureError.Code {
         switch self {
         case .invalidRequest, .invalidID, .invalidName, .invalidConfiguration, .confirmationMismatch:
             return .invalidInput
-        case .databaseNotFound, .serverNotFound, .backupNotFound:
+        case .databaseNotFound, .serverNotFound, .backupNotFound, .apiKeyNotFound:
             return .notFound
         case .lifecycleConflict, .concurrentModification, .legalHold, .nameTaken, .serverExists,
             .sweepRunning, .sweepRefused, .migrationChanged:
