@@ -170,6 +170,11 @@ public final class Catalog {
         return result.rows.indices.map { databaseRecord(result, $0) }
     }
 
+    /// Whether a live (not destroyed) database already has this name.
+    public func liveDatabaseExists(named name: String) throws(TenureError) -> Bool {
+        try !connection.query("SELECT 1 FROM databases WHERE name = $1 AND state <> 'destroyed'", [name]).rows.isEmpty
+    }
+
     /// Databases that are not destroyed: the fleet the blast-radius cap is measured against.
     public func liveDatabaseCount() throws(TenureError) -> Int {
         Int(try connection.query("SELECT count(*) AS n FROM databases WHERE state <> 'destroyed'")[0, "n"]!)!
@@ -263,12 +268,16 @@ public final class Catalog {
     }
 
     public func apiKeys() throws(TenureError) -> [APIKeyRecord] {
+        try apiKeys(where: "true", [])
+    }
+
+    private func apiKeys(where condition: String, _ parameters: [String?]) throws(TenureError) -> [APIKeyRecord] {
         let result = try connection.query(
             """
             SELECT id, name, array_to_string(scopes, ',') AS scopes, extract(epoch FROM created_at)::text AS created_at,
                    extract(epoch FROM revoked_at)::text AS revoked_at, extract(epoch FROM last_used_at)::text AS last_used_at
-            FROM api_keys ORDER BY created_at, id
-            """)
+            FROM api_keys WHERE \(condition) ORDER BY created_at, id
+            """, parameters)
         return result.rows.indices.map { row in
             APIKeyRecord(
                 id: APIKeyID(unchecked: result[row, "id"]!), name: result[row, "name"]!,
@@ -290,9 +299,7 @@ public final class Catalog {
 
     /// The live key with this hash, if any (for authenticating a request).
     public func apiKey(hash: String) throws(TenureError) -> APIKeyRecord? {
-        let result = try connection.query("SELECT id FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL", [hash])
-        guard let first = result.rows.first, let id = first[0] else { return nil }
-        return try apiKeys().first { $0.id.rawValue == id }
+        try apiKeys(where: "key_hash = $1 AND revoked_at IS NULL", [hash]).first
     }
 
     // MARK: - Backups
@@ -392,7 +399,7 @@ public final class Catalog {
         at: Date, databaseID: String?, actor: String, action: String, from: String?, to: String?, reason: String?,
         detail: [String: String] = [:]
     ) throws(TenureError) {
-        let json = String(decoding: (try? JSONSerialization.data(withJSONObject: detail, options: [.sortedKeys])) ?? Data("{}".utf8), as: UTF8.self)
+        let json = jsonText(detail)
         try connection.query(
             """
             INSERT INTO audit_events (at, database_id, actor, action, from_state, to_state, reason, detail)
@@ -437,7 +444,7 @@ public final class Catalog {
     }
 
     public func endSweep(id: Int64, outcome: String, finishedAt: Date, detail: [String: String]) throws(TenureError) {
-        let json = String(decoding: (try? JSONSerialization.data(withJSONObject: detail, options: [.sortedKeys])) ?? Data("{}".utf8), as: UTF8.self)
+        let json = jsonText(detail)
         try connection.query(
             "UPDATE sweeps SET outcome = $2, finished_at = to_timestamp($3::float8), detail = $4::jsonb WHERE id = $1",
             [String(id), outcome, epoch(finishedAt), json])

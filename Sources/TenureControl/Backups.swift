@@ -16,9 +16,7 @@ public struct BackupOutcome: Sendable {
 }
 
 extension Controller {
-    var pgDump: PgDump {
-        PgDump(path: ProcessInfo.processInfo.environment["TENURE_PG_DUMP"] ?? configuration.postgresBinDirectory + "/pg_dump")
-    }
+    var pgDump: PgDump { PgDump(path: configuration.pgDumpPath) }
 
     func backupPath(_ record: BackupRecord) -> String { configuration.backupDirectory + "/" + record.path }
 

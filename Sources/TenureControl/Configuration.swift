@@ -21,6 +21,8 @@ public struct TenureConfiguration: Sendable {
     public var backupDirectory: String
     /// Parallel connections for managed backups and restores.
     public var engineJobs: Int
+    /// The pg_dump used for schema sections (TENURE_PG_DUMP, else the one beside the server).
+    public var pgDumpPath: String
 
     /// Every setting the file and the environment accept, with its documented default.
     public static let settings: [(key: String, defaultValue: String, help: String)] = [
@@ -36,6 +38,7 @@ public struct TenureConfiguration: Sendable {
         ("TENURE_LOG_LEVEL", "info", "trace, debug, info, notice, warning, error or critical"),
         ("TENURE_BACKUP_DIR", "$TENURE_HOME/backups", "the backup store for `tenure db backup`"),
         ("TENURE_JOBS", "(cores)", "parallel connections for managed backups and restores"),
+        ("TENURE_PG_DUMP", "$TENURE_PG_BIN/pg_dump", "the pg_dump used for schema sections"),
         ("TENURE_CONFIG", "$TENURE_HOME/tenure.conf", "optional configuration file of KEY=value lines"),
     ]
 
@@ -80,6 +83,7 @@ public struct TenureConfiguration: Sendable {
         sweepInterval = try values["TENURE_SWEEP_INTERVAL"].map { (text) throws(TenureError) in try PolicyDuration.parse(text, setting: "TENURE_SWEEP_INTERVAL") } ?? .seconds(60)
         postgresBinDirectory = values["TENURE_PG_BIN"] ?? EmbeddedDefaults.postgresBinDirectory
         logLevel = values["TENURE_LOG_LEVEL"] ?? "info"
+        pgDumpPath = values["TENURE_PG_DUMP"].flatMap { $0.isEmpty ? nil : $0 } ?? (postgresBinDirectory + "/pg_dump")
         backupDirectory = values["TENURE_BACKUP_DIR"].flatMap { $0.isEmpty ? nil : $0 } ?? (home + "/backups")
         let cores = max(1, ProcessInfo.processInfo.activeProcessorCount)
         if let text = values["TENURE_JOBS"] {

@@ -128,7 +128,7 @@ public final class Controller {
         let admin = try connectAdmin(server)
         defer { admin.close() }
         try hardenServer(admin)
-        if try catalog.databases().contains(where: { $0.name == databaseName.rawValue && $0.state != .destroyed }) {
+        if try catalog.liveDatabaseExists(named: databaseName.rawValue) {
             throw TenureError(.nameTaken, "a live database named '\(databaseName)' already exists", context: ["name": databaseName.rawValue])
         }
 

@@ -337,6 +337,7 @@ struct BackupWorker {
         var buffer: [UInt8] = []
         buffer.reserveCapacity(options.frameBytes + 65_536)
         var rowsInFrame: Int64 = 0
+        var rowBytesInFrame: Int64 = 0
         var rowsTotal: Int64 = 0
         let native = options.format == .native
         func flush() throws(TenureError) {
@@ -345,6 +346,10 @@ struct BackupWorker {
             let frame = try buffer.withBytes { (bytes) throws(TenureError) in try compressor.compress(bytes) }
             let part = nextPart(Int64(table.index))
             let raw = Int64(buffer.count)
+            // Progress per frame, not per row: shared counters stay off the row loop.
+            progress.rows.add(rowsInFrame, ordering: .relaxed)
+            progress.rawBytes.add(rowBytesInFrame, ordering: .relaxed)
+            rowBytesInFrame = 0
             guard
                 queue.push(
                     Segment(
@@ -357,13 +362,11 @@ struct BackupWorker {
         }
         if !native { buffer += sqlPrefix }
         let frameBytes = options.frameBytes
-        let progress = self.progress
         let serverRows = try connection.copyOut(sql) { (row) throws(TenureError) in
             buffer.append(contentsOf: row)
             rowsInFrame += 1
+            rowBytesInFrame += Int64(row.count)
             rowsTotal += 1
-            progress.rows.add(1, ordering: .relaxed)
-            progress.rawBytes.add(Int64(row.count), ordering: .relaxed)
             if buffer.count >= frameBytes { try flush() }
         }
         try flush()

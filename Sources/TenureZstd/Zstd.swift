@@ -10,57 +10,17 @@ public enum Zstd {
 
     /// Compresses `input` into one frame carrying its content size and checksum.
     public static func compressFrame(_ input: [UInt8], level: Int32 = 3) throws(TenureError) -> [UInt8] {
-        guard let context = ZSTD_createCCtx() else { throw TenureError(.internal, "zstd: out of memory") }
-        defer { ZSTD_freeCCtx(context) }
-        ZSTD_CCtx_setParameter(context, ZSTD_c_compressionLevel, level)
-        ZSTD_CCtx_setParameter(context, ZSTD_c_checksumFlag, 1)
-        var output = [UInt8](repeating: 0, count: ZSTD_compressBound(input.count))
-        let written = input.withUnsafeBytes { source in
-            output.withUnsafeMutableBytes { destination in
-                ZSTD_compress2(context, destination.baseAddress, destination.count, source.baseAddress, source.count)
-            }
-        }
-        if ZSTD_isError(written) != 0 {
-            throw TenureError(.internal, "zstd compression failed: \(String(cString: ZSTD_getErrorName(written)))")
-        }
-        output.removeSubrange(written...)
-        return output
+        let compressor = FrameCompressor(level: level)
+        return try input.withBytes { (buffer) throws(TenureError) in try compressor.compress(buffer) }
     }
 
-    /// Decompresses one whole frame, refusing output larger than `maximumByteCount`.
+    /// Decompresses whole frames, refusing output larger than `maximumByteCount`.
     public static func decompressFrame(_ frame: [UInt8], maximumByteCount: Int) throws(TenureError) -> [UInt8] {
-        guard let context = ZSTD_createDCtx() else { throw TenureError(.internal, "zstd: out of memory") }
-        defer { ZSTD_freeDCtx(context) }
         var output: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 1 << 17)
-        var finished = false
-        var failure: TenureError?
-        frame.withUnsafeBytes { (source: UnsafeRawBufferPointer) in
-            var input = ZSTD_inBuffer(src: source.baseAddress, size: source.count, pos: 0)
-            while true {
-                let (remaining, produced): (Int, Int) = chunk.withUnsafeMutableBytes { destination in
-                    var out = ZSTD_outBuffer(dst: destination.baseAddress, size: destination.count, pos: 0)
-                    let result = ZSTD_decompressStream(context, &out, &input)
-                    return (result, out.pos)
-                }
-                if ZSTD_isError(remaining) != 0 {
-                    failure = TenureError(.invalidRequest, "zstd frame is corrupt: \(String(cString: ZSTD_getErrorName(remaining)))")
-                    return
-                }
-                output.append(contentsOf: chunk[0..<produced])
-                guard output.count <= maximumByteCount else {
-                    failure = TenureError(.invalidRequest, "zstd frame decompresses past the limit of \(maximumByteCount) bytes")
-                    return
-                }
-                if remaining == 0 {
-                    finished = true
-                    return
-                }
-                if input.pos == input.size && produced == 0 { return }
-            }
+        let decompressor = FrameDecompressor()
+        _ = try frame.withBytes { (buffer) throws(TenureError) in
+            try decompressor.decompress(buffer, maximumByteCount: maximumByteCount, what: "zstd frame") { output.append(contentsOf: $0) }
         }
-        if let failure { throw failure }
-        guard finished else { throw TenureError(.invalidRequest, "zstd frame is truncated (no frame end)") }
         return output
     }
 }
@@ -164,9 +124,3 @@ extension Zstd {
     }
 }
 
-/// One-shot helper for tests and small members.
-public enum TenureZstdFrame {
-    public static func compress(_ bytes: [UInt8], level: Int32 = 3) throws(TenureError) -> [UInt8] {
-        try Zstd.compressFrame(bytes, level: level)
-    }
-}

@@ -409,6 +409,9 @@ struct ConfigCommand: ParsableCommand {
                 "TENURE_SWEEP_INTERVAL": PolicyDuration.format(configuration.sweepInterval),
                 "TENURE_PG_BIN": configuration.postgresBinDirectory,
                 "TENURE_LOG_LEVEL": configuration.logLevel,
+                "TENURE_BACKUP_DIR": configuration.backupDirectory,
+                "TENURE_JOBS": configuration.engineJobs,
+                "TENURE_PG_DUMP": configuration.pgDumpPath,
             ]
             output.emit(json: effective) {
                 table(

@@ -50,8 +50,11 @@ func formatBytes(_ count: Int64) -> String {
 
 func defaultJobs() -> Int { max(1, ProcessInfo.processInfo.activeProcessorCount) }
 
-func pgDump(_ configuration: TenureConfiguration) -> PgDump {
-    PgDump(path: ProcessInfo.processInfo.environment["TENURE_PG_DUMP"] ?? configuration.postgresBinDirectory + "/pg_dump")
+func pgDump(_ configuration: TenureConfiguration) -> PgDump { PgDump(path: configuration.pgDumpPath) }
+
+/// An archive argument: a file, or `-` for stdin.
+func openInput(_ input: String) throws(TenureError) -> DescriptorSource {
+    input == "-" ? DescriptorSource(descriptor: 0, what: "stdin") : try DescriptorSource(path: input)
 }
 
 struct BackupCommand: ParsableCommand {
@@ -114,7 +117,7 @@ struct RestoreCommand: ParsableCommand {
             let jobs = jobs ?? defaultJobs()
             guard (1...64).contains(jobs) else { throw TenureError(.invalidRequest, "--jobs must be from 1 to 64") }
             let target = try ConnectionParameters(parsing: url, setting: "--url")
-            let source = input == "-" ? DescriptorSource(descriptor: 0, what: "stdin") : try DescriptorSource(path: input)
+            let source = try openInput(input)
             var restoreOptions = RestoreOptions(target: target, jobs: jobs)
             restoreOptions.limits = try EngineLimits.fromEnvironment()
             restoreOptions.key = try ArchiveKey.load(home: try options.configuration().home, create: false)
@@ -140,7 +143,7 @@ struct VerifyCommand: ParsableCommand {
 
     func run() {
         runCommand(json: options.json) { (output) throws(TenureError) in
-            let source = input == "-" ? DescriptorSource(descriptor: 0, what: "stdin") : try DescriptorSource(path: input)
+            let source = try openInput(input)
             let key = try ArchiveKey.load(home: try options.configuration().home, create: false)
             let progress = TransferProgress()
             let summary = try withProgress("verify", progress) { () throws(TenureError) in try runVerify(source: source, limits: try EngineLimits.fromEnvironment(), key: key, progress: progress) }
