@@ -15,6 +15,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1", traits: []),
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
     ],
     targets: [
         // System libraries: the only importers are TenurePQ and TenureZstd.
@@ -41,10 +43,22 @@ let package = Package(
             ],
             swiftSettings: strict
         ),
+        // The HTTP API: Hummingbird routes, auth, problem+json, jobs, metrics. No logic in handlers.
+        .target(
+            name: "TenureServer",
+            dependencies: [
+                "TenureCore", "TenureCatalog", "TenureControl", "TenureEngine", "TenurePQ",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: strict
+        ),
         .executableTarget(
             name: "tenure",
             dependencies: [
-                "TenureCore", "TenureControl", "TenureCatalog", "TenureEmbedded", "TenureEngine", "TenurePQ",
+                "TenureCore", "TenureControl", "TenureCatalog", "TenureEmbedded", "TenureEngine", "TenurePQ", "TenureServer",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -62,6 +76,10 @@ let package = Package(
         .testTarget(
             name: "TenureIntegrationTests",
             dependencies: ["TenureCore", "TenurePQ", "TenureCatalog", "TenureControl", "TenureEmbedded", "TenureTestSupport"]
+        ),
+        .testTarget(
+            name: "TenureAPITests",
+            dependencies: ["TenureCore", "TenurePQ", "TenureEmbedded", "TenureTestSupport", "tenure"]
         ),
         .testTarget(
             name: "TenureEndToEndTests",

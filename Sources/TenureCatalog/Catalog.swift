@@ -170,6 +170,18 @@ public final class Catalog {
         return result.rows.indices.map { databaseRecord(result, $0) }
     }
 
+    /// One page of databases in id order, after `cursor` (an id), at most `limit` rows.
+    public func databases(state: DatabaseState?, after cursor: DatabaseID?, limit: Int) throws(TenureError) -> [DatabaseRecord] {
+        let result = try connection.query(
+            """
+            SELECT \(Self.databaseColumns) FROM databases
+            WHERE ($1::text IS NULL OR state = $1) AND ($2::text IS NULL OR id > $2)
+            ORDER BY id LIMIT $3
+            """,
+            [state?.rawValue, cursor?.rawValue, String(limit)])
+        return result.rows.indices.map { databaseRecord(result, $0) }
+    }
+
     /// Whether a live (not destroyed) database already has this name.
     public func liveDatabaseExists(named name: String) throws(TenureError) -> Bool {
         try !connection.query("SELECT 1 FROM databases WHERE name = $1 AND state <> 'destroyed'", [name]).rows.isEmpty
@@ -300,6 +312,53 @@ public final class Catalog {
     /// The live key with this hash, if any (for authenticating a request).
     public func apiKey(hash: String) throws(TenureError) -> APIKeyRecord? {
         try apiKeys(where: "key_hash = $1 AND revoked_at IS NULL", [hash]).first
+    }
+
+    // MARK: - Idempotency keys
+
+    /// A stored idempotent request: its body hash and, when finished, its response.
+    public struct IdempotentRequest: Sendable {
+        public var operation: String
+        public var requestHash: String
+        public var status: Int?
+        public var response: String?
+    }
+
+    /// Claims `key` for a new request. Returns nil when this call claimed it (go ahead),
+    /// or the request that holds it already.
+    public func claimIdempotencyKey(apiKeyID: String, key: String, operation: String, requestHash: String, now: Date) throws(TenureError)
+        -> IdempotentRequest?
+    {
+        let inserted = try connection.query(
+            """
+            INSERT INTO idempotency_keys (api_key_id, key, operation, request_hash, created_at)
+            VALUES ($1, $2, $3, $4, to_timestamp($5::float8)) ON CONFLICT DO NOTHING
+            """,
+            [apiKeyID, key, operation, requestHash, epoch(now)])
+        if inserted.affectedRowCount == 1 { return nil }
+        let result = try connection.query(
+            "SELECT operation, request_hash, status, response FROM idempotency_keys WHERE api_key_id = $1 AND key = $2", [apiKeyID, key])
+        guard !result.rows.isEmpty else {
+            throw TenureError(.concurrentModification, "Idempotency-Key '\(printable(key))' changed while it was being claimed; retry")
+        }
+        return IdempotentRequest(
+            operation: result[0, "operation"]!, requestHash: result[0, "request_hash"]!, status: result[0, "status"].flatMap { Int($0) },
+            response: result[0, "response"])
+    }
+
+    public func finishIdempotencyKey(apiKeyID: String, key: String, status: Int, response: String) throws(TenureError) {
+        try connection.query(
+            "UPDATE idempotency_keys SET status = $3, response = $4 WHERE api_key_id = $1 AND key = $2", [apiKeyID, key, String(status), response])
+    }
+
+    /// Frees a key whose request failed, so that a retry may run it again.
+    public func releaseIdempotencyKey(apiKeyID: String, key: String) throws(TenureError) {
+        try connection.query("DELETE FROM idempotency_keys WHERE api_key_id = $1 AND key = $2 AND status IS NULL", [apiKeyID, key])
+    }
+
+    /// Forgets idempotency records older than `cutoff` (run by the sweep service).
+    public func expireIdempotencyKeys(before cutoff: Date) throws(TenureError) {
+        try connection.query("DELETE FROM idempotency_keys WHERE created_at < to_timestamp($1::float8)", [epoch(cutoff)])
     }
 
     // MARK: - Backups

@@ -23,7 +23,7 @@ extension Controller {
     /// Backs a hosted database up into the backup store: written under a temporary name,
     /// fsynced, verified completely, then published by rename and only then recorded as
     /// `verified` (B3, B4). A failure is recorded as `failed` and never touches an older backup.
-    public func backupDatabase(_ id: DatabaseID) throws(TenureError) -> BackupOutcome {
+    public func backupDatabase(_ id: DatabaseID, progress: TransferProgress = TransferProgress()) throws(TenureError) -> BackupOutcome {
         let database = try catalog.database(id)
         switch database.state {
         case .trial, .active, .deactivated: break
@@ -50,10 +50,11 @@ extension Controller {
                 pgDump: pgDump, createdAt: now)
             let key = try ArchiveKey.load(home: configuration.home, create: true)
             options.signingKey = key
-            let summary = try runBackup(options, sink: sink)
+            let summary = try runBackup(options, sink: CancellableSink(sink, progress: progress), progress: progress)
             do throws(TenureError) {
                 let verified = try runVerify(source: try DescriptorSource(path: sink.temporaryPath), key: key)
                 guard verified.signature == .valid else { throw TenureError(.internal, "the new backup's signature did not check out") }
+                if progress.isCancelled { throw TenureError(.cancelled, "the backup was cancelled; nothing was kept") }
                 Failpoint.backupBeforePublish.hit()
                 try sink.publish()
             } catch {
@@ -84,7 +85,9 @@ extension Controller {
     }
 
     /// Streams a fresh backup of a hosted database to `sink` (nothing is stored).
-    public func exportDatabase(_ id: DatabaseID, format: BackupFormat, sink: any ByteSink) throws(TenureError) -> BackupSummary {
+    public func exportDatabase(_ id: DatabaseID, format: BackupFormat, sink: any ByteSink, progress: TransferProgress = TransferProgress())
+        throws(TenureError) -> BackupSummary
+    {
         let database = try catalog.database(id)
         switch database.state {
         case .trial, .active, .deactivated: break
@@ -97,7 +100,7 @@ extension Controller {
             source: try adminParameters(server, database: database.postgresDatabase), jobs: configuration.engineJobs, format: format, pgDump: pgDump,
             createdAt: clock.now())
         options.signingKey = try ArchiveKey.load(home: configuration.home, create: true)
-        let summary = try runBackup(options, sink: sink)
+        let summary = try runBackup(options, sink: CancellableSink(sink, progress: progress), progress: progress)
         try catalog.audit(
             at: clock.now(), databaseID: id.rawValue, actor: actor, action: "export", from: nil, to: nil, reason: nil, detail: ["format": format.rawValue])
         return summary
@@ -118,7 +121,9 @@ extension Controller {
     /// new database beside the old one; only when it is complete are the two swapped (old
     /// renamed aside, new renamed into place, old dropped), under an intent so a crash
     /// leaves either the old or the new database, never neither and never a mix (B6).
-    public func restoreDatabase(_ id: DatabaseID, from backupID: BackupID) throws(TenureError) -> DatabaseRecord {
+    public func restoreDatabase(_ id: DatabaseID, from backupID: BackupID, progress: TransferProgress = TransferProgress()) throws(TenureError)
+        -> DatabaseRecord
+    {
         let database = try catalog.database(id)
         let backup = try backupOf(id, backupID)
         guard backup.state == "verified" else {
@@ -154,7 +159,7 @@ extension Controller {
             options.target["options"] = nil
             options.key = try ArchiveKey.load(home: configuration.home, create: false)
             options.grantPublicConnect = false
-            _ = try runRestore(source: source, options: options)
+            _ = try runRestore(source: source, options: options, progress: progress)
             // Tenant rules on the new database before anyone can reach it.
             let role = quoteIdentifier(database.postgresRole)
             try admin.execute("ALTER DATABASE \(quoteIdentifier(newName)) OWNER TO \(role)")

@@ -23,6 +23,8 @@ public struct TenureConfiguration: Sendable {
     public var engineJobs: Int
     /// The pg_dump used for schema sections (TENURE_PG_DUMP, else the one beside the server).
     public var pgDumpPath: String
+    /// The HTTP API (`tenure serve`).
+    public var http: HTTPSettings
 
     /// Every setting the file and the environment accept, with its documented default.
     public static let settings: [(key: String, defaultValue: String, help: String)] = [
@@ -40,6 +42,12 @@ public struct TenureConfiguration: Sendable {
         ("TENURE_JOBS", "(cores)", "parallel connections for managed backups and restores"),
         ("TENURE_PG_DUMP", "$TENURE_PG_BIN/pg_dump", "the pg_dump used for schema sections"),
         ("TENURE_CONFIG", "$TENURE_HOME/tenure.conf", "optional configuration file of KEY=value lines"),
+        ("TENURE_HTTP_ADDRESS", "127.0.0.1:8080", "where `tenure serve` listens (HOST:PORT)"),
+        ("TENURE_HTTP_MAX_BODY", "1048576", "largest JSON request body, in bytes (413 above)"),
+        ("TENURE_HTTP_MAX_TRANSFERS", "2", "exports and backup/restore jobs running at once (429 with Retry-After above)"),
+        ("TENURE_HTTP_MAX_QUEUED_JOBS", "16", "jobs waiting to run (429 above)"),
+        ("TENURE_HTTP_REQUEST_TIMEOUT", "30s", "statement timeout of the API's catalog sessions: the longest a catalog query of a request may run"),
+        ("TENURE_HTTP_CATALOG_CONNECTIONS", "4", "catalog sessions (and threads) serving API requests"),
     ]
 
     public static func load(environment: [String: String] = ProcessInfo.processInfo.environment) throws(TenureError) -> TenureConfiguration {
@@ -94,6 +102,7 @@ public struct TenureConfiguration: Sendable {
         } else {
             engineJobs = cores
         }
+        http = try HTTPSettings(values: values)
         let levels = ["trace", "debug", "info", "notice", "warning", "error", "critical"]
         guard levels.contains(logLevel) else {
             throw TenureError(.invalidConfiguration, "TENURE_LOG_LEVEL='\(printable(logLevel))' must be one of \(levels.joined(separator: ", "))")
@@ -124,6 +133,43 @@ public struct TenureConfiguration: Sendable {
             values[key] = value
         }
         return values
+    }
+}
+
+/// Settings of the HTTP API, with their documented defaults.
+public struct HTTPSettings: Sendable {
+    public var host = "127.0.0.1"
+    public var port = 8080
+    public var maximumBodyByteCount = 1 << 20
+    public var maximumTransfers = 2
+    public var maximumQueuedJobs = 16
+    public var requestTimeout: Duration = .seconds(30)
+    public var catalogConnections = 4
+
+    init(values: [String: String]) throws(TenureError) {
+        if let text = values["TENURE_HTTP_ADDRESS"] {
+            guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]), (0...65535).contains(port),
+                colon != text.startIndex
+            else {
+                throw TenureError(.invalidConfiguration, "TENURE_HTTP_ADDRESS='\(printable(text))' must be HOST:PORT, such as 127.0.0.1:8080")
+            }
+            host = String(text[..<colon]).trimmingCharacters(in: CharacterSet(charactersIn: "[]"))
+            self.port = port
+        }
+        func integer(_ key: String, _ range: ClosedRange<Int>) throws(TenureError) -> Int? {
+            guard let text = values[key] else { return nil }
+            guard let value = Int(text), range.contains(value) else {
+                throw TenureError(.invalidConfiguration, "\(key)='\(printable(text))' must be a whole number from \(range.lowerBound) to \(range.upperBound)")
+            }
+            return value
+        }
+        maximumBodyByteCount = try integer("TENURE_HTTP_MAX_BODY", 1024...(1 << 30)) ?? maximumBodyByteCount
+        maximumTransfers = try integer("TENURE_HTTP_MAX_TRANSFERS", 1...64) ?? maximumTransfers
+        maximumQueuedJobs = try integer("TENURE_HTTP_MAX_QUEUED_JOBS", 0...10_000) ?? maximumQueuedJobs
+        catalogConnections = try integer("TENURE_HTTP_CATALOG_CONNECTIONS", 1...64) ?? catalogConnections
+        if let text = values["TENURE_HTTP_REQUEST_TIMEOUT"] {
+            requestTimeout = try PolicyDuration.parse(text, setting: "TENURE_HTTP_REQUEST_TIMEOUT")
+        }
     }
 }
 

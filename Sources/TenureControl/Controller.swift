@@ -237,6 +237,12 @@ public final class Controller {
         _ event: LifecycleEvent, to id: DatabaseID, reason: String? = nil, newPassword: Bool = false, expectedVersion: Int64? = nil
     ) throws(TenureError) -> TransitionOutcome {
         precondition(event != .create && event != .ready, "create and ready belong to createDatabase")
+        if let reason {
+            let trimmed = reason.trimmingCharacters(in: .whitespacesAndNewlines)
+            guard !trimmed.isEmpty, trimmed.count <= 500, !trimmed.unicodeScalars.contains(where: { $0.value < 0x20 }) else {
+                throw TenureError(.invalidRequest, "the reason must be 1–500 characters of text on one line")
+            }
+        }
         let current = try catalog.database(id)
         if let expectedVersion, expectedVersion != current.version {
             throw TenureError(.concurrentModification, "database \(id) changed since the sweep planned it; skipped", context: ["database_id": id.rawValue])
@@ -284,7 +290,7 @@ public final class Controller {
         guard confirmName == current.name else {
             throw TenureError(
                 .confirmationMismatch,
-                "--confirm '\(printable(confirmName))' does not match the name of \(id) ('\(current.name)'); nothing was destroyed",
+                "the confirmation '\(printable(confirmName))' does not match the name of \(id) ('\(current.name)'); nothing was destroyed",
                 context: ["database_id": id.rawValue])
         }
         return try apply(.deletionRequest, to: id, reason: "deletion requested")
@@ -418,5 +424,67 @@ public final class Controller {
             }
         }
         return actions
+    }
+}
+
+// MARK: - Idempotent create (HTTP API)
+
+/// The outcome of a create that may be a retry.
+public enum CreateOutcome: Sendable {
+    /// Created now; the credential is in `CreatedDatabase` and shown this once.
+    case created(CreatedDatabase)
+    /// A retry of an earlier request with the same key and body: its stored response (JSON,
+    /// without the credential, which is never stored).
+    case replayed(status: Int, body: String)
+}
+
+/// Who sent an idempotent request and with what.
+public struct IdempotencyClaim: Sendable {
+    public var apiKeyID: String
+    public var key: String
+    public var requestHash: String
+
+    public init(apiKeyID: String, key: String, requestHash: String) {
+        self.apiKeyID = apiKeyID
+        self.key = key
+        self.requestHash = requestHash
+    }
+}
+
+extension Controller {
+    /// Creates a database once per Idempotency-Key: a retry with the same key and body gets
+    /// the first result, another body is refused (422), a retry while the first still runs
+    /// is a conflict (409). A failed create frees the key so that it can be retried.
+    public func createDatabase(name: String, plan: Plan, serverName: String?, idempotency: IdempotencyClaim) throws(TenureError) -> CreateOutcome {
+        guard (1...255).contains(idempotency.key.utf8.count), idempotency.key.unicodeScalars.allSatisfy({ $0.value > 0x20 && $0.value < 0x7F }) else {
+            throw TenureError(.invalidRequest, "Idempotency-Key must be 1–255 visible ASCII characters")
+        }
+        let operation = "create_database"
+        if let existing = try catalog.claimIdempotencyKey(
+            apiKeyID: idempotency.apiKeyID, key: idempotency.key, operation: operation, requestHash: idempotency.requestHash, now: clock.now())
+        {
+            guard existing.operation == operation, existing.requestHash == idempotency.requestHash else {
+                throw TenureError(
+                    .idempotencyMismatch,
+                    "Idempotency-Key '\(printable(idempotency.key))' was already used with a different request; use a new key for a new request")
+            }
+            guard let status = existing.status, let body = existing.response else {
+                throw TenureError(.idempotencyInProgress, "a request with Idempotency-Key '\(printable(idempotency.key))' is still running; retry shortly")
+            }
+            return .replayed(status: status, body: body)
+        }
+        do throws(TenureError) {
+            let created = try createDatabase(name: name, plan: plan, serverName: serverName)
+            var document = databaseDocument(created.record)
+            document["credential"] = "shown only in the first response"
+            let body = String(
+                decoding: (try? JSONSerialization.data(withJSONObject: document, options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data("{}".utf8),
+                as: UTF8.self)
+            try catalog.finishIdempotencyKey(apiKeyID: idempotency.apiKeyID, key: idempotency.key, status: 201, response: body)
+            return .created(created)
+        } catch {
+            try? catalog.releaseIdempotencyKey(apiKeyID: idempotency.apiKeyID, key: idempotency.key)
+            throw error
+        }
     }
 }

@@ -12,11 +12,22 @@ public struct TenureError: Error, CustomStringConvertible, Sendable {
         case invalidName = "request.invalid_name"
         case invalidConfiguration = "config.invalid"
         case confirmationMismatch = "request.confirmation_mismatch"
+        case bodyTooLarge = "request.too_large"
+        case idempotencyMismatch = "request.idempotency_mismatch"
+        case preconditionFailed = "request.precondition_failed"
+        case rangeNotSatisfiable = "request.range_not_satisfiable"
+        case routeNotFound = "request.not_found"
+        case methodNotAllowed = "request.method_not_allowed"
+        // Auth and limits
+        case unauthorized = "auth.unauthorized"
+        case forbidden = "auth.forbidden"
+        case limitExceeded = "limit.exceeded"
         // Not found
         case databaseNotFound = "database.not_found"
         case serverNotFound = "server.not_found"
         case backupNotFound = "backup.not_found"
         case apiKeyNotFound = "api_key.not_found"
+        case jobNotFound = "job.not_found"
         // Conflict
         case lifecycleConflict = "lifecycle.conflict"
         case concurrentModification = "lifecycle.concurrent_modification"
@@ -26,11 +37,15 @@ public struct TenureError: Error, CustomStringConvertible, Sendable {
         case sweepRunning = "sweep.running"
         case sweepRefused = "sweep.refused"
         case migrationChanged = "catalog.migration_changed"
+        case jobFinished = "job.finished"
+        case idempotencyInProgress = "request.idempotency_in_progress"
         // Failure
         case serverUnreachable = "server.unreachable"
         case catalogUnavailable = "catalog.unavailable"
         case postgres = "postgres.error"
         case embeddedServer = "embedded.failed"
+        case cancelled = "job.cancelled"
+        case timeout = "request.timeout"
         case `internal` = "internal"
     }
 
@@ -61,21 +76,27 @@ public struct TenureError: Error, CustomStringConvertible, Sendable {
 /// What kind of outcome an error is, for exit codes and HTTP statuses.
 public enum ErrorCategory: Sendable {
     case invalidInput, notFound, conflict, failure
+    /// No or a wrong credential; a credential without the needed scope; a limit was hit.
+    case unauthorized, forbidden, limited
 }
 
 extension TenureError.Code {
     /// The category of this code. One exhaustive switch: adding a code breaks the build here.
     public var category: ErrorCategory {
         switch self {
-        case .invalidRequest, .invalidID, .invalidName, .invalidConfiguration, .confirmationMismatch:
+        case .invalidRequest, .invalidID, .invalidName, .invalidConfiguration, .confirmationMismatch, .bodyTooLarge, .idempotencyMismatch,
+            .preconditionFailed, .rangeNotSatisfiable, .methodNotAllowed:
             return .invalidInput
-        case .databaseNotFound, .serverNotFound, .backupNotFound, .apiKeyNotFound:
+        case .databaseNotFound, .serverNotFound, .backupNotFound, .apiKeyNotFound, .jobNotFound, .routeNotFound:
             return .notFound
         case .lifecycleConflict, .concurrentModification, .legalHold, .nameTaken, .serverExists,
-            .sweepRunning, .sweepRefused, .migrationChanged:
+            .sweepRunning, .sweepRefused, .migrationChanged, .jobFinished, .idempotencyInProgress:
             return .conflict
-        case .serverUnreachable, .catalogUnavailable, .postgres, .embeddedServer, .internal:
+        case .serverUnreachable, .catalogUnavailable, .postgres, .embeddedServer, .cancelled, .timeout, .internal:
             return .failure
+        case .unauthorized: return .unauthorized
+        case .forbidden: return .forbidden
+        case .limitExceeded: return .limited
         }
     }
 }

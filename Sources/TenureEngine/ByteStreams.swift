@@ -171,3 +171,27 @@ public final class DescriptorSource {
         return offset
     }
 }
+
+/// Passes a stream through to `inner` until `progress` is cancelled; then the next write
+/// fails, so the producer stops and aborts the stream (nothing that looks complete is left).
+public final class CancellableSink: ByteSink {
+    let inner: any ByteSink
+    let progress: TransferProgress
+
+    public init(_ inner: any ByteSink, progress: TransferProgress) {
+        self.inner = inner
+        self.progress = progress
+    }
+
+    public func write(_ bytes: UnsafeRawBufferPointer) throws(TenureError) {
+        if progress.isCancelled { throw TenureError(.cancelled, "the transfer was cancelled; nothing was kept") }
+        try inner.write(bytes)
+    }
+
+    public func finish() throws(TenureError) {
+        if progress.isCancelled { throw TenureError(.cancelled, "the transfer was cancelled; nothing was kept") }
+        try inner.finish()
+    }
+
+    public func abort() { inner.abort() }
+}

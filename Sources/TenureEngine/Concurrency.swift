@@ -74,7 +74,12 @@ public final class TransferProgress: Sendable {
     public let rows = Atomic<Int64>(0)
     /// The expected raw size, when known (sum of table sizes), for an ETA.
     public let expectedBytes = Atomic<Int64>(0)
+    /// Set by whoever wants the transfer stopped; the stream checks it between chunks.
+    public let cancelled = Atomic<Bool>(false)
     public init() {}
+
+    public func cancel() { cancelled.store(true, ordering: .relaxed) }
+    public var isCancelled: Bool { cancelled.load(ordering: .relaxed) }
 }
 
 /// Runs `body` on `count` dedicated threads and waits for all of them.

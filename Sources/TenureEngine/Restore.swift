@@ -161,6 +161,7 @@ final class Restore {
         do throws(TenureError) {
             while let member = try reader.next() {
                 if let error = failure.error { throw error }
+                if progress.isCancelled { throw TenureError(.cancelled, "the restore was cancelled; nothing was kept") }
                 switch member {
                 case .header(let header):
                     restrictKey = header.restrictKey

@@ -125,6 +125,9 @@ public final class PostgresConnection {
     }
 
     /// The server's major version number (e.g. 15).
+    /// Connected and idle outside a transaction: safe to hand to the next user.
+    public var isHealthy: Bool { PQstatus(handle) == CONNECTION_OK && PQtransactionStatus(handle) == PQTRANS_IDLE }
+
     public var serverMajorVersion: Int { Int(PQserverVersion(handle)) / 10_000 }
 
     /// Runs one statement with bound text parameters and returns its rows.

@@ -4,12 +4,6 @@ import TenureCatalog
 import TenureControl
 import TenureCore
 
-func apiKeyDocument(_ record: APIKeyRecord) -> [String: Any] {
-    [
-        "id": record.id.rawValue, "name": record.name, "scopes": record.scopes.map(\.rawValue), "created_at": RFC3339.format(record.createdAt),
-        "revoked_at": record.revokedAt.map { RFC3339.format($0) as Any } ?? NSNull(), "state": record.revokedAt == nil ? "active" : "revoked",
-    ]
-}
 
 struct APIKeyCommand: ParsableCommand {
     static let configuration = CommandConfiguration(

@@ -243,12 +243,6 @@ struct DatabaseCommand: ParsableCommand {
 func transition(_ options: GlobalOptions, _ text: String, _ event: LifecycleEvent, reason: String? = nil, newPassword: Bool = false) {
     runCommand(json: options.json) { (output) throws(TenureError) in
         let id = try DatabaseID(parsing: text)
-        if let reason {
-            let trimmed = reason.trimmingCharacters(in: .whitespacesAndNewlines)
-            guard !trimmed.isEmpty, trimmed.count <= 500, !trimmed.unicodeScalars.contains(where: { $0.value < 0x20 }) else {
-                throw TenureError(.invalidRequest, "--reason must be 1–500 characters of text on one line")
-            }
-        }
         try Session.with(options) { (session) throws(TenureError) in
             let outcome = try session.controller.apply(event, to: id, reason: reason, newPassword: newPassword)
             var document = databaseDocument(outcome.record)
@@ -280,13 +274,7 @@ struct AuditCommand: ParsableCommand {
                 // A rolled-back create leaves no database row, only its audit trail.
                 if let id, events.isEmpty { _ = try session.catalog.database(id) }
                 output.emit(json: [
-                    "events": events.map { event -> [String: Any] in
-                        [
-                            "id": event.id, "at": RFC3339.format(event.at), "database_id": event.databaseID ?? NSNull(), "actor": event.actor,
-                            "action": event.action, "from": event.fromState ?? NSNull(), "to": event.toState ?? NSNull(), "reason": event.reason ?? NSNull(),
-                            "detail": (try? JSONSerialization.jsonObject(with: Data(event.detail.utf8))) ?? [:],
-                        ]
-                    }
+                    "events": events.map(auditDocument)
                 ]) {
                     table(
                         ["AT", "DATABASE", "ACTOR", "ACTION", "FROM", "TO", "REASON"],
@@ -331,35 +319,6 @@ struct Expire: ParsableCommand {
     }
 }
 
-func sweepDocument(_ report: SweepReport) -> [String: Any] {
-    var document: [String: Any] = [
-        "dry_run": report.dryRun, "as_of": RFC3339.format(report.plan.asOf), "fleet_size": report.plan.fleetSize,
-        "destroy_count": report.plan.destroyCount, "destroy_allowance": report.plan.destroyAllowance,
-        "refusal": (report.refusal ?? report.plan.refusal).map { $0 as Any } ?? NSNull(),
-        "items": zip(report.plan.items, report.outcomes).map { item, outcome -> [String: Any] in
-            var entry: [String: Any] = [
-                "id": item.id.rawValue, "name": item.name, "rule": item.rule.rawValue, "deadline": RFC3339.format(item.deadline),
-                "action": item.decision.rawValue,
-            ]
-            switch outcome {
-            case .planned: entry["outcome"] = "planned"
-            case .done: entry["outcome"] = "done"
-            case .skipped(let why):
-                entry["outcome"] = "skipped"
-                entry["why"] = why
-            case .refused(let why):
-                entry["outcome"] = "refused"
-                entry["why"] = why
-            }
-            return entry
-        },
-    ]
-    if let id = report.sweepID { document["sweep_id"] = id }
-    if !report.recovered.isEmpty {
-        document["recovered"] = report.recovered.map { ["intent": $0.intentID.rawValue, "database_id": $0.databaseID.rawValue, "outcome": $0.outcome] }
-    }
-    return document
-}
 
 func sweepText(_ report: SweepReport) -> String {
     var lines: [String] = []

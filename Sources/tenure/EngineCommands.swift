@@ -162,18 +162,6 @@ struct VerifyCommand: ParsableCommand {
     }
 }
 
-func backupDocument(_ record: BackupRecord, store: String) -> [String: Any] {
-    var document: [String: Any] = [
-        "id": record.id.rawValue, "database_id": record.databaseID.rawValue, "state": record.state, "format": record.format,
-        "path": store + "/" + record.path, "started_at": RFC3339.format(record.startedAt),
-        "finished_at": record.finishedAt.map { RFC3339.format($0) as Any } ?? NSNull(),
-    ]
-    if let bytes = record.byteCount { document["bytes"] = bytes }
-    if let rows = record.rowCount { document["rows"] = rows }
-    if let tables = record.tableCount { document["tables"] = tables }
-    if let error = record.error { document["error"] = error }
-    return document
-}
 
 extension DatabaseCommand {
     struct Backup: ParsableCommand {

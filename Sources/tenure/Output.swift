@@ -16,7 +16,7 @@ enum ExitStatus: Int32 {
         case .invalidInput: self = .invalidInput
         case .notFound: self = .notFound
         case .conflict: self = .conflict
-        case .failure: self = .failure
+        case .failure, .unauthorized, .forbidden, .limited: self = .failure
         }
     }
 }
@@ -57,30 +57,7 @@ func runCommand(json: Bool, _ body: (Output) throws(TenureError) -> Void) {
     }
 }
 
-func instant(_ date: Date?) -> Any {
-    date.map { RFC3339.format($0) as Any } ?? NSNull()
-}
 
-func databaseDocument(_ record: DatabaseRecord) -> [String: Any] {
-    let l = record.lifecycle
-    var document: [String: Any] = [
-        "id": record.id.rawValue, "name": record.name, "state": l.state.rawValue, "plan": l.plan.rawValue, "server": record.serverName,
-        "version": record.version, "created_at": instant(l.createdAt), "updated_at": instant(record.updatedAt),
-        "trial_ends_at": instant(l.trialEndsAt), "deactivated_at": instant(l.deactivatedAt), "destroy_after": instant(l.destroyAfter),
-        "legal_hold": l.legalHold != nil,
-        "postgres": ["database": record.postgresDatabase, "role": record.postgresRole],
-    ]
-    if let hold = l.legalHold {
-        document["legal_hold_reason"] = hold.reason
-        document["legal_hold_since"] = RFC3339.format(hold.since)
-    }
-    if l.state == .destroyed {
-        document["destroyed_at"] = instant(l.destroyedAt)
-        document["destroy_reason"] = l.destructionReason?.rawValue ?? NSNull()
-        document["destroyed_by"] = record.destroyedBy ?? NSNull()
-    }
-    return document
-}
 
 /// A plain text table with a header row; columns padded to their widest cell.
 func table(_ header: [String], _ rows: [[String]]) -> String {

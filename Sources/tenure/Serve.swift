@@ -6,11 +6,17 @@ import TenureCatalog
 import TenureControl
 import TenureCore
 import TenurePQ
+import TenureServer
 
 struct Serve: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Run Tenure: the expiry sweep on its interval (and, in the embedded default, Tenure's own PostgreSQL).",
-        discussion: "Stops cleanly on SIGINT or SIGTERM: the running sweep finishes, then the embedded PostgreSQL is shut down.")
+        abstract: "Run Tenure: the HTTP API, the job runner and the expiry sweep (and, in the embedded default, Tenure's own PostgreSQL).",
+        discussion: """
+            Listens on TENURE_HTTP_ADDRESS (default 127.0.0.1:8080; port 0 picks a free port) and prints the base URL. \
+            On the first start (no API key exists yet) it creates an admin API key and prints it once. \
+            Stops cleanly on SIGINT or SIGTERM: the HTTP server stops taking requests, running jobs are cancelled and clean up, \
+            the running sweep finishes, then the embedded PostgreSQL is shut down.
+            """)
     @OptionGroup var options: GlobalOptions
 
     func run() async throws {
@@ -39,14 +45,30 @@ struct Serve: AsyncParsableCommand {
                 "tenure.catalog": "\(session.catalog.parameters.shortDescription)",
             ])
 
-        let sweep = SweepService(configuration: configuration, catalogParameters: session.catalog.parameters, logger: logger)
+        // First start: an admin key, shown once on stdout (never logged).
+        do {
+            if try session.catalog.apiKeys().isEmpty {
+                let created = try session.controller.createAPIKey(name: "admin", scopes: ["read", "write", "admin"])
+                FileHandle.standardOutput.write(
+                    Data("First start: created admin API key \(created.record.id) (shown once, keep it safe):\n  \(created.key)\n".utf8))
+            }
+        } catch {
+            Output(json: false).fail(error)
+        }
+        let host = configuration.http.host
+        let api = APIServer(configuration: configuration, catalogParameters: session.catalog.parameters, logger: logger) { port in
+            let shown = host.contains(":") ? "[\(host)]" : host
+            FileHandle.standardOutput.write(Data("Tenure API listening on http://\(shown):\(port)\n".utf8))
+        }
+        let sweep = SweepService(configuration: configuration, catalogParameters: session.catalog.parameters, logger: logger, metrics: api.metrics)
         let group = ServiceGroup(
-            configuration: .init(services: [sweep], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+            configuration: .init(services: api.services + [sweep], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         do {
             try await group.run()
         } catch {
             logger.error("service group failed", metadata: ["tenure.error": "\(error)"])
         }
+        await api.shutdown()
         logger.info("shutting down")
         session.close()
         if session.cluster != nil { logger.info("embedded PostgreSQL stopped") }
@@ -59,6 +81,7 @@ struct SweepService: Service {
     let configuration: TenureConfiguration
     let catalogParameters: ConnectionParameters
     let logger: Logger
+    let metrics: APIMetrics
 
     func run() async throws {
         while !Task.isShuttingDownGracefully {
@@ -74,6 +97,7 @@ struct SweepService: Service {
             }
             switch result {
             case .success(let summary):
+                metrics.sweep(outcome: summary.refusal == nil ? "ok" : "refused", destroyed: summary.done)
                 logger.info(
                     "expiry sweep finished",
                     metadata: [
@@ -81,8 +105,10 @@ struct SweepService: Service {
                         "tenure.refusal": "\(summary.refusal ?? "none")",
                     ])
             case .failure(let error) where error.code == .sweepRunning:
+                metrics.sweep(outcome: "skipped", destroyed: 0)
                 logger.info("expiry sweep skipped: another sweep is running")
             case .failure(let error):
+                metrics.sweep(outcome: "failed", destroyed: 0)
                 logger.error("expiry sweep failed", metadata: ["tenure.error": "\(error.message)"])
             }
             try? await cancelWhenGracefulShutdown {

@@ -1,0 +1,97 @@
+import Foundation
+import Logging
+import NIOPosix
+import TenureCatalog
+import TenureControl
+import TenureCore
+import TenureEngine
+import TenurePQ
+
+/// Runs the blocking use cases (libpq) for API requests on a fixed pool of dedicated
+/// threads, each borrowing one of at most `threadCount` catalog sessions. The event loops
+/// never block: a handler awaits the result.
+final class CatalogPool: Sendable {
+    let parameters: ConnectionParameters
+    let configuration: TenureConfiguration
+    let logger: Logger
+    private let threads: NIOThreadPool
+    private let idle = Locked<[CatalogBox]>([])
+
+    init(parameters: ConnectionParameters, configuration: TenureConfiguration, logger: Logger) {
+        var parameters = parameters
+        // A stuck catalog query must not hold an API thread forever.
+        let timeout = Int(configuration.http.requestTimeout.components.seconds) * 1000
+        parameters["options"] = [parameters["options"], "-c statement_timeout=\(timeout)"].compactMap { $0 }.joined(separator: " ")
+        self.parameters = parameters
+        self.configuration = configuration
+        self.logger = logger
+        threads = NIOThreadPool(numberOfThreads: configuration.http.catalogConnections)
+        threads.start()
+    }
+
+    /// Runs `body` with a controller acting as `actor` on a pool thread.
+    func withController<T: Sendable>(actor: String, _ body: @escaping @Sendable (Controller) throws(TenureError) -> T) async throws(TenureError) -> T {
+        let configuration = self.configuration
+        let logger = self.logger
+        return try await withCatalog { (catalog) throws(TenureError) in
+            try body(Controller(catalog: catalog, configuration: configuration, clock: SystemWallClock(), actor: actor, logger: logger))
+        }
+    }
+
+    func withCatalog<T: Sendable>(_ body: @escaping @Sendable (Catalog) throws(TenureError) -> T) async throws(TenureError) -> T {
+        let result: Result<T, TenureError>
+        do {
+            result = try await threads.runIfActive { () -> Result<T, TenureError> in
+                let catalog: Catalog
+                do throws(TenureError) {
+                    if let parked = self.idle.withLock({ $0.popLast() }) {
+                        catalog = parked.catalog
+                    } else {
+                        catalog = try Catalog(parameters: self.parameters)
+                    }
+                } catch {
+                    return .failure(error)
+                }
+                do throws(TenureError) {
+                    let value = try body(catalog)
+                    self.idle.withLock { $0.append(CatalogBox(catalog: catalog)) }
+                    return .success(value)
+                } catch {
+                    // A session that failed may be mid-transaction or broken: do not reuse it.
+                    if catalog.connection.isHealthy {
+                        self.idle.withLock { $0.append(CatalogBox(catalog: catalog)) }
+                    } else {
+                        catalog.close()
+                    }
+                    return .failure(error)
+                }
+            }
+        } catch {
+            throw TenureError(.catalogUnavailable, "the server is shutting down")
+        }
+        return try result.get()
+    }
+
+    /// Runs blocking work without a catalog session (file reads) on the pool's threads.
+    func withBlocking<T: Sendable>(_ body: @escaping @Sendable () throws(TenureError) -> T) async throws(TenureError) -> T {
+        let result: Result<T, TenureError>
+        do {
+            result = try await threads.runIfActive { () -> Result<T, TenureError> in
+                do throws(TenureError) { return .success(try body()) } catch { return .failure(error) }
+            }
+        } catch {
+            throw TenureError(.catalogUnavailable, "the server is shutting down")
+        }
+        return try result.get()
+    }
+
+    func shutdown() async {
+        try? await threads.shutdownGracefully()
+        for box in idle.withLock({ items in defer { items.removeAll() }; return items }) { box.catalog.close() }
+    }
+}
+
+/// A catalog session parked between requests; only one thread uses it at a time.
+private struct CatalogBox: @unchecked Sendable {
+    let catalog: Catalog
+}

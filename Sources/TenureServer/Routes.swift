@@ -1,0 +1,468 @@
+import Foundation
+import HTTPTypes
+import Hummingbird
+import Logging
+import NIOCore
+import TenureCatalog
+import TenureControl
+import TenureCore
+import TenureEngine
+
+/// The HTTP surface. Each handler parses and checks its input, calls one use case of the
+/// controller (the same ones the CLI calls) on the catalog pool, and renders the result
+/// with the documents `--json` prints. No lifecycle logic lives here.
+struct Routes: Sendable {
+    let pool: CatalogPool
+    let jobs: JobRunner
+    let metrics: ServerMetrics
+    let configuration: TenureConfiguration
+    let logger: Logger
+
+    var maximumBody: Int { configuration.http.maximumBodyByteCount }
+
+    func register(on router: Router<APIContext>) {
+        router.get("/healthz") { _, _ in jsonResponse(["status": "ok"]) }
+        router.get("/readyz") { _, _ in try await ready() }
+        router.get("/metrics") { _, _ in
+            Response(
+                status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
+                body: ResponseBody(byteBuffer: ByteBuffer(string: metrics.render())))
+        }
+        router.get("/openapi.json") { _, _ in
+            Response(status: .ok, headers: [.contentType: "application/json"], body: ResponseBody(byteBuffer: ByteBuffer(string: openAPIDocument)))
+        }
+
+        let v1 = router.group("v1")
+        v1.post("databases") { request, context in try await createDatabase(request, context) }
+        v1.get("databases") { request, context in try await listDatabases(request, context) }
+        v1.get("databases/:id") { request, context in try await showDatabase(request, context) }
+        v1.delete("databases/:id") { request, context in try await requestDeletion(request, context) }
+        v1.post("databases/:id/subscribe") { request, context in try await transition(.subscribe, request, context) }
+        v1.post("databases/:id/cancel") { request, context in try await transition(.cancel, request, context) }
+        v1.post("databases/:id/reactivate") { request, context in try await transition(.reactivate, request, context) }
+        v1.put("databases/:id/legal-hold") { request, context in try await transition(.hold, request, context) }
+        v1.delete("databases/:id/legal-hold") { request, context in try await transition(.release, request, context) }
+        v1.get("databases/:id/audit") { request, context in try await audit(request, context) }
+        v1.get("databases/:id/backups") { request, context in try await listBackups(request, context) }
+        v1.post("databases/:id/backups") { request, context in try await startBackup(request, context) }
+        v1.get("databases/:id/backups/:backup") { request, context in try await showBackup(request, context) }
+        v1.get("databases/:id/backups/:backup/download") { request, context in try await download(request, context) }
+        v1.post("databases/:id/restore") { request, context in try await startRestore(request, context) }
+        v1.get("databases/:id/export") { request, context in try await export(request, context) }
+        v1.get("expiry") { request, context in try await expiry(request, context) }
+        v1.get("jobs/:id") { request, context in try await showJob(request, context) }
+        v1.post("jobs/:id/cancel") { request, context in try await cancelJob(request, context) }
+    }
+
+    // MARK: - Health
+
+    func ready() async throws(TenureError) -> Response {
+        let status = try await pool.withCatalog { (catalog) throws(TenureError) in try catalog.migrationStatus() }
+        guard status.applied == status.known else {
+            throw TenureError(
+                .catalogUnavailable, "the catalog has \(status.applied) of \(status.known) migrations applied; run tenure migrate",
+                context: ["applied": String(status.applied), "known": String(status.known)])
+        }
+        return jsonResponse(["status": "ready", "migrations": status.applied])
+    }
+
+    // MARK: - Databases
+
+    func createDatabase(_ request: Request, _ context: APIContext) async throws(TenureError) -> Response {
+        try context.require(.write)
+        _ = try Query(request, allowed: [])
+        let body = try await JSONBody.read(request, context: context, allowed: ["name", "plan", "server"], maximumByteCount: maximumBody)
+        let name = try body.string("name", required: true)!
+        let planText = try body.string("plan") ?? Plan.trial.rawValue
+        guard let plan = Plan(rawValue: planText) else {
+            throw TenureError(.invalidRequest, "field 'plan' must be trial or paid, not '\(printable(planText))'")
+        }
+        let server = try body.string("server")
+        let idempotencyKey = request.headers[HTTPField.Name("Idempotency-Key")!]
+        let apiKeyID = context.apiKey?.id.rawValue ?? "-"
+        let hash = SHA256.hex(SHA256.hash(Array(body.canonical)))
+        let outcome = try await pool.withController(actor: context.actor) { (controller) throws(TenureError) -> CreateOutcome in
+            if let idempotencyKey {
+                return try controller.createDatabase(
+                    name: name, plan: plan, serverName: server,
+                    idempotency: IdempotencyClaim(apiKeyID: apiKeyID, key: idempotencyKey, requestHash: hash))
+            }
+            return .created(try controller.createDatabase(name: name, plan: plan, serverName: server))
+        }
+        switch outcome {
+        case .created(let created):
+            metrics.add("tenure_transitions_total", [("event", "create")])
+            var document = databaseDocument(created.record)
+            document["connection_url"] = created.connectionURL
+            return jsonResponse(document, status: .created, headers: [.location: "/v1/databases/\(created.record.id)", .eTag: etag(created.record)])
+        case .replayed(let status, let body):
+            var headers: HTTPFields = [.contentType: "application/json"]
+            headers[HTTPField.Name("Idempotent-Replayed")!] = "true"
+            return Response(status: .init(code: status), headers: headers, body: ResponseBody(byteBuffer: ByteBuffer(string: body + "\n")))
+        }
+    }
+
+    func listDatabases(_ request: Request, _ context: APIContext) async throws(TenureError) -> Response {
+        try context.require(.read)
+        let query = try Query(request, allowed: ["state", "limit", "cursor"])
+        let state = try query["state"].map { (text) throws(TenureError) -> DatabaseState in
+            guard let state = DatabaseState(rawValue: text) else {
+                throw TenureError(
+                    .invalidRequest, "state '\(printable(text))' is not one of \(DatabaseState.allCases.map(\.rawValue).joined(separator: ", "))")
+            }
+            return state
+        }
+        let limit = try query["limit"].map { (text) throws(TenureError) -> Int in
+            guard let value = Int(text), (1...1000).contains(value) else { throw TenureError(.invalidRequest, "limit must be a whole number from 1 to 1000") }
+            return value
+        } ?? 100
+        let cursor = try query["cursor"].map { (text) throws(TenureError) in try DatabaseID(parsing: text) }
+        let records = try await pool.withCatalog { (catalog) throws(TenureError) in try catalog.databases(state: state, after: cursor, limit: limit + 1) }
+        let page = Array(records.prefix(limit))
+        let next: Any = records.count > limit ? page.last!.id.rawValue : NSNull()
+        return jsonResponse(["databases": page.map(databaseDocument), "next_cursor": next])
+    }
+
+    func showDatabase(_ request: Request, _ context: APIContext) async throws(TenureError) -> Response {
+        try context.require(.read)
+        _ = try Query(request, allowed: [])
+        let id = try context.id("id", as: DatabaseID.self)
+        let record = try await pool.withCatalog { (catalog) throws(TenureError) in try catalog.database(id) }
+        return jsonResponse(databaseDocument(record), headers: [.eTag: etag(record)])
+    }
+
+    func etag(_ record: DatabaseRecord) -> String { "\"\(record.version)\"" }
+
+    /// The version an `If-Match` header asks for, if any (412 when it no longer matches).
+    func expectedVersion(_ request: Request) throws(TenureError) -> Int64? {
+        guard let header = request.headers[.ifMatch] else { return nil }
+        var text = header.trimmingCharacters(in: .whitespaces)
+        if text.hasPrefix("W/") { text.removeFirst(2) }
+        guard text.count >= 3, text.hasPrefix("\""), text.hasSuffix("\""), let version = Int64(text.dropFirst().dropLast()) else {
+            throw TenureError(.invalidRequest, "If-Match must be an ETag from GET /v1/databases/{id}, such as \"3\"")
+        }
+        return version
+    }
+
+    func transition(_ event: LifecycleEvent, _ request: Request, _ context: APIContext) async throws(TenureError) -> Response {
+        let allowed: Set<String>
+        switch event {
+        case .hold:
+            try context.require(.admin)
+            allowed = ["reason"]
+        case .release:
+            try context.require(.admin)
+            allowed = []
+        case .reactivate:
+            try context.require(.write)
+            allowed = ["new_password"]
+        case .subscribe, .cancel:
+            try context.require(.write)
+            allowed = []
+        case .create, .ready, .trialEnd, .graceEnd, .deletionRequest:
+            preconditionFailure("\(event) has no route of its own")
+        }
+        _ = try Query(request, allowed: [])
+        let id = try context.id("id", as: DatabaseID.self)
+        let body = try await JSONBody.read(request, context: context, allowed: allowed, maximumByteCount: maximumBody)
+        let reason = try body.string("reason")
+        if event == .hold, reason == nil { throw TenureError(.invalidRequest, "field 'reason' is required: say why the data must be kept") }
+        let newPassword = try body.bool("new_password") ?? false
+        let expected = try expectedVersion(request)
+        let outcome = try await pool.withController(actor: context.actor) { (controller) throws(TenureError) in
+            if let expected {
+                let current = try controller.catalog.database(id)
+                guard current.version == expected else {
+                    throw TenureError(
+                        .preconditionFailed, "database \(id) is at version \(current.version), not \(expected) (If-Match); fetch it again",
+                        context: ["database_id": id.rawValue, "version": String(current.version)])
+                }
+            }
+            return try controller.apply(event, to: id, reason: reason, newPassword: newPassword, expectedVersion: expected)
+        }
+        metrics.add("tenure_transitions_total", [("event", event.rawValue)])
+        var document = databaseDocument(outcome.record)
+        if let url = outcome.connectionURL { document["connection_url"] = url }
+        return jsonResponse(document, headers: [.eTag: etag(outcome.record)])
+    }
+
+    func requestDeletion(_ request: Request, _ context: APIContext) async throws(TenureError) -> Response {
+        try context.require(.write)
+        let query = try Query(request, allowed: ["confirm"])
+        let id = try context.id("id", as: DatabaseID.self)
+        guard let confirm = query["confirm"] else {
+            throw TenureError(.confirmationMismatch, "give the database's name as ?confirm=NAME to request its deletion; nothing was destroyed")
+        }
+        let expected = try expectedVersion(request)
+        let outcome = try await pool.withController(actor: context.actor) { (controller) throws(TenureError) in
+            if let expected, try controller.catalog.database(id).version != expected {
+                throw TenureError(.preconditionFailed, "database \(id) changed since you fetched it (If-Match); nothing was destroyed")
+            }
+            return try controller.requestDeletion(id, confirmName: confirm)
+        }
+        metrics.add("tenure_transitions_total", [("event", LifecycleEvent.deletionRequest.rawValue)])
+        return jsonResponse(databaseDocument(outcome.record))
+    }
+
+    func audit(_ request: Request, _ context: APIContext) async throws(TenureError) -> Response {
+        try context.require(.read)
+        let query = try Query(request, allowed: ["limit"])
+        let id = try context.id("id", as: DatabaseID.self)
+        let limit = try query["limit"].map { (text) throws(TenureError) -> Int in
+            guard let value = Int(text), (1...10_000).contains(value) else { throw TenureError(.invalidRequest, "limit must be a whole number from 1 to 10000") }
+            return value
+        } ?? 1000
+        let events = try await pool.withCatalog { (catalog) throws(TenureError) in
+            let events = try catalog.auditEvents(databaseID: id, limit: limit)
+            if events.isEmpty { _ = try catalog.database(id) }
+            return events
+        }
+        return jsonResponse(["events": events.map(auditDocument)])
+    }
+
+    func expiry(_ request: Request, _ context: APIContext) async throws(TenureError) -> Response {
+        try context.require(.read)
+        let query = try Query(request, allowed: ["as_of"])
+        let asOf = try query["as_of"].map { (text) throws(TenureError) in try RFC3339.parse(text, setting: "as_of") }
+        let report = try await pool.withController(actor: context.actor) { (controller) throws(TenureError) in
+            try controller.sweep(dryRun: true, asOf: asOf)
+        }
+        return jsonResponse(sweepDocument(report))
+    }
+
+    // MARK: - Backups
+
+    func listBackups(_ request: Request, _ context: APIContext) async throws(TenureError) -> Response {
+        try context.require(.read)
+        _ = try Query(request, allowed: [])
+        let id = try context.id("id", as: DatabaseID.self)
+        let backups = try await pool.withCatalog { (catalog) throws(TenureError) in
+            _ = try catalog.database(id)
+            return try catalog.backups(databaseID: id)
+        }
+        return jsonResponse(["backups": backups.map { backupDocument($0, store: nil) }])
+    }
+
+    func showBackup(_ request: Request, _ context: APIContext) async throws(TenureError) -> Response {
+        try context.require(.read)
+        _ = try Query(request, allowed: [])
+        let id = try context.id("id", as: DatabaseID.self)
+        let backupID = try context.id("backup", as: BackupID.self)
+        let backup = try await pool.withController(actor: context.actor) { (controller) throws(TenureError) in try controller.backupOf(id, backupID) }
+        return jsonResponse(backupDocument(backup, store: nil))
+    }
+
+    func startBackup(_ request: Request, _ context: APIContext) async throws(TenureError) -> Response {
+        try context.require(.write)
+        _ = try Query(request, allowed: [])
+        let id = try context.id("id", as: DatabaseID.self)
+        _ = try await JSONBody.read(request, context: context, allowed: [], maximumByteCount: maximumBody)
+        // Fail fast on a wrong id or state, before a job exists.
+        let record = try await pool.withCatalog { (catalog) throws(TenureError) in try catalog.database(id) }
+        switch record.state {
+        case .trial, .active, .deactivated: break
+        case .provisioning, .destroyed:
+            throw TenureError(.lifecycleConflict, "a \(record.state.rawValue) database cannot be backed up", context: ["database_id": id.rawValue])
+        }
+        let job = try jobs.submit(kind: .backup, databaseID: id, actor: context.actor) { (controller, progress) throws(TenureError) -> Data in
+            let outcome = try controller.backupDatabase(id, progress: progress)
+            var document = backupDocument(outcome.record, store: nil)
+            if let warning = outcome.warning { document["warning"] = warning }
+            return (try? JSONSerialization.data(withJSONObject: ["backup": document])) ?? Data("{}".utf8)
+        }
+        return jsonResponse(job.document(now: Date()), status: .accepted, headers: [.location: "/v1/jobs/\(job.id)"])
+    }
+
+    func startRestore(_ request: Request, _ context: APIContext) async throws(TenureError) -> Response {
+        try context.require(.write)
+        _ = try Query(request, allowed: [])
+        let id = try context.id("id", as: DatabaseID.self)
+        let body = try await JSONBody.read(request, context: context, allowed: ["backup_id"], maximumByteCount: maximumBody)
+        let backupID = try BackupID(parsing: try body.string("backup_id", required: true)!)
+        let backup = try await pool.withController(actor: context.actor) { (controller) throws(TenureError) in try controller.backupOf(id, backupID) }
+        guard backup.state == "verified" else {
+            throw TenureError(.lifecycleConflict, "backup \(backupID) is \(backup.state); only verified backups can be restored")
+        }
+        let job = try jobs.submit(kind: .restore, databaseID: id, actor: context.actor) { (controller, progress) throws(TenureError) -> Data in
+            let record = try controller.restoreDatabase(id, from: backupID, progress: progress)
+            return (try? JSONSerialization.data(withJSONObject: ["database": databaseDocument(record), "backup_id": backupID.rawValue]))
+                ?? Data("{}".utf8)
+        }
+        return jsonResponse(job.document(now: Date()), status: .accepted, headers: [.location: "/v1/jobs/\(job.id)"])
+    }
+
+    /// A verified backup file, with single-range support so a broken download resumes.
+    func download(_ request: Request, _ context: APIContext) async throws -> Response {
+        try context.require(.write)
+        _ = try Query(request, allowed: [])
+        let id = try context.id("id", as: DatabaseID.self)
+        let backupID = try context.id("backup", as: BackupID.self)
+        let backup = try await pool.withController(actor: context.actor) { (controller) throws(TenureError) in try controller.backupOf(id, backupID) }
+        guard backup.state == "verified" else {
+            throw TenureError(.lifecycleConflict, "backup \(backupID) is \(backup.state); only verified backups can be downloaded")
+        }
+        let path = configuration.backupDirectory + "/" + backup.path
+        let descriptor = open(path, O_RDONLY | O_CLOEXEC)
+        guard descriptor >= 0 else { throw TenureError(.backupNotFound, "the file of backup \(backupID) is missing from the backup store") }
+        var info = stat()
+        guard fstat(descriptor, &info) == 0 else {
+            close(descriptor)
+            throw TenureError(.internal, "cannot stat the file of backup \(backupID)")
+        }
+        let size = Int64(info.st_size)
+        let etag = "\"\(backupID.rawValue)\""
+        var range: ByteRange?
+        do throws(TenureError) {
+            // If-Range: resume only when the client's copy is of this very file.
+            if request.headers[.ifRange] == nil || request.headers[.ifRange] == etag {
+                range = try ByteRange.parse(request.headers[.range], size: size)
+            }
+        } catch {
+            close(descriptor)
+            var problem = Problem(error)
+            problem.headers[.contentRange] = "bytes */\(size)"
+            throw ProblemError(problem: problem)
+        }
+        let first = range?.first ?? 0
+        let count = range?.count ?? size
+        var headers: HTTPFields = [
+            .contentType: "application/x-tar", .acceptRanges: "bytes", .eTag: etag,
+            .contentDisposition: "attachment; filename=\"\(backupID).tenure\"",
+        ]
+        if let range { headers[.contentRange] = "bytes \(range.first)-\(range.last)/\(size)" }
+        let handle = FileDescriptorBox(descriptor)
+        let body = ResponseBody(contentLength: Int(count)) { writer in
+            defer { handle.close() }
+            var offset = first
+            var remaining = count
+            while remaining > 0 {
+                let chunk = Int(min(remaining, 256 << 10))
+                let buffer = try await readChunk(handle, offset: offset, count: chunk)
+                try await writer.write(buffer)
+                offset += Int64(buffer.readableBytes)
+                remaining -= Int64(buffer.readableBytes)
+            }
+            try await writer.finish(nil)
+        }
+        return Response(status: range == nil ? .ok : .partialContent, headers: headers, body: body)
+    }
+
+    func readChunk(_ handle: FileDescriptorBox, offset: Int64, count: Int) async throws -> ByteBuffer {
+        let result = try await pool.withBlocking { () throws(TenureError) -> [UInt8] in
+            var bytes = [UInt8](repeating: 0, count: count)
+            let read = bytes.withUnsafeMutableBytes { pread(handle.descriptor, $0.baseAddress, count, off_t(offset)) }
+            guard read > 0 else { throw TenureError(.internal, "the backup file ended early") }
+            bytes.removeSubrange(read...)
+            return bytes
+        }
+        return ByteBuffer(bytes: result)
+    }
+
+    /// Streams a fresh backup as it is produced: the engine writes into a bounded channel,
+    /// the response drains it; a slow client slows the backup, a client that goes away
+    /// cancels it and nothing is kept.
+    func export(_ request: Request, _ context: APIContext) async throws(TenureError) -> Response {
+        try context.require(.write)
+        let query = try Query(request, allowed: ["format"])
+        let id = try context.id("id", as: DatabaseID.self)
+        let formatText = query["format"] ?? "native"
+        guard let format = BackupFormat(rawValue: formatText) else {
+            throw TenureError(.invalidRequest, "format must be native or sql, not '\(printable(formatText))'")
+        }
+        let record = try await pool.withCatalog { (catalog) throws(TenureError) in try catalog.database(id) }
+        switch record.state {
+        case .trial, .active, .deactivated: break
+        case .provisioning, .destroyed:
+            throw TenureError(.lifecycleConflict, "a \(record.state.rawValue) database cannot be exported", context: ["database_id": id.rawValue])
+        }
+        try jobs.acquireTransfer()
+        let channel = ChunkChannel()
+        let progress = TransferProgress()
+        let parameters = pool.parameters
+        let configuration = self.configuration
+        let logger = self.logger
+        let actor = context.actor
+        let metrics = self.metrics
+        let jobs = self.jobs
+        let thread = Thread {
+            let result: Result<BackupSummary, TenureError>
+            do throws(TenureError) {
+                let catalog = try Catalog(parameters: parameters)
+                defer { catalog.close() }
+                let controller = Controller(catalog: catalog, configuration: configuration, clock: SystemWallClock(), actor: actor, logger: logger)
+                result = .success(try controller.exportDatabase(id, format: format, sink: channel, progress: progress))
+            } catch {
+                result = .failure(error)
+            }
+            switch result {
+            case .success:
+                metrics.add("tenure_backup_bytes_total", [], Double(progress.compressedBytes.load(ordering: .relaxed)))
+            case .failure(let error):
+                channel.fail(error)
+                logger.warning("export failed", metadata: ["tenure.database_id": "\(id)", "tenure.error": "\(error.message)"])
+            }
+            jobs.releaseTransfer()
+        }
+        thread.name = "tenure-export"
+        thread.stackSize = 8 << 20
+        thread.start()
+        let name = format == .native ? "\(record.name).tenure" : "\(record.name).sql.zst"
+        let headers: HTTPFields = [
+            .contentType: format == .native ? "application/x-tar" : "application/zstd",
+            .contentDisposition: "attachment; filename=\"\(name)\"",
+        ]
+        let body = ResponseBody { writer in
+            do {
+                while let buffer = try await channel.next() {
+                    try await writer.write(buffer)
+                }
+                try await writer.finish(nil)
+            } catch {
+                // Client gone or export failed: stop the producer; the engine aborts.
+                progress.cancel()
+                channel.closeReader()
+                throw error
+            }
+        }
+        return Response(status: .ok, headers: headers, body: body)
+    }
+
+    // MARK: - Jobs
+
+    func showJob(_ request: Request, _ context: APIContext) async throws(TenureError) -> Response {
+        try context.require(.read)
+        _ = try Query(request, allowed: [])
+        let job = try jobs.job(try context.id("id", as: JobID.self))
+        return jsonResponse(job.document(now: Date()))
+    }
+
+    func cancelJob(_ request: Request, _ context: APIContext) async throws(TenureError) -> Response {
+        try context.require(.write)
+        _ = try Query(request, allowed: [])
+        let job = try jobs.cancel(try context.id("id", as: JobID.self))
+        return jsonResponse(job.document(now: Date()), status: .accepted)
+    }
+}
+
+/// An open file descriptor shared by a response body's reads, closed once.
+final class FileDescriptorBox: Sendable {
+    let descriptor: Int32
+    private let closed = Locked(false)
+
+    init(_ descriptor: Int32) { self.descriptor = descriptor }
+
+    func close() {
+        let first = closed.withLock { closed -> Bool in
+            defer { closed = true }
+            return !closed
+        }
+        if first { _ = Glibc.close(descriptor) }
+    }
+
+    deinit { close() }
+}
+
+/// A problem with extra headers (416 carries Content-Range), thrown through a handler.
+struct ProblemError: Error {
+    var problem: Problem
+}
