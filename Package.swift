@@ -79,7 +79,7 @@ let package = Package(
         ),
         .testTarget(
             name: "TenureAPITests",
-            dependencies: ["TenureCore", "TenurePQ", "TenureEmbedded", "TenureTestSupport", "tenure"]
+            dependencies: ["TenureCore", "TenurePQ", "TenureEmbedded", "TenureEngine", "TenureTestSupport", "tenure"]
         ),
         .testTarget(
             name: "TenureEndToEndTests",

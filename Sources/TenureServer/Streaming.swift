@@ -19,6 +19,7 @@ final class ChunkChannel: ByteSink, @unchecked Sendable {
     /// Chunks smaller than this are gathered before they are handed to the reader.
     private var pending: [UInt8] = []
     static let chunkByteCount = 256 << 10
+    static let maximumStallSeconds: TimeInterval = 120
 
     init(maximumBufferedByteCount: Int = 4 << 20) {
         self.maximumBufferedByteCount = maximumBufferedByteCount
@@ -36,7 +37,16 @@ final class ChunkChannel: ByteSink, @unchecked Sendable {
         let buffer = ByteBuffer(bytes: pending)
         pending.removeAll(keepingCapacity: true)
         condition.lock()
-        while !readerClosed, bufferedByteCount >= maximumBufferedByteCount { condition.wait() }
+        // A client that stops reading but keeps the connection open must not hold the
+        // source's snapshot and a transfer slot forever.
+        let deadline = Date().addingTimeInterval(Self.maximumStallSeconds)
+        while !readerClosed, bufferedByteCount >= maximumBufferedByteCount {
+            if !condition.wait(until: deadline) {
+                readerClosed = true
+                condition.unlock()
+                throw TenureError(.timeout, "the client read nothing for \(Int(Self.maximumStallSeconds)) s; the export was stopped and nothing was kept")
+            }
+        }
         if readerClosed {
             condition.unlock()
             throw TenureError(.cancelled, "the client went away; the export was stopped and nothing was kept")

@@ -62,7 +62,14 @@ struct Serve: AsyncParsableCommand {
         }
         let sweep = SweepService(configuration: configuration, catalogParameters: session.catalog.parameters, logger: logger, metrics: api.metrics)
         let group = ServiceGroup(
-            configuration: .init(services: api.services + [sweep], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+            configuration: {
+                var group = ServiceGroupConfiguration(services: api.services + [sweep], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+                // A client that never reads must not hold shutdown forever: after 30 s what
+                // still runs is cancelled (open connections closed, transfers aborted).
+                group.maximumGracefulShutdownDuration = .seconds(30)
+                group.maximumCancellationDuration = .seconds(30)
+                return group
+            }())
         do {
             try await group.run()
         } catch {

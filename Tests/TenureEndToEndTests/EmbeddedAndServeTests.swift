@@ -19,7 +19,7 @@ import TenureTestSupport
         _ = try TestServer.shared()  // same machine prerequisites; the embedded cluster is separate
         let home = "/tmp/tenure-embedded-\(UUID().uuidString.prefix(8))"
         defer { try? FileManager.default.removeItem(atPath: home) }
-        let environment = ["TENURE_HOME": home, "TENURE_SWEEP_INTERVAL": "1s"]
+        let environment = ["TENURE_HOME": home, "TENURE_SWEEP_INTERVAL": "1s", "TENURE_HTTP_ADDRESS": "127.0.0.1:0"]
 
         // A command with no server running starts the cluster for itself and stops it after.
         let migrate = try runTenure(["migrate", "--json"], environment: environment)
