@@ -39,6 +39,9 @@ test: deps
 	$(SWIFT) test --skip-build --no-parallel
 
 bench: release
+	@command -v wrk >/dev/null || { DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends wrk || \
+	  { DEBIAN_FRONTEND=noninteractive apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends wrk; }; }
+	@command -v curl >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends curl
 	TENURE_BIN=$$($(SWIFT) build -c release --show-bin-path)/tenure python3 ops/bench.py
 
 clean:

@@ -4,10 +4,13 @@
 Generates a benchmark database (BENCH_SCALE GiB of table data, default 1: one big table of
 about 60 %, 6 medium tables, 300 small ones; numeric, timestamptz, jsonb, text, bytea;
 indexes and a foreign key), then times each tool in one run with N = cores and prints
-seconds, output bytes, peak RSS and the ratios against the targets of issue 4.
+seconds, output bytes, peak RSS and the ratios against the targets of issue 4. Then the
+HTTP API (issue 5): `tenure serve` on the same server, a managed copy of the benchmark
+database exported over HTTP (curl) against `tenure backup` to a file, and wrk on
+GET /v1/databases/{id}. BENCH_PARTS=http runs only the HTTP part (with its backup baseline).
 Never part of `make test`.
 """
-import json, os, re, shutil, subprocess, sys, time
+import json, os, re, shutil, subprocess, sys, time, urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PG_BIN = os.environ.get("TENURE_PG_BIN", "/usr/lib/postgresql/15/bin")
@@ -114,6 +117,56 @@ def size(path):
     return os.path.getsize(path)
 
 
+def http_bench(results, jobs):
+    """Export over HTTP vs tenure backup to a file; wrk on GET /v1/databases/{id}."""
+    home = os.path.join(WORK, "home")
+    os.makedirs(home, exist_ok=True)
+    psql("postgres", "CREATE DATABASE tenure_catalog")
+    env = dict(os.environ, TENURE_HOME=home, TENURE_CATALOG_URL=url("tenure_catalog"), TENURE_HTTP_ADDRESS="127.0.0.1:0",
+               TENURE_JOBS=str(jobs), TENURE_SWEEP_INTERVAL="1h", TENURE_LOG_LEVEL="warning",
+               TENURE_PG_DUMP=PG_BIN + "/pg_dump")
+    log = open(os.path.join(WORK, "serve.log"), "w")
+    serve = subprocess.Popen([TENURE, "serve"], env=env, stdout=subprocess.PIPE, stderr=log, text=True)
+    try:
+        key = port = None
+        while port is None:
+            line = serve.stdout.readline()
+            if not line:
+                sys.exit("tenure serve did not start; see " + os.path.join(WORK, "serve.log"))
+            if line.strip().startswith("tenure_"):
+                key = line.strip()
+            m = re.search(r"listening on http://127\.0\.0\.1:(\d+)", line)
+            if m:
+                port = int(m.group(1))
+        base = f"http://127.0.0.1:{port}"
+        request = urllib.request.Request(base + "/v1/databases", data=json.dumps({"name": "benchmark", "plan": "paid"}).encode(),
+                                         headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+        created = json.load(urllib.request.urlopen(request))
+        database = created["id"]
+        # The managed database becomes a copy of the benchmark database.
+        psql("postgres", f"DROP DATABASE \"{database}\" WITH (FORCE)")
+        psql("postgres", f"CREATE DATABASE \"{database}\" TEMPLATE bench OWNER \"{created['postgres']['role']}\"")
+        psql("postgres", "CHECKPOINT")
+        s, r = timed("tenure backup (managed copy)", f"{TENURE} backup --url '{url(database)}' -o {OUT}/h.tenure --jobs {jobs}")
+        record = {"seconds": s, "rss_kib": r, "bytes": size(f"{OUT}/h.tenure")}
+        results["tenure backup (same db, file)"] = record
+        serve_rss = lambda: int(open(f"/proc/{serve.pid}/status").read().split("VmHWM:")[1].split()[0])
+        s, _ = timed("export over HTTP", f"curl -sf -H 'Authorization: Bearer {key}' -o {OUT}/h-http.tenure '{base}/v1/databases/{database}/export'")
+        results["export over HTTP (curl)"] = {"seconds": s, "rss_kib": serve_rss(), "bytes": size(f"{OUT}/h-http.tenure")}
+        subprocess.run([TENURE, "verify", f"{OUT}/h-http.tenure"], check=True, stdout=subprocess.DEVNULL)
+        wrk = subprocess.run(["wrk", "-t2", "-c32", "-d15s", "--latency", "-H", f"Authorization: Bearer {key}", f"{base}/v1/databases/{database}"],
+                             capture_output=True, text=True, check=True).stdout
+        rps = float(re.search(r"Requests/sec:\s+([\d.]+)", wrk).group(1))
+        p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", wrk)
+        p99_ms = float(p99.group(1)) * {"us": 0.001, "ms": 1, "s": 1000}[p99.group(2)]
+        errors = re.search(r"Non-2xx or 3xx responses: (\d+)", wrk)
+        return {"rps": rps, "p99_ms": p99_ms, "non2xx": int(errors.group(1)) if errors else 0}
+    finally:
+        serve.terminate()
+        serve.wait(timeout=60)
+        log.close()
+
+
 def main():
     if not os.path.exists(TENURE):
         sys.exit(f"{TENURE} not built; run make bench")
@@ -134,6 +187,12 @@ def main():
             results[key] = {"seconds": seconds, "rss_kib": rss, "bytes": size(path) if path else None}
             print(f"  {key}: {seconds:.1f} s, {rss / 1024:.0f} MiB", flush=True)
 
+        parts = os.environ.get("BENCH_PARTS", "all")
+        if parts == "http":
+            timed("warm", f"{pg}/pg_dump {conn} -Fc -Z0 bench > /dev/null")
+            http = http_bench(results, JOBS)
+            print_http(results, http)
+            return
         # Warm the cache once so the first tool is not penalised.
         timed("warm", f"{pg}/pg_dump {conn} -Fc -Z0 bench > /dev/null")
         s, r = timed("pg_dump -Fd", f"{pg}/pg_dump {conn} -Fd -j {JOBS} -f {OUT}/fd bench")
@@ -190,10 +249,27 @@ def main():
             print(f"| {name} | {value:.2f} | ≤ {target} | {'ok' if value <= target else 'MISSED'} |")
         tenure_rss = max(results[k]["rss_kib"] for k in results if k.startswith("tenure")) / 1024
         print(f"| tenure peak RSS (MiB) | {tenure_rss:.0f} | ≤ 200 | {'ok' if tenure_rss <= 200 else 'MISSED'} |")
+        http = http_bench(results, JOBS)
+        print_http(results, http)
         with open(os.path.join(WORK, "results.json"), "w") as f:
-            json.dump(results, f, indent=2)
+            json.dump({"runs": results, "http": http}, f, indent=2)
     finally:
         stop_server()
+
+
+def print_http(results, http):
+    file = results["tenure backup (same db, file)"]
+    over = results["export over HTTP (curl)"]
+    print()
+    print("| HTTP (issue 5) | seconds | bytes | MiB/s | peak RSS MiB |")
+    print("|---|---:|---:|---:|---:|")
+    for key, value in (("tenure backup to a file", file), ("export over HTTP (curl)", over)):
+        rate = value["bytes"] / value["seconds"] / 2**20
+        print(f"| {key} | {value['seconds']:.1f} | {value['bytes']:,} | {rate:.0f} | {value['rss_kib'] / 1024:.0f} |")
+    ratio = (over["bytes"] / over["seconds"]) / (file["bytes"] / file["seconds"])
+    print()
+    print(f"| export over HTTP throughput vs tenure backup to a file | {ratio:.2f} | ≥ 0.9 | {'ok' if ratio >= 0.9 else 'MISSED'} |")
+    print(f"| wrk GET /v1/databases/{{id}} (2 threads, 32 connections, 15 s) | {http['rps']:.0f} req/s | p99 {http['p99_ms']:.1f} ms | non-2xx {http['non2xx']} |")
 
 
 if __name__ == "__main__":
