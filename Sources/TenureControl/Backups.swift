@@ -41,6 +41,12 @@ extension Controller {
         try catalog.insertBackup(record)
         let directory = configuration.backupDirectory + "/" + id.rawValue
         do throws(TenureError) {
+            // A destroy that began meanwhile wins: it waits for running backups (their locks)
+            // before it deletes the store, and a backup registered after that sees the state.
+            let current = try catalog.database(id).state
+            guard current != .destroyed else {
+                throw TenureError(.lifecycleConflict, "database \(id) was destroyed while the backup started; nothing was kept", context: ["database_id": id.rawValue])
+            }
             do { try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true) } catch {
                 throw TenureError(.internal, "cannot create the backup directory \(directory): \(error.localizedDescription)")
             }
@@ -247,6 +253,12 @@ extension Controller {
 
     /// Destroyed means gone: every backup file of the database and its directory.
     func deleteBackups(_ id: DatabaseID) throws(TenureError) {
+        // Wait for backups still running (each holds its advisory lock until it has published
+        // or cleaned up), so that none can publish a file after the store is deleted.
+        for running in try catalog.backups(databaseID: id, state: "running") {
+            try catalog.lock(key: running.lockKey)
+            try catalog.unlock(key: running.lockKey)
+        }
         let directory = configuration.backupDirectory + "/" + id.rawValue
         if FileManager.default.fileExists(atPath: directory) {
             do { try FileManager.default.removeItem(atPath: directory) } catch {
