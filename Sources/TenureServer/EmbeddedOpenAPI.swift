@@ -770,7 +770,7 @@ let openAPIDocument = #"""
         "description": "Scope: write.",
         "responses": {
           "201": {
-            "description": "Created.",
+            "description": "Created. A retry with the same Idempotency-Key and body gets this first result again (header Idempotent-Replayed: true), without the credential.",
             "content": {
               "application/json": {
                 "schema": {
@@ -787,16 +787,6 @@ let openAPIDocument = #"""
               "ETag": {
                 "schema": {
                   "type": "string"
-                }
-              }
-            }
-          },
-          "200": {
-            "description": "A replay of an earlier request with the same Idempotency-Key and body (header Idempotent-Replayed: true); the credential is not repeated.",
-            "content": {
-              "application/json": {
-                "schema": {
-                  "$ref": "#/components/schemas/Database"
                 }
               }
             }
