@@ -1,5 +1,6 @@
 import Foundation
 import TenureCore
+import TenureEngine
 
 /// Tenure's configuration: defaults, then an optional file, then `TENURE_*` environment
 /// variables (then command-line flags, applied by the CLI). No secret is ever printed: the
@@ -25,6 +26,13 @@ public struct TenureConfiguration: Sendable {
     public var pgDumpPath: String
     /// The HTTP API (`tenure serve`).
     public var http: HTTPSettings
+    /// The upgrade service: limits on uploads, the hold, the scripts, where results live.
+    public var uploadLimits: UploadLimits
+    public var upgradeHold: UploadHold
+    public var upgradeScriptsDirectory: String
+    public var uploadDirectory: String
+    /// The pg_restore that turns uploaded custom-format archives into SQL (it connects nowhere).
+    public var pgRestorePath: String
 
     /// Every setting the file and the environment accept, with its documented default.
     public static let settings: [(key: String, defaultValue: String, help: String)] = [
@@ -48,6 +56,15 @@ public struct TenureConfiguration: Sendable {
         ("TENURE_HTTP_MAX_QUEUED_JOBS", "16", "jobs waiting to run (429 above)"),
         ("TENURE_HTTP_REQUEST_TIMEOUT", "30s", "statement timeout of the API's catalog sessions: the longest a catalog query of a request may run"),
         ("TENURE_HTTP_CATALOG_CONNECTIONS", "4", "catalog sessions (and threads) serving API requests"),
+        ("TENURE_UPGRADE_HOLD", "4mo", "how long an upload's result is kept after its last successful upgrade (calendar months in UTC, clamped to the month's end; or a duration such as 30d)"),
+        ("TENURE_UPGRADE_SCRIPTS", "sql/upgrade", "directory of upgrade scripts (*.sql, applied in name order, each in its own transaction)"),
+        ("TENURE_UPLOAD_DIR", "$TENURE_HOME/uploads", "where downloadable upgrade results are kept"),
+        ("TENURE_UPLOAD_MAX_BYTES", "10737418240", "largest upload, in bytes as sent"),
+        ("TENURE_UPLOAD_MAX_DECOMPRESSED_BYTES", "53687091200", "most bytes an upload may decompress to"),
+        ("TENURE_UPLOAD_MAX_RATIO", "100", "most an upload may expand when decompressed (checked past 16 MiB)"),
+        ("TENURE_UPLOAD_STATEMENT_TIMEOUT", "15m", "longest one statement of an upload or upgrade script may run (COPY data excepted)"),
+        ("TENURE_UPLOAD_MAX_OBJECTS", "100000", "most objects (tables, functions, ...) an upload may create"),
+        ("TENURE_PG_RESTORE", "$TENURE_PG_BIN/pg_restore", "the pg_restore that converts uploaded custom-format archives to SQL"),
     ]
 
     public static func load(environment: [String: String] = ProcessInfo.processInfo.environment) throws(TenureError) -> TenureConfiguration {
@@ -103,6 +120,26 @@ public struct TenureConfiguration: Sendable {
             engineJobs = cores
         }
         http = try HTTPSettings(values: values)
+        var upload = UploadLimits()
+        func number(_ key: String, _ range: ClosedRange<Int64>) throws(TenureError) -> Int64? {
+            guard let text = values[key] else { return nil }
+            guard let value = Int64(text), range.contains(value) else {
+                throw TenureError(.invalidConfiguration, "\(key)='\(printable(text))' must be a whole number from \(range.lowerBound) to \(range.upperBound)")
+            }
+            return value
+        }
+        upload.maximumBytes = try number("TENURE_UPLOAD_MAX_BYTES", 1...(1 << 50)) ?? upload.maximumBytes
+        upload.maximumDecompressedBytes = try number("TENURE_UPLOAD_MAX_DECOMPRESSED_BYTES", 1...(1 << 52)) ?? upload.maximumDecompressedBytes
+        upload.maximumRatio = Double(try number("TENURE_UPLOAD_MAX_RATIO", 1...1_000_000) ?? Int64(upload.maximumRatio))
+        upload.maximumObjects = Int(try number("TENURE_UPLOAD_MAX_OBJECTS", 1...100_000_000) ?? Int64(upload.maximumObjects))
+        if let text = values["TENURE_UPLOAD_STATEMENT_TIMEOUT"] {
+            upload.statementTimeout = try PolicyDuration.parse(text, setting: "TENURE_UPLOAD_STATEMENT_TIMEOUT")
+        }
+        uploadLimits = upload
+        upgradeHold = try values["TENURE_UPGRADE_HOLD"].map { (text) throws(TenureError) in try UploadHold.parse(text) } ?? .default
+        upgradeScriptsDirectory = values["TENURE_UPGRADE_SCRIPTS"].flatMap { $0.isEmpty ? nil : $0 } ?? "sql/upgrade"
+        uploadDirectory = values["TENURE_UPLOAD_DIR"].flatMap { $0.isEmpty ? nil : $0 } ?? (home + "/uploads")
+        pgRestorePath = values["TENURE_PG_RESTORE"].flatMap { $0.isEmpty ? nil : $0 } ?? (postgresBinDirectory + "/pg_restore")
         let levels = ["trace", "debug", "info", "notice", "warning", "error", "critical"]
         guard levels.contains(logLevel) else {
             throw TenureError(.invalidConfiguration, "TENURE_LOG_LEVEL='\(printable(logLevel))' must be one of \(levels.joined(separator: ", "))")
@@ -190,6 +227,10 @@ public enum Failpoint: String, CaseIterable, Sendable {
     case backupBeforePublish = "backup.before_publish"
     case restoreAfterLoad = "restore.after_load"
     case restoreAfterAside = "restore.after_aside"
+    case uploadAfterDatabase = "upload.after_database"
+    case uploadBeforeFinish = "upload.before_finish"
+    case upgradeAfterCopy = "upgrade.after_copy"
+    case uploadDestroyAfterRecord = "upload_destroy.after_record"
 
     private static let armed: String? = ProcessInfo.processInfo.environment["TENURE_FAILPOINT"]
 

@@ -399,6 +399,7 @@ public final class Controller {
     public func recover() throws(TenureError) -> [RecoveryAction] {
         var actions: [RecoveryAction] = []
         try recoverBackups()
+        try recoverUploads()
         for intent in try catalog.pendingIntents() {
             guard try catalog.tryLock(key: intent.lockKey) else { continue }
             defer { try? catalog.unlock(key: intent.lockKey) }

@@ -48,22 +48,66 @@ public func sweepDocument(_ report: SweepReport) -> [String: Any] {
                 "id": item.id.rawValue, "name": item.name, "rule": item.rule.rawValue, "deadline": RFC3339.format(item.deadline),
                 "action": item.decision.rawValue,
             ]
-            switch outcome {
-            case .planned: entry["outcome"] = "planned"
-            case .done: entry["outcome"] = "done"
-            case .skipped(let why):
-                entry["outcome"] = "skipped"
-                entry["why"] = why
-            case .refused(let why):
-                entry["outcome"] = "refused"
-                entry["why"] = why
-            }
+            render(outcome, into: &entry)
             return entry
         },
+        "uploads": [
+            "fleet_size": report.uploadPlan.fleetSize, "destroy_count": report.uploadPlan.destroyCount,
+            "destroy_allowance": report.uploadPlan.destroyAllowance, "refusal": report.uploadPlan.refusal.map { $0 as Any } ?? NSNull(),
+            "items": zip(report.uploadPlan.items, report.uploadOutcomes).map { item, outcome -> [String: Any] in
+                var entry: [String: Any] = [
+                    "id": item.id.rawValue, "rule": "hold_end", "deadline": RFC3339.format(item.deadline), "action": item.decision.rawValue,
+                ]
+                render(outcome, into: &entry)
+                return entry
+            },
+        ] as [String: Any],
     ]
     if let id = report.sweepID { document["sweep_id"] = id }
     if !report.recovered.isEmpty {
         document["recovered"] = report.recovered.map { ["intent": $0.intentID.rawValue, "database_id": $0.databaseID.rawValue, "outcome": $0.outcome] }
+    }
+    return document
+}
+
+private func render(_ outcome: SweepReport.ItemOutcome, into entry: inout [String: Any]) {
+    switch outcome {
+    case .planned: entry["outcome"] = "planned"
+    case .done: entry["outcome"] = "done"
+    case .skipped(let why):
+        entry["outcome"] = "skipped"
+        entry["why"] = why
+    case .refused(let why):
+        entry["outcome"] = "refused"
+        entry["why"] = why
+    }
+}
+
+/// An upload of the upgrade service; `hold` computes when it will be destroyed.
+public func uploadDocument(_ record: UploadRecord, hold: UploadHold) -> [String: Any] {
+    var document: [String: Any] = [
+        "id": record.id.rawValue, "state": record.state.rawValue, "name": record.label, "format": record.format ?? NSNull(), "server": record.serverName,
+        "version": record.version, "created_at": RFC3339.format(record.createdAt), "updated_at": RFC3339.format(record.updatedAt),
+        "uploaded_at": instant(record.uploadedAt), "last_run_at": instant(record.lastRunAt), "last_upgraded_at": instant(record.lastUpgradedAt),
+        "upgrade_count": record.upgradeCount, "bytes": record.byteCount, "statements": record.statementCount, "skipped_statements": record.skippedCount,
+        "original_deleted_at": instant(record.originalDeletedAt), "applied_scripts": record.appliedScripts,
+        "result_available": record.lastUpgradedAt != nil && record.postgresDatabase != nil && record.state != .destroyed,
+        "hold_until": record.state.holdsData || record.state == .upgrading ? RFC3339.format(record.candidate.holdEnds(hold)) as Any : NSNull(),
+        "legal_hold": record.legalHoldReason != nil,
+        "reject_reason": record.rejectReason ?? NSNull(),
+        "last_failure": record.failedError.map { error -> Any in
+            ["script": record.failedScript ?? NSNull(), "error": error, "sqlstate": record.failedSQLState ?? NSNull()] as [String: Any]
+        } ?? NSNull(),
+        "postgres": ["database": record.postgresDatabase ?? NSNull(), "role": record.postgresRole] as [String: Any],
+    ]
+    if let reason = record.legalHoldReason {
+        document["legal_hold_reason"] = reason
+        document["legal_hold_since"] = instant(record.legalHoldSince)
+    }
+    if record.state == .destroyed {
+        document["destroyed_at"] = instant(record.destroyedAt)
+        document["destroyed_by"] = record.destroyedBy ?? NSNull()
+        document["destroy_reason"] = record.destroyReason ?? NSNull()
     }
     return document
 }

@@ -21,6 +21,10 @@ public struct SweepReport: Sendable {
     /// The fencing token of a real sweep.
     public var sweepID: Int64?
     public var recovered: [Controller.RecoveryAction]
+    /// The upgrade service's part: uploads whose hold ended.
+    public var uploadPlan: UploadSweepPlan
+    /// Parallel to `uploadPlan.items`.
+    public var uploadOutcomes: [SweepReport.ItemOutcome]
 }
 
 extension Controller {
@@ -33,9 +37,10 @@ extension Controller {
         let instant = asOf ?? now
         if dryRun {
             let plan = try makePlan(at: instant)
+            let uploadPlan = try makeUploadPlan(at: instant)
             return SweepReport(
                 dryRun: true, plan: plan, outcomes: plan.items.map { _ in .planned }, refusal: try clockRefusal(now: now, checkHistory: asOf == nil),
-                sweepID: nil, recovered: [])
+                sweepID: nil, recovered: [], uploadPlan: uploadPlan, uploadOutcomes: uploadPlan.items.map { _ in .planned })
         }
 
         guard try catalog.tryLockSweep() else {
@@ -51,7 +56,9 @@ extension Controller {
                 try catalog.audit(at: now, databaseID: nil, actor: actor, action: "sweep_refused", from: nil, to: nil, reason: refusal)
             }
             logger.error("expiry sweep refused", metadata: ["tenure.reason": "\(refusal)"])
-            return SweepReport(dryRun: false, plan: plan, outcomes: [], refusal: refusal, sweepID: nil, recovered: [])
+            let uploadPlan = UploadSweepPlan(asOf: now, items: [], fleetSize: try catalog.liveUploadCount(), destroyAllowance: 0, refusal: nil)
+            return SweepReport(
+                dryRun: false, plan: plan, outcomes: [], refusal: refusal, sweepID: nil, recovered: [], uploadPlan: uploadPlan, uploadOutcomes: [])
         }
 
         let token = try catalog.beginSweep(asOf: now, startedAt: now)
@@ -89,11 +96,48 @@ extension Controller {
                 logger.warning("sweep skipped a database", metadata: ["tenure.database_id": "\(item.id)", "tenure.error": "\(error.message)"])
             }
         }
+        let uploadPlan = try makeUploadPlan(at: now)
+        if let refusal = uploadPlan.refusal {
+            try catalog.audit(
+                at: now, databaseID: nil, actor: actor, action: "sweep_destroy_refused", from: nil, to: nil, reason: refusal,
+                detail: ["would_destroy": String(uploadPlan.destroyCount), "fleet": String(uploadPlan.fleetSize), "sweep": String(token), "kind": "uploads"])
+            logger.error("expiry sweep refused to destroy uploads", metadata: ["tenure.reason": "\(refusal)"])
+        }
+        var uploadOutcomes: [SweepReport.ItemOutcome] = []
+        for item in uploadPlan.items {
+            switch item.decision {
+            case .blockedByLegalHold:
+                uploadOutcomes.append(.skipped("legal hold"))
+                continue
+            case .destroy where uploadPlan.refusal != nil:
+                uploadOutcomes.append(.refused("blast-radius cap"))
+                continue
+            case .destroy, .deactivate:
+                break
+            }
+            guard try catalog.isLatestSweep(token) else {
+                uploadOutcomes.append(.skipped("a newer sweep took over"))
+                continue
+            }
+            do throws(TenureError) {
+                _ = try deleteUpload(item.id, reason: "hold_end", expectedVersion: item.version)
+                uploadOutcomes.append(.done)
+            } catch {
+                uploadOutcomes.append(.skipped(error.message))
+                logger.warning("sweep skipped an upload", metadata: ["tenure.upload_id": "\(item.id)", "tenure.error": "\(error.message)"])
+            }
+        }
         let done = outcomes.filter { $0 == .done }.count
+        let uploadsDone = uploadOutcomes.filter { $0 == .done }.count
         try catalog.endSweep(
-            id: token, outcome: plan.refusal == nil ? "completed" : "refused", finishedAt: clock.now(),
-            detail: ["due": String(plan.items.count), "done": String(done), "refusal": plan.refusal ?? ""])
-        return SweepReport(dryRun: false, plan: plan, outcomes: outcomes, refusal: nil, sweepID: token, recovered: recovered)
+            id: token, outcome: plan.refusal == nil && uploadPlan.refusal == nil ? "completed" : "refused", finishedAt: clock.now(),
+            detail: [
+                "due": String(plan.items.count), "done": String(done), "refusal": plan.refusal ?? "", "uploads_due": String(uploadPlan.items.count),
+                "uploads_done": String(uploadsDone), "uploads_refusal": uploadPlan.refusal ?? "",
+            ])
+        return SweepReport(
+            dryRun: false, plan: plan, outcomes: outcomes, refusal: nil, sweepID: token, recovered: recovered, uploadPlan: uploadPlan,
+            uploadOutcomes: uploadOutcomes)
     }
 
     func makePlan(at instant: Date) throws(TenureError) -> SweepPlan {

@@ -81,16 +81,27 @@ public func planSweep(candidates: [SweepCandidate], fleetSize: Int, asOf: Date, 
             continue
         }
     }
-    // At least one destruction is always within the share cap, or a fleet of fewer than ten
-    // databases could never expire anything at the default 10 %.
-    let shareAllowance = max(1, Int((Double(fleetSize) * limits.maximumDestroyFraction).rounded(.down)))
-    let allowance = min(limits.maximumDestroyCount, shareAllowance)
+    let (allowance, shareAllowance) = destroyAllowance(fleetSize: fleetSize, limits: limits)
     var plan = SweepPlan(asOf: asOf, items: items, fleetSize: fleetSize, destroyAllowance: allowance, refusal: nil)
-    let count = plan.destroyCount
-    if count > limits.maximumDestroyCount {
-        plan.refusal = "the sweep would destroy \(count) databases, more than TENURE_MAX_DESTROY_COUNT=\(limits.maximumDestroyCount); nothing is destroyed"
-    } else if count > shareAllowance {
-        plan.refusal = "the sweep would destroy \(count) of \(fleetSize) live databases, more than TENURE_MAX_DESTROY_FRACTION=\(limits.maximumDestroyFraction) of the fleet (at most \(shareAllowance)); nothing is destroyed"
-    }
+    plan.refusal = blastRadiusRefusal(count: plan.destroyCount, fleetSize: fleetSize, shareAllowance: shareAllowance, limits: limits, what: "databases")
     return plan
+}
+
+/// How many destructions one sweep may make in a fleet: (the cap, the share part of it).
+/// At least one destruction is always within the share cap, or a fleet of fewer than ten
+/// could never expire anything at the default 10 %.
+func destroyAllowance(fleetSize: Int, limits: SweepLimits) -> (allowance: Int, share: Int) {
+    let shareAllowance = max(1, Int((Double(fleetSize) * limits.maximumDestroyFraction).rounded(.down)))
+    return (min(limits.maximumDestroyCount, shareAllowance), shareAllowance)
+}
+
+/// The blast-radius cap (RELIABILITY D4): why a sweep destroying `count` destroys nothing.
+func blastRadiusRefusal(count: Int, fleetSize: Int, shareAllowance: Int, limits: SweepLimits, what: String) -> String? {
+    if count > limits.maximumDestroyCount {
+        return "the sweep would destroy \(count) \(what), more than TENURE_MAX_DESTROY_COUNT=\(limits.maximumDestroyCount); nothing is destroyed"
+    }
+    if count > shareAllowance {
+        return "the sweep would destroy \(count) of \(fleetSize) live \(what), more than TENURE_MAX_DESTROY_FRACTION=\(limits.maximumDestroyFraction) of the fleet (at most \(shareAllowance)); nothing is destroyed"
+    }
+    return nil
 }

@@ -18,6 +18,8 @@ public struct TenureError: Error, CustomStringConvertible, Sendable {
         case rangeNotSatisfiable = "request.range_not_satisfiable"
         case routeNotFound = "request.not_found"
         case methodNotAllowed = "request.method_not_allowed"
+        /// An upload that was refused (bad format, forbidden statement, limit, failed restore).
+        case uploadRejected = "upload.rejected"
         // Auth and limits
         case unauthorized = "auth.unauthorized"
         case forbidden = "auth.forbidden"
@@ -28,6 +30,7 @@ public struct TenureError: Error, CustomStringConvertible, Sendable {
         case backupNotFound = "backup.not_found"
         case apiKeyNotFound = "api_key.not_found"
         case jobNotFound = "job.not_found"
+        case uploadNotFound = "upload.not_found"
         // Conflict
         case lifecycleConflict = "lifecycle.conflict"
         case concurrentModification = "lifecycle.concurrent_modification"
@@ -85,9 +88,9 @@ extension TenureError.Code {
     public var category: ErrorCategory {
         switch self {
         case .invalidRequest, .invalidID, .invalidName, .invalidConfiguration, .confirmationMismatch, .bodyTooLarge, .idempotencyMismatch,
-            .preconditionFailed, .rangeNotSatisfiable, .methodNotAllowed:
+            .preconditionFailed, .rangeNotSatisfiable, .methodNotAllowed, .uploadRejected:
             return .invalidInput
-        case .databaseNotFound, .serverNotFound, .backupNotFound, .apiKeyNotFound, .jobNotFound, .routeNotFound:
+        case .databaseNotFound, .serverNotFound, .backupNotFound, .apiKeyNotFound, .jobNotFound, .uploadNotFound, .routeNotFound:
             return .notFound
         case .lifecycleConflict, .concurrentModification, .legalHold, .nameTaken, .serverExists,
             .sweepRunning, .sweepRefused, .migrationChanged, .jobFinished, .idempotencyInProgress:

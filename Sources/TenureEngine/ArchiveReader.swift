@@ -33,7 +33,7 @@ final class ArchiveReader {
     private var blobNext: [Int64: (part: Int, offset: Int64)] = [:]
     private(set) var header: ArchiveHeader?
 
-    init(source: DescriptorSource, limits: EngineLimits) {
+    init(source: any ByteSource, limits: EngineLimits) {
         tar = TarReader(source: source, maximumMemberBytes: max(limits.maximumMemberBytes, limits.maximumSchemaBytes))
         self.limits = limits
     }
@@ -194,7 +194,7 @@ public struct VerifySummary: Sendable {
 /// Reads a whole archive and checks every frame, row counts, order, the manifest both ways
 /// and the end marker, without a database. Thread: blocks.
 public func runVerify(
-    source: DescriptorSource, limits: EngineLimits = EngineLimits(), key: ArchiveKey? = nil, progress: TransferProgress = TransferProgress()
+    source: any ByteSource, limits: EngineLimits = EngineLimits(), key: ArchiveKey? = nil, progress: TransferProgress = TransferProgress()
 ) throws(TenureError) -> VerifySummary
 {
     let reader = ArchiveReader(source: source, limits: limits)

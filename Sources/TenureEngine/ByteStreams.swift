@@ -117,8 +117,31 @@ public final class AtomicFileSink: ByteSink {
     }
 }
 
+/// A stream of bytes the engine reads (a file, stdin, an HTTP request body).
+public protocol ByteSource: AnyObject {
+    /// What the stream is, for messages.
+    var what: String { get }
+    /// Bytes read so far.
+    var byteCount: Int64 { get }
+    /// Reads up to `buffer.count` bytes; 0 at the end of the stream.
+    func read(into buffer: UnsafeMutableRawBufferPointer) throws(TenureError) -> Int
+}
+
+extension ByteSource {
+    /// Reads until `buffer` is full or the stream ends; returns the count read.
+    public func readFully(into buffer: UnsafeMutableRawBufferPointer) throws(TenureError) -> Int {
+        var offset = 0
+        while offset < buffer.count {
+            let count = try read(into: UnsafeMutableRawBufferPointer(rebasing: buffer[offset...]))
+            if count == 0 { break }
+            offset += count
+        }
+        return offset
+    }
+}
+
 /// Reads a stream from a file descriptor (a file or stdin).
-public final class DescriptorSource {
+public final class DescriptorSource: ByteSource {
     let descriptor: Int32
     let ownsDescriptor: Bool
     public let what: String
@@ -158,17 +181,6 @@ public final class DescriptorSource {
             byteCount += Int64(count)
             return count
         }
-    }
-
-    /// Reads exactly `count` bytes, or returns how many arrived before the end of the stream.
-    public func readFully(into buffer: UnsafeMutableRawBufferPointer) throws(TenureError) -> Int {
-        var offset = 0
-        while offset < buffer.count {
-            let count = try read(into: UnsafeMutableRawBufferPointer(rebasing: buffer[offset...]))
-            if count == 0 { break }
-            offset += count
-        }
-        return offset
     }
 }
 

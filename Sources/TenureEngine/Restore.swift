@@ -21,6 +21,11 @@ public struct RestoreOptions: Sendable {
     /// without it. Off by default: `make bench` measured it slower (see README).
     public var freezeSmallTables = ProcessInfo.processInfo.environment["TENURE_RESTORE_FREEZE"] == "1"
     public var freezeTableBytes: Int64 = 64 << 20
+    /// Rewrites each schema script before it runs (script, section name): the upgrade
+    /// service's statement policy for uploaded archives. Nil for Tenure's own backups.
+    public var schemaFilter: (@Sendable (String, String) throws(TenureError) -> String)?
+    /// `statement_timeout` of the restore's sessions in milliseconds; 0 = none.
+    public var statementTimeoutMilliseconds = 0
 
     public init(target: ConnectionParameters, jobs: Int) {
         self.target = target
@@ -39,7 +44,7 @@ public struct RestoreSummary: Sendable {
 /// temporary name, schema first, data members in parallel, then indexes and constraints in
 /// parallel; renamed into place only after the manifest checked out. On any failure the
 /// temporary database is dropped and nothing is left behind. Thread: blocks.
-public func runRestore(source: DescriptorSource, options: RestoreOptions, progress: TransferProgress = TransferProgress()) throws(TenureError)
+public func runRestore(source: any ByteSource, options: RestoreOptions, progress: TransferProgress = TransferProgress()) throws(TenureError)
     -> RestoreSummary
 {
     guard let target = options.target["dbname"], !target.isEmpty else {
@@ -72,6 +77,23 @@ public func runRestore(source: DescriptorSource, options: RestoreOptions, progre
         if created { dropQuietly(temporary, admin: admin, parameters: options.target) }
         throw error
     }
+}
+
+/// Restores a native archive into an existing, empty database (`options.target` names it)
+/// with no database-level steps: the upgrade service creates the database and its role, and
+/// connects as that role. The caller drops the database if this fails. Thread: blocks.
+public func runRestoreIntoExistingDatabase(source: any ByteSource, options: RestoreOptions, progress: TransferProgress = TransferProgress())
+    throws(TenureError) -> RestoreSummary
+{
+    guard let target = options.target["dbname"], !target.isEmpty else {
+        throw TenureError(.invalidRequest, "the restore target must name the database")
+    }
+    let restore = Restore(options: options, temporary: target, progress: progress) { (encoding) throws(TenureError) in
+        guard encoding.uppercased() == "UTF8" else {
+            throw TenureError(.uploadRejected, "the archive's database encoding is \(printable(encoding)); only UTF8 archives can be uploaded")
+        }
+    }
+    return try restore.run(source: source)
 }
 
 /// A connection to the target server's maintenance database.
@@ -116,7 +138,7 @@ final class Restore {
     func connect() throws(TenureError) -> PostgresConnection {
         let connection = try PostgresConnection(parameters, applicationName: "tenure-restore")
         try connection.execute(
-            "SET search_path = pg_catalog; SET statement_timeout = 0; SET maintenance_work_mem = '\(options.maintenanceWorkMemory)'; SET synchronous_commit = off")
+            "SET search_path = pg_catalog; SET statement_timeout = \(options.statementTimeoutMilliseconds); SET maintenance_work_mem = '\(options.maintenanceWorkMemory)'; SET synchronous_commit = off")
         return connection
     }
 
@@ -127,7 +149,7 @@ final class Restore {
         if timing { FileHandle.standardError.write(Data(String(format: "restore %.2f s: %@\n", Date().timeIntervalSince(started), phase).utf8)) }
     }
 
-    func run(source: DescriptorSource) throws(TenureError) -> RestoreSummary {
+    func run(source: any ByteSource) throws(TenureError) -> RestoreSummary {
         let reader = ArchiveReader(source: source, limits: options.limits)
         var main: PostgresConnection?
         defer { main?.close() }
@@ -203,7 +225,7 @@ final class Restore {
                     _ = try checkSignature(value, key: options.key)
                     manifest = value
                     if let postData {
-                        try runPostData(stripRestrictLines(postData, key: restrictKey), tables: tables)
+                        try runPostData(try filtered(stripRestrictLines(postData, key: restrictKey), section: "post-data schema"), tables: tables)
                         mark("post-data done")
                     }
                 }
@@ -249,9 +271,15 @@ final class Restore {
     /// Runs a schema script through libpq: pg_dump's `\restrict` lines (with the archive's
     /// key) are removed; anything else psql-specific is a syntax error on the server.
     func execute(_ script: String, restrictKey: String?, section: String, on connection: PostgresConnection) throws(TenureError) {
-        do { try connection.execute(stripRestrictLines(script, key: restrictKey)) } catch {
+        let text = try filtered(stripRestrictLines(script, key: restrictKey), section: section)
+        do { try connection.execute(text) } catch {
             throw TenureError(error.code, "restoring the \(section) failed: \(error.message)", context: error.context, sqlState: error.sqlState)
         }
+    }
+
+    func filtered(_ script: String, section: String) throws(TenureError) -> String {
+        guard let filter = options.schemaFilter else { return script }
+        return try filter(script, section)
     }
 
     func startLoaders(
@@ -262,6 +290,7 @@ final class Restore {
         let parameters = self.parameters
         let limits = options.limits
         let memory = options.maintenanceWorkMemory
+        let timeout = options.statementTimeoutMilliseconds
         let progress = self.progress
         let freeze = options.freezeSmallTables
         let freezeBytes = options.freezeTableBytes
@@ -270,7 +299,7 @@ final class Restore {
                 do throws(TenureError) {
                     let connection = try PostgresConnection(parameters, applicationName: "tenure-restore-worker")
                     defer { connection.close() }
-                    try connection.execute("SET search_path = pg_catalog; SET statement_timeout = 0; SET maintenance_work_mem = '\(memory)'; SET synchronous_commit = off")
+                    try connection.execute("SET search_path = pg_catalog; SET statement_timeout = \(timeout); SET maintenance_work_mem = '\(memory)'; SET synchronous_commit = off")
                     let decompressor = FrameDecompressor()
                     var truncated = Set<Int>()
                     if freeze { try connection.execute("BEGIN") }

@@ -67,7 +67,7 @@ public final class TarReader {
         public var offset: Int64
     }
 
-    let source: DescriptorSource
+    let source: any ByteSource
     let maximumMemberBytes: Int
     private var block = [UInt8](repeating: 0, count: TarWriter.blockSize)
     public private(set) var reachedEnd = false
@@ -78,7 +78,7 @@ public final class TarReader {
         lastName.map { "after member '\($0)'" } ?? "before its first member"
     }
 
-    public init(source: DescriptorSource, maximumMemberBytes: Int) {
+    public init(source: any ByteSource, maximumMemberBytes: Int) {
         self.source = source
         self.maximumMemberBytes = maximumMemberBytes
     }

@@ -196,7 +196,7 @@ public final class PostgresConnection {
             throw TenureError(
                 brokenConnection ? .serverUnreachable : .postgres,
                 "PostgreSQL at \(parameters.shortDescription) refused the statement: \(primary)\(sqlState.map { " (SQLSTATE \($0))" } ?? "")",
-                context: ["server": parameters.shortDescription], sqlState: sqlState)
+                context: ["server": parameters.shortDescription, "postgres_message": primary], sqlState: sqlState)
         }
     }
 

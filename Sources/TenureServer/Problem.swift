@@ -42,10 +42,10 @@ struct Problem {
         switch code {
         case .invalidRequest, .invalidID, .invalidName, .invalidConfiguration, .confirmationMismatch: return .badRequest
         case .bodyTooLarge: return .contentTooLarge
-        case .idempotencyMismatch: return .unprocessableContent
+        case .idempotencyMismatch, .uploadRejected: return .unprocessableContent
         case .preconditionFailed: return .preconditionFailed
         case .rangeNotSatisfiable: return .rangeNotSatisfiable
-        case .routeNotFound, .databaseNotFound, .serverNotFound, .backupNotFound, .apiKeyNotFound, .jobNotFound: return .notFound
+        case .routeNotFound, .databaseNotFound, .serverNotFound, .backupNotFound, .apiKeyNotFound, .jobNotFound, .uploadNotFound: return .notFound
         case .methodNotAllowed: return .methodNotAllowed
         case .unauthorized: return .unauthorized
         case .forbidden: return .forbidden

@@ -124,3 +124,50 @@ extension Zstd {
     }
 }
 
+
+/// Decompresses a zstd stream (one or more frames) as it arrives, in pieces of any size.
+/// `finish` fails unless the last frame ended, so a truncated stream is never taken whole.
+public final class StreamDecompressor {
+    private let context: OpaquePointer
+    private let chunk = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 17, alignment: 16)
+    /// True between frames (nothing fed yet, or the last frame ended).
+    private var atFrameBoundary = true
+    public private(set) var outputByteCount: Int64 = 0
+    public let what: String
+
+    public init(what: String) {
+        guard let context = ZSTD_createDCtx() else { fatalError("zstd: out of memory") }
+        self.context = context
+        self.what = what
+    }
+
+    deinit {
+        ZSTD_freeDCtx(context)
+        chunk.deallocate()
+    }
+
+    /// Feeds compressed bytes; `output` receives the decompressed bytes they complete.
+    public func feed(_ input: UnsafeRawBufferPointer, output: (UnsafeRawBufferPointer) throws(TenureError) -> Void) throws(TenureError) {
+        guard input.count > 0 else { return }
+        var source = ZSTD_inBuffer(src: input.baseAddress, size: input.count, pos: 0)
+        while true {
+            var out = ZSTD_outBuffer(dst: chunk.baseAddress, size: chunk.count, pos: 0)
+            let remaining = ZSTD_decompressStream(context, &out, &source)
+            if ZSTD_isError(remaining) != 0 {
+                throw TenureError(.invalidRequest, "\(what): corrupt zstd data (\(String(cString: ZSTD_getErrorName(remaining))))")
+            }
+            atFrameBoundary = remaining == 0
+            if out.pos > 0 {
+                outputByteCount += Int64(out.pos)
+                try output(UnsafeRawBufferPointer(start: chunk.baseAddress, count: out.pos))
+            }
+            // All input consumed and the output buffer not full: nothing more to flush now.
+            if source.pos == source.size && out.pos < out.size { break }
+        }
+    }
+
+    /// The end of the compressed stream.
+    public func finish() throws(TenureError) {
+        guard atFrameBoundary else { throw TenureError(.invalidRequest, "\(what): truncated zstd stream (the last frame has no end)") }
+    }
+}

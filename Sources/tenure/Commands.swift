@@ -35,7 +35,7 @@ struct Tenure: AsyncParsableCommand {
             """,
         subcommands: [
             Migrate.self, ServerCommand.self, DatabaseCommand.self, AuditCommand.self, Expire.self, Serve.self, ConfigCommand.self,
-            BackupCommand.self, RestoreCommand.self, VerifyCommand.self, APIKeyCommand.self,
+            BackupCommand.self, RestoreCommand.self, VerifyCommand.self, APIKeyCommand.self, UploadCommand.self,
         ]
     )
 }
@@ -291,7 +291,7 @@ struct AuditCommand: ParsableCommand {
 
 struct Expire: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Run the expiry sweep: end trials past their end, destroy deactivated databases past their grace.",
+        abstract: "Run the expiry sweep: end trials past their end, destroy deactivated databases past their grace and uploads past their hold.",
         discussion: """
             --dry-run lists exactly what a real sweep would do, with the rule and deadline of each; with --as-of it answers for \
             that instant. A real sweep always runs at the current time. A sweep that would destroy more than \
@@ -311,7 +311,7 @@ struct Expire: ParsableCommand {
             try Session.with(options) { (session) throws(TenureError) in
                 let report = try session.controller.sweep(dryRun: dryRun, asOf: asOf)
                 output.emit(json: sweepDocument(report)) { sweepText(report) }
-                refused = report.refusal != nil || report.plan.refusal != nil
+                refused = report.refusal != nil || report.plan.refusal != nil || report.uploadPlan.refusal != nil
             }
         }
         // Exit only after the session closed (it may own the embedded server).
@@ -343,6 +343,23 @@ func sweepText(_ report: SweepReport) -> String {
                 }))
     }
     if let refusal = report.plan.refusal { lines.append("destruction refused: \(refusal)") }
+    if !report.uploadPlan.items.isEmpty {
+        lines.append("uploads whose hold ended:")
+        lines.append(
+            table(
+                ["ID", "ACTION", "HOLD ENDED", "OUTCOME"],
+                zip(report.uploadPlan.items, report.uploadOutcomes).map { item, outcome in
+                    let text: String
+                    switch outcome {
+                    case .planned: text = "planned"
+                    case .done: text = "done"
+                    case .skipped(let why): text = "skipped: \(why)"
+                    case .refused(let why): text = "refused: \(why)"
+                    }
+                    return [item.id.rawValue, item.decision.rawValue, RFC3339.format(item.deadline), text]
+                }))
+    }
+    if let refusal = report.uploadPlan.refusal { lines.append("upload destruction refused: \(refusal)") }
     for action in report.recovered { lines.append("recovered \(action.databaseID): \(action.outcome)") }
     return lines.joined(separator: "\n")
 }

@@ -1,0 +1,293 @@
+import Foundation
+import TenureCore
+
+/// What the lexer hands on: whole statements (with the comments and blank lines before
+/// them), and for `COPY ... FROM stdin` the data lines that follow up to `\.`.
+public enum SQLEvent {
+    case statement(String, line: Int)
+    /// Complete data lines (each with its newline) of the COPY just started.
+    case copyData([UInt8])
+    case copyEnd
+}
+
+/// Splits a stream of plain SQL into statements the way the server's lexer sees them:
+/// single-quoted strings (with `E''` backslash escapes), quoted identifiers, dollar quotes,
+/// `--` and nested `/* */` comments; after a `COPY ... FROM stdin` statement, data lines up
+/// to the `\.` line. Streaming: bytes go in as they arrive, events come out as soon as they
+/// are complete; memory is bounded by the longest statement.
+///
+/// psql meta-commands never run: any backslash outside a literal, a comment or COPY data is
+/// refused, except pg_dump's own `\restrict KEY` and `\unrestrict KEY` lines, which are
+/// dropped. A quoted name containing a newline is refused (CVE-2025-8715). NUL bytes and
+/// invalid UTF-8 are refused. Thread: one lexer per stream.
+public final class SQLLexer {
+    enum Mode: Equatable {
+        case normal
+        case singleQuote(escapes: Bool)
+        case doubleQuote
+        case dollarQuote
+        case lineComment
+        case blockComment(depth: Int)
+        case backslashLine
+        case copyData
+    }
+
+    public let maximumStatementBytes: Int
+    private var mode = Mode.normal
+    private var statement: [UInt8] = []
+    /// True once the statement has something other than whitespace and comments.
+    private var significant = false
+    private var statementLine = 1
+    private var dollarTag: [UInt8] = []
+    private var backslash: [UInt8] = []
+    private var copyBuffer: [UInt8] = []
+    private var copyLine: [UInt8] = []
+    private var pendingCopy = false
+    /// After a COPY statement's `;`, the rest of that line (whitespace only) is skipped.
+    private var skippingToLineEnd = false
+    private var previous: UInt8 = 0x0A
+    /// Set by a step that reset `previous` (so "*/*" or "\\'" are not read twice).
+    private var keepPrevious = false
+    /// A '-' or '/' that may open a comment; significant if it does not.
+    private var maybeSignificant = false
+    private var dollarStart = 0
+    private var lastStringEscapes = false
+    private var line = 1
+    private var utf8Pending = 0
+    public private(set) var byteCount: Int64 = 0
+
+    public init(maximumStatementBytes: Int = 64 << 20) {
+        self.maximumStatementBytes = maximumStatementBytes
+    }
+
+    func reject(_ why: String) -> TenureError {
+        TenureError(.uploadRejected, "line \(line): \(why)", context: ["line": String(line)])
+    }
+
+    /// Feeds bytes; `emit` receives every event completed by them.
+    public func feed(_ bytes: UnsafeRawBufferPointer, emit: (SQLEvent) throws(TenureError) -> Void) throws(TenureError) {
+        for byte in bytes {
+            byteCount += 1
+            try checkEncoding(byte)
+            keepPrevious = false
+            try step(byte, emit: emit)
+            if byte == 0x0A { line += 1 }
+            if !keepPrevious { previous = byte }
+        }
+        if mode == .copyData, copyBuffer.count >= 1 << 20 {
+            try emit(.copyData(copyBuffer))
+            copyBuffer.removeAll(keepingCapacity: true)
+        }
+    }
+
+    /// The end of the stream: anything unfinished means the upload was cut short.
+    public func finish(emit: (SQLEvent) throws(TenureError) -> Void) throws(TenureError) {
+        guard utf8Pending == 0 else { throw reject("the input ends inside a UTF-8 character (truncated)") }
+        switch mode {
+        case .normal:
+            if significant { throw reject("the input ends inside a statement with no closing ';' (truncated)") }
+        case .lineComment:
+            if significant { throw reject("the input ends inside a statement with no closing ';' (truncated)") }
+        case .singleQuote: throw reject("the input ends inside a quoted string (truncated)")
+        case .doubleQuote: throw reject("the input ends inside a quoted name (truncated)")
+        case .dollarQuote: throw reject("the input ends inside a dollar-quoted string (truncated)")
+        case .blockComment: throw reject("the input ends inside a /* comment */ (truncated)")
+        case .backslashLine: try endBackslashLine()
+        case .copyData: throw reject("the input ends inside COPY data, before its \\. line (truncated)")
+        }
+    }
+
+    private func checkEncoding(_ byte: UInt8) throws(TenureError) {
+        if byte == 0 { throw reject("a NUL byte; this is not a SQL text file") }
+        if utf8Pending > 0 {
+            guard byte & 0xC0 == 0x80 else { throw reject("invalid UTF-8; this is not a UTF-8 SQL text file") }
+            utf8Pending -= 1
+            return
+        }
+        switch byte {
+        case 0x00...0x7F: break
+        case 0xC2...0xDF: utf8Pending = 1
+        case 0xE0...0xEF: utf8Pending = 2
+        case 0xF0...0xF4: utf8Pending = 3
+        default: throw reject("invalid UTF-8; this is not a UTF-8 SQL text file")
+        }
+    }
+
+    private func append(_ byte: UInt8) throws(TenureError) {
+        statement.append(byte)
+        if statement.count > maximumStatementBytes {
+            throw reject("a statement longer than \(maximumStatementBytes) bytes")
+        }
+    }
+
+    private static func isIdentifier(_ byte: UInt8) -> Bool {
+        (byte >= 0x61 && byte <= 0x7A) || (byte >= 0x41 && byte <= 0x5A) || (byte >= 0x30 && byte <= 0x39) || byte == 0x5F || byte >= 0x80
+            || byte == 0x24
+    }
+
+    private func step(_ byte: UInt8, emit: (SQLEvent) throws(TenureError) -> Void) throws(TenureError) {
+        switch mode {
+        case .copyData:
+            if skippingToLineEnd {
+                if byte == 0x0A {
+                    skippingToLineEnd = false
+                } else if byte != 0x20 && byte != 0x09 && byte != 0x0D {
+                    throw reject("COPY data must start on the line after the COPY statement")
+                }
+                return
+            }
+            copyLine.append(byte)
+            guard byte == 0x0A else { return }
+            if copyLine == [0x5C, 0x2E, 0x0A] || copyLine == [0x5C, 0x2E, 0x0D, 0x0A] {
+                if !copyBuffer.isEmpty { try emit(.copyData(copyBuffer)) }
+                copyBuffer.removeAll(keepingCapacity: true)
+                copyLine.removeAll(keepingCapacity: true)
+                try emit(.copyEnd)
+                mode = .normal
+                statementLine = line + 1
+            } else {
+                copyBuffer.append(contentsOf: copyLine)
+                copyLine.removeAll(keepingCapacity: true)
+            }
+        case .backslashLine:
+            if byte == 0x0A {
+                try endBackslashLine()
+            } else {
+                backslash.append(byte)
+                if backslash.count > 200 { throw reject("a backslash command; psql meta-commands are not allowed in an upload") }
+            }
+        case .lineComment:
+            try append(byte)
+            if byte == 0x0A { mode = .normal }
+        case .blockComment(let depth):
+            try append(byte)
+            if byte == 0x2F && previous == 0x2A {  // */
+                mode = depth == 1 ? .normal : .blockComment(depth: depth - 1)
+                previous = 0  // so that "*/*" does not open a new comment
+                keepPrevious = true
+            } else if byte == 0x2A && previous == 0x2F {
+                mode = .blockComment(depth: depth + 1)
+                previous = 0
+                keepPrevious = true
+            }
+        case .singleQuote(let escapes):
+            try append(byte)
+            if escapes && byte == 0x5C && previous == 0x5C {
+                previous = 0  // an escaped backslash escapes nothing after it
+                keepPrevious = true
+                return
+            }
+            if byte == 0x27 && !(escapes && previous == 0x5C) {
+                // '' inside a string is an escaped quote: stay in the string; the lexer sees
+                // the second quote as opening a new string, which is the same thing.
+                mode = .normal
+            }
+        case .doubleQuote:
+            if byte == 0x0A || byte == 0x0D {
+                throw reject("a quoted name contains a line break; object names with newlines are refused (CVE-2025-8715)")
+            }
+            try append(byte)
+            if byte == 0x22 { mode = .normal }
+        case .dollarQuote:
+            try append(byte)
+            if byte == 0x24, statement.count - dollarStart >= dollarTag.count, statement.suffix(dollarTag.count).elementsEqual(dollarTag) {
+                mode = .normal
+                previous = 0
+                keepPrevious = true
+            }
+        case .normal:
+            try normal(byte, emit: emit)
+        }
+    }
+
+    private func normal(_ byte: UInt8, emit: (SQLEvent) throws(TenureError) -> Void) throws(TenureError) {
+        let opensComment = (byte == 0x2D && previous == 0x2D && statement.last == 0x2D) || (byte == 0x2A && previous == 0x2F && statement.last == 0x2F)
+        if opensComment {
+            try append(byte)
+            mode = byte == 0x2D ? .lineComment : .blockComment(depth: 1)
+            maybeSignificant = false
+            return
+        }
+        if maybeSignificant {
+            significant = true
+            maybeSignificant = false
+        }
+        switch byte {
+        case 0x5C:  // backslash outside any literal: a psql meta-command
+            guard !significant else {
+                throw reject("a backslash outside a string (a psql meta-command); psql meta-commands are not allowed in an upload")
+            }
+            mode = .backslashLine
+            backslash = [byte]
+        case 0x27:
+            try append(byte)
+            let count = statement.count
+            let prefix = count >= 2 ? statement[count - 2] : 0
+            let before = count >= 3 ? statement[count - 3] : 0
+            // 'a''b' continues the same string, with the same escape rules.
+            let escapes = prefix == 0x27 ? lastStringEscapes : (prefix == 0x45 || prefix == 0x65) && !Self.isIdentifier(before)
+            lastStringEscapes = escapes
+            mode = .singleQuote(escapes: escapes)
+            significant = true
+        case 0x22:
+            try append(byte)
+            mode = .doubleQuote
+            significant = true
+        case 0x24:
+            try append(byte)
+            significant = true
+            // $tag$ opens a dollar quote unless the $ ends an identifier (a$b$) or a
+            // parameter ($1); the tag is identifier characters not starting with a digit.
+            if let open = statement.dropLast().lastIndex(of: 0x24) {
+                let tag = statement[(open + 1)..<(statement.count - 1)]
+                let before = open > statement.startIndex ? statement[open - 1] : 0
+                let tagValid = tag.allSatisfy { Self.isIdentifier($0) && $0 != 0x24 } && !(tag.first.map { $0 >= 0x30 && $0 <= 0x39 } ?? false)
+                if tagValid && !Self.isIdentifier(before) {
+                    dollarTag = Array(statement[open...])
+                    dollarStart = statement.count
+                    mode = .dollarQuote
+                }
+            }
+        case 0x3B:  // ;
+            try append(byte)
+            let text = String(decoding: statement, as: UTF8.self)
+            statement.removeAll(keepingCapacity: true)
+            significant = false
+            let start = statementLine
+            statementLine = line
+            try emit(.statement(text, line: start))
+            if pendingCopy {
+                pendingCopy = false
+                mode = .copyData
+                skippingToLineEnd = true
+            }
+        case 0x20, 0x09, 0x0A, 0x0D:
+            if !significant && byte == 0x0A { statementLine = line + 1 }
+            try append(byte)
+        case 0x2D, 0x2F:
+            try append(byte)
+            maybeSignificant = true
+        default:
+            try append(byte)
+            significant = true
+        }
+    }
+
+    /// The lexer marks the COPY it just emitted as reading data lines next.
+    public func expectCopyData() { pendingCopy = true }
+
+    private func endBackslashLine() throws(TenureError) {
+        mode = .normal
+        var text = String(decoding: backslash, as: UTF8.self)
+        if text.hasSuffix("\r") { text.removeLast() }
+        let parts = text.split(separator: " ", omittingEmptySubsequences: true)
+        if parts.count == 2, parts[0] == "\\restrict" || parts[0] == "\\unrestrict",
+            parts[1].allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber) })
+        {
+            backslash.removeAll()
+            return
+        }
+        let command = String(parts.first ?? "\\")
+        throw reject("the psql meta-command '\(printable(command, limit: 20))'; psql meta-commands are not allowed in an upload (only pg_dump's \\restrict lines)")
+    }
+}

@@ -1,0 +1,428 @@
+import Foundation
+import TenureCore
+import TenurePQ
+import TenureZstd
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Limits on one upload, enforced while it streams in.
+public struct UploadLimits: Sendable, Equatable {
+    /// Bytes received (the upload as sent).
+    public var maximumBytes: Int64 = 10 << 30
+    /// Bytes after decompression (SQL text, or archive data).
+    public var maximumDecompressedBytes: Int64 = 50 << 30
+    /// Decompressed / received, checked once more than 16 MiB came out (a zip bomb).
+    public var maximumRatio: Double = 100
+    /// Longest a single statement of the upload (or of an upgrade script) may run.
+    public var statementTimeout: Duration = .seconds(900)
+    /// Most objects (CREATE statements, or relations and functions in the result).
+    public var maximumObjects = 100_000
+
+    public init() {}
+}
+
+/// The formats an upload may have, told apart by their first bytes.
+public enum UploadFormat: String, Sendable, CaseIterable {
+    case tenure
+    case pgDumpCustom = "pg_dump-custom"
+    case sql
+    case sqlZst = "sql.zst"
+
+    /// Recognizes a format from the first bytes (up to 512) of an upload.
+    public static func detect(_ head: [UInt8]) throws(TenureError) -> UploadFormat {
+        if head.isEmpty { throw TenureError(.uploadRejected, "the upload is empty") }
+        if head.starts(with: Array("PGDMP".utf8)) { return .pgDumpCustom }
+        if head.starts(with: [0x28, 0xB5, 0x2F, 0xFD]) { return .sqlZst }
+        if head.count >= 262, Array(head[257..<262]) == Array("ustar".utf8) { return .tenure }
+        if head.starts(with: [0x1F, 0x8B]) {
+            throw TenureError(.uploadRejected, "gzip-compressed uploads are not accepted; send the file uncompressed or compressed with zstd (.sql.zst)")
+        }
+        // Plain SQL: UTF-8 text without NUL bytes (a cut multi-byte character at the end of
+        // the peeked bytes is fine).
+        let text = head.count == 512 ? Array(head.prefix(508)) : head
+        if !text.contains(0), String(validating: text, as: UTF8.self) != nil || text.count >= 508 && isMostlyText(text) {
+            return .sql
+        }
+        throw TenureError(
+            .uploadRejected,
+            "the upload is not a recognized format: expected a Tenure archive (.tenure), a pg_dump custom-format archive, plain SQL (.sql) or zstd-compressed SQL (.sql.zst)"
+        )
+    }
+
+    static func isMostlyText(_ bytes: [UInt8]) -> Bool {
+        for end in stride(from: bytes.count, to: max(bytes.count - 4, 0), by: -1) where String(validating: bytes[0..<end], as: UTF8.self) != nil {
+            return true
+        }
+        return false
+    }
+}
+
+/// What an upload put into its database.
+public struct UploadImportSummary: Sendable {
+    public var format: UploadFormat
+    public var byteCount: Int64
+    public var decompressedByteCount: Int64
+    public var statementCount: Int64
+    public var skippedCount: Int64
+}
+
+/// Replays the first bytes read for format detection, then counts and limits the rest.
+final class UploadSource: ByteSource {
+    let inner: any ByteSource
+    let limits: UploadLimits
+    var head: [UInt8] = []
+    var headOffset = 0
+    private(set) var byteCount: Int64 = 0
+    /// The decompressed byte count so far (set by whoever decompresses).
+    var decompressed: () -> Int64 = { 0 }
+    var what: String { inner.what }
+
+    init(_ inner: any ByteSource, limits: UploadLimits) {
+        self.inner = inner
+        self.limits = limits
+    }
+
+    func peek() throws(TenureError) -> [UInt8] {
+        var buffer = [UInt8](repeating: 0, count: 512)
+        let count = try buffer.withMutableBytes { (raw) throws(TenureError) in try inner.readFully(into: raw) }
+        head = Array(buffer.prefix(count))
+        return head
+    }
+
+    func read(into buffer: UnsafeMutableRawBufferPointer) throws(TenureError) -> Int {
+        try checkDecompressed()
+        var count: Int
+        if headOffset < head.count {
+            count = min(buffer.count, head.count - headOffset)
+            head.withUnsafeBytes { UnsafeMutableRawBufferPointer(rebasing: buffer[0..<count]).copyMemory(from: UnsafeRawBufferPointer(rebasing: $0[headOffset..<(headOffset + count)])) }
+            headOffset += count
+        } else {
+            count = try inner.read(into: buffer)
+        }
+        byteCount += Int64(count)
+        if byteCount > limits.maximumBytes {
+            throw TenureError(
+                .bodyTooLarge, "the upload is larger than the limit of \(limits.maximumBytes) bytes (TENURE_UPLOAD_MAX_BYTES)",
+                context: ["limit": String(limits.maximumBytes)])
+        }
+        return count
+    }
+
+    func checkDecompressed() throws(TenureError) {
+        let produced = decompressed()
+        if produced > limits.maximumDecompressedBytes {
+            throw TenureError(
+                .uploadRejected, "the upload decompresses to more than the limit of \(limits.maximumDecompressedBytes) bytes (TENURE_UPLOAD_MAX_DECOMPRESSED_BYTES)")
+        }
+        if produced > 16 << 20, Double(produced) > Double(max(byteCount, 1)) * limits.maximumRatio {
+            throw TenureError(
+                .uploadRejected,
+                "the upload decompresses more than \(Int(limits.maximumRatio)) times its size (\(byteCount) bytes in, \(produced) out; TENURE_UPLOAD_MAX_RATIO): refused as a decompression bomb"
+            )
+        }
+    }
+}
+
+/// Runs plain SQL, statement by statement, on a session of the upload's role: uploaded SQL
+/// under the statement policy, upgrade scripts (`policy: false`) as they are.
+public final class StatementRunner {
+    let connection: PostgresConnection
+    let lexer: SQLLexer
+    let limits: UploadLimits
+    let policy: Bool
+    var statements: Int64 = 0
+    var skipped: Int64 = 0
+    var creates = 0
+    var copyRows = 0
+    var inCopy = false
+    var copyLine = 0
+
+    public init(connection: PostgresConnection, lexer: SQLLexer, limits: UploadLimits, policy: Bool = true) {
+        self.connection = connection
+        self.lexer = lexer
+        self.limits = limits
+        self.policy = policy
+    }
+
+    func failure(_ error: TenureError, line: Int) -> TenureError {
+        let message = error.context["postgres_message"] ?? error.message
+        if error.sqlState == "57014" {
+            return TenureError(
+                .uploadRejected,
+                "line \(line): a statement ran longer than the limit of \(PolicyDuration.format(limits.statementTimeout)) (TENURE_UPLOAD_STATEMENT_TIMEOUT) and was cancelled",
+                context: ["line": String(line)], sqlState: error.sqlState)
+        }
+        if error.code == .serverUnreachable { return error }
+        return TenureError(
+            .uploadRejected, "line \(line): PostgreSQL refused the statement: \(message)\(error.sqlState.map { " (SQLSTATE \($0))" } ?? "")",
+            context: ["line": String(line)], sqlState: error.sqlState)
+    }
+
+    public func handle(_ event: SQLEvent) throws(TenureError) {
+        switch event {
+        case .statement(let text, let line):
+            var decision = UploadStatementPolicy.decide(text)
+            if !policy, decision != .copyIn { decision = .run }
+            switch decision {
+            case .reject(let why):
+                throw TenureError(.uploadRejected, "line \(line): \(why)", context: ["line": String(line)])
+            case .skip:
+                skipped += 1
+            case .run:
+                statements += 1
+                if UploadStatementPolicy.tokens(text, limit: 1).first == "CREATE" {
+                    creates += 1
+                    if creates > limits.maximumObjects {
+                        throw TenureError(.uploadRejected, "the upload creates more than \(limits.maximumObjects) objects (TENURE_UPLOAD_MAX_OBJECTS)")
+                    }
+                }
+                do { try connection.query(text) } catch { throw failure(error, line: line) }
+            case .copyIn:
+                statements += 1
+                do { try connection.beginCopyIn(text) } catch { throw failure(error, line: line) }
+                lexer.expectCopyData()
+                inCopy = true
+                copyLine = line
+            }
+        case .copyData(let bytes):
+            do { try bytes.withBytes { (raw) throws(TenureError) in try connection.copyData(raw) } } catch { throw failure(error, line: copyLine) }
+        case .copyEnd:
+            inCopy = false
+            do { copyRows += try connection.endCopy() } catch { throw failure(error, line: copyLine) }
+        }
+    }
+}
+
+/// Restores an upload into an existing empty database, connected as the upload's role
+/// (`target`), whatever its format: a Tenure archive through the engine's restore with the
+/// statement policy on its schema; pg_dump custom format turned into SQL by `pg_restore -f -`
+/// (a converter that connects nowhere) and then run like plain SQL; plain SQL, optionally
+/// zstd-compressed, split by `SQLLexer`. Every statement runs through libpq, never psql.
+public struct UploadImporter {
+    public var target: ConnectionParameters
+    public var jobs: Int
+    public var limits: UploadLimits
+    public var pgRestorePath: String
+
+    public init(target: ConnectionParameters, jobs: Int, limits: UploadLimits, pgRestorePath: String) {
+        self.target = target
+        self.jobs = jobs
+        self.limits = limits
+        self.pgRestorePath = pgRestorePath
+    }
+
+    public func run(source input: any ByteSource, progress: TransferProgress = TransferProgress()) throws(TenureError) -> UploadImportSummary {
+        let source = UploadSource(input, limits: limits)
+        let format = try UploadFormat.detect(try source.peek())
+        var summary = UploadImportSummary(format: format, byteCount: 0, decompressedByteCount: 0, statementCount: 0, skippedCount: 0)
+        switch format {
+        case .tenure:
+            let counter = Locked<(statements: Int64, skipped: Int64)>((0, 0))
+            var options = RestoreOptions(target: target, jobs: jobs)
+            options.grantPublicConnect = false
+            // No server-side statement_timeout: it would also cut long COPY loads; the
+            // controller's watchdog cancels statements past the limit instead.
+            var engineLimits = EngineLimits()
+            engineLimits.maximumMemberCount = min(engineLimits.maximumMemberCount, max(limits.maximumObjects * 4, 1000))
+            options.limits = engineLimits
+            options.schemaFilter = { script, section throws(TenureError) in
+                let result = try UploadStatementPolicy.filterScript(script, section: section)
+                counter.withLock {
+                    $0.statements += Int64(result.statements - result.skipped)
+                    $0.skipped += Int64(result.skipped)
+                }
+                return result.script
+            }
+            source.decompressed = { progress.rawBytes.load(ordering: .relaxed) }
+            let restored: RestoreSummary
+            do { restored = try runRestoreIntoExistingDatabase(source: source, options: options, progress: progress) } catch {
+                throw Self.asRejection(error)
+            }
+            if restored.tableCount > limits.maximumObjects {
+                throw TenureError(.uploadRejected, "the archive has more than \(limits.maximumObjects) tables (TENURE_UPLOAD_MAX_OBJECTS)")
+            }
+            let counts = counter.withLock { $0 }
+            summary.statementCount = counts.statements
+            summary.skippedCount = counts.skipped
+            summary.decompressedByteCount = progress.rawBytes.load(ordering: .relaxed)
+        case .sql, .sqlZst, .pgDumpCustom:
+            let connection = try PostgresConnection(target, applicationName: "tenure-upload")
+            defer { connection.close() }
+            let lexer = SQLLexer()
+            let runner = StatementRunner(connection: connection, lexer: lexer, limits: limits)
+            let emit: (SQLEvent) throws(TenureError) -> Void = { event throws(TenureError) in try runner.handle(event) }
+            var produced: Int64 = 0
+            let text: (UnsafeRawBufferPointer) throws(TenureError) -> Void = { bytes throws(TenureError) in
+                produced += Int64(bytes.count)
+                progress.rawBytes.add(Int64(bytes.count), ordering: .relaxed)
+                try lexer.feed(bytes, emit: emit)
+                if progress.isCancelled { throw TenureError(.cancelled, "the upload was cancelled; nothing was kept") }
+            }
+            source.decompressed = { produced }
+            switch format {
+            case .sql:
+                try pump(source) { (bytes) throws(TenureError) in try text(bytes) }
+            case .sqlZst:
+                let decompressor = StreamDecompressor(what: "the upload (zstd)")
+                do throws(TenureError) {
+                    try pump(source) { (bytes) throws(TenureError) in try decompressor.feed(bytes, output: text) }
+                    try decompressor.finish()
+                } catch {
+                    throw Self.asRejection(error)
+                }
+            case .pgDumpCustom:
+                try PgRestoreConverter(path: pgRestorePath).convert(source: source, output: text)
+            case .tenure:
+                preconditionFailure()
+            }
+            try lexer.finish(emit: emit)
+            summary.statementCount = runner.statements
+            summary.skippedCount = runner.skipped
+            summary.decompressedByteCount = produced
+        }
+        summary.byteCount = source.byteCount
+        progress.compressedBytes.store(source.byteCount, ordering: .relaxed)
+        return summary
+    }
+
+    /// Reads `source` to its end in 256 KiB pieces.
+    func pump(_ source: any ByteSource, _ body: (UnsafeRawBufferPointer) throws(TenureError) -> Void) throws(TenureError) {
+        var buffer = [UInt8](repeating: 0, count: 256 << 10)
+        while true {
+            let count = try buffer.withMutableBytes { (raw) throws(TenureError) in try source.read(into: raw) }
+            if count == 0 { return }
+            try buffer.withBytes { (raw) throws(TenureError) in try body(UnsafeRawBufferPointer(rebasing: raw[0..<count])) }
+        }
+    }
+
+    /// A bad archive is the upload's fault: reported as a rejection with the engine's words.
+    static func asRejection(_ error: TenureError) -> TenureError {
+        switch error.code {
+        case .invalidRequest, .postgres:
+            return TenureError(.uploadRejected, error.message, context: error.context, sqlState: error.sqlState)
+        default:
+            return error
+        }
+    }
+}
+
+/// `pg_restore -f -`: turns a custom-format archive (read from stdin, as it arrives) into a
+/// SQL script on stdout. It connects to no server; its script goes through the lexer and
+/// the statement policy like any uploaded SQL.
+struct PgRestoreConverter {
+    let path: String
+
+    func convert(source: any ByteSource, output: (UnsafeRawBufferPointer) throws(TenureError) -> Void) throws(TenureError) {
+        signal(SIGPIPE, SIG_IGN)
+        var input: [Int32] = [0, 0]
+        var stdoutPipe: [Int32] = [0, 0]
+        var stderrPipe: [Int32] = [0, 0]
+        guard pipe(&input) == 0, pipe(&stdoutPipe) == 0, pipe(&stderrPipe) == 0 else { throw TenureError(.internal, "cannot create pipes for pg_restore") }
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_adddup2(&actions, input[0], 0)
+        posix_spawn_file_actions_adddup2(&actions, stdoutPipe[1], 1)
+        posix_spawn_file_actions_adddup2(&actions, stderrPipe[1], 2)
+        for descriptor in input + stdoutPipe + stderrPipe { posix_spawn_file_actions_addclose(&actions, descriptor) }
+        let arguments = [
+            path, "--no-owner", "--no-privileges", "--no-tablespaces", "--no-security-labels", "--no-subscriptions", "--no-publications", "--file=-",
+        ]
+        let argv = arguments.map { strdup($0) } + [nil]
+        let environment = ["PATH=/usr/bin:/bin", "LC_ALL=C.UTF-8"]
+        let envp = environment.map { strdup($0) } + [nil]
+        defer {
+            argv.forEach { free($0) }
+            envp.forEach { free($0) }
+        }
+        var pid: pid_t = 0
+        let spawned = posix_spawn(&pid, path, &actions, nil, argv, envp)
+        close(input[0])
+        close(stdoutPipe[1])
+        close(stderrPipe[1])
+        guard spawned == 0 else {
+            close(input[1])
+            close(stdoutPipe[0])
+            close(stderrPipe[0])
+            throw TenureError(.internal, "cannot run \(path): \(String(cString: strerror(spawned)))")
+        }
+        // The upload goes to pg_restore's stdin from a thread of its own; stdout and stderr
+        // are read here, so neither side can block the other.
+        let writeFailure = Locked<TenureError?>(nil)
+        let writerDone = DispatchSemaphore(value: 0)
+        let writeDescriptor = input[1]
+        let box = SourceBox(source)
+        Thread {
+            var buffer = [UInt8](repeating: 0, count: 256 << 10)
+            defer {
+                close(writeDescriptor)
+                writerDone.signal()
+            }
+            do throws(TenureError) {
+                while true {
+                    let count = try buffer.withMutableBytes { (raw) throws(TenureError) in try box.source.read(into: raw) }
+                    if count == 0 { return }
+                    var offset = 0
+                    while offset < count {
+                        let written = buffer.withUnsafeBytes { Glibc.write(writeDescriptor, $0.baseAddress! + offset, count - offset) }
+                        if written < 0 {
+                            if errno == EINTR { continue }
+                            return  // pg_restore stopped reading; its exit status says why
+                        }
+                        offset += written
+                    }
+                }
+            } catch {
+                writeFailure.withLock { $0 = error }
+            }
+        }.start()
+        var errors: [UInt8] = []
+        var failure: TenureError?
+        var buffer = [UInt8](repeating: 0, count: 256 << 10)
+        var open = [stdoutPipe[0], stderrPipe[0]]
+        while !open.isEmpty {
+            var descriptors = open.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
+            let ready = poll(&descriptors, nfds_t(descriptors.count), -1)
+            if ready < 0 {
+                if errno == EINTR { continue }
+                break
+            }
+            for entry in descriptors where entry.revents != 0 {
+                let count = buffer.withUnsafeMutableBytes { Glibc.read(entry.fd, $0.baseAddress, $0.count) }
+                if count <= 0 {
+                    open.removeAll { $0 == entry.fd }
+                } else if entry.fd == stdoutPipe[0] {
+                    guard failure == nil else { continue }
+                    do throws(TenureError) {
+                        try buffer.withBytes { (raw) throws(TenureError) in try output(UnsafeRawBufferPointer(rebasing: raw[0..<count])) }
+                    } catch {
+                        failure = error
+                        kill(pid, SIGTERM)
+                    }
+                } else if errors.count < 16_384 {
+                    errors.append(contentsOf: buffer[0..<count])
+                }
+            }
+        }
+        close(stdoutPipe[0])
+        close(stderrPipe[0])
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        writerDone.wait()
+        if let failure { throw failure }
+        if let error = writeFailure.withLock({ $0 }) { throw error }
+        let succeeded = (status & 0x7f) == 0 && ((status >> 8) & 0xff) == 0
+        guard succeeded else {
+            let message = String(decoding: errors, as: UTF8.self).split(separator: "\n").first.map(String.init) ?? "exit status \((status >> 8) & 0xff)"
+            throw TenureError(.uploadRejected, "not a valid pg_dump custom-format archive (truncated or corrupt): \(printable(message, limit: 300))")
+        }
+    }
+}
+
+/// Hands a source to the writer thread (used there alone while the reader waits).
+final class SourceBox: @unchecked Sendable {
+    let source: any ByteSource
+    init(_ source: any ByteSource) { self.source = source }
+}
