@@ -257,6 +257,7 @@ public struct UploadImporter {
             let text: (UnsafeRawBufferPointer) throws(TenureError) -> Void = { bytes throws(TenureError) in
                 produced += Int64(bytes.count)
                 progress.rawBytes.add(Int64(bytes.count), ordering: .relaxed)
+                try source.checkDecompressed()
                 try lexer.feed(bytes, emit: emit)
                 if progress.isCancelled { throw TenureError(.cancelled, "the upload was cancelled; nothing was kept") }
             }

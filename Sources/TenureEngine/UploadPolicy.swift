@@ -118,9 +118,11 @@ public enum UploadStatementPolicy {
             guard let from = words.firstIndex(where: { $0 == "FROM" || $0 == "TO" }) else {
                 return .reject("COPY without FROM stdin is not allowed in an upload")
             }
-            if words[from] == "TO" { return .reject("COPY ... TO is not allowed in an upload (an upload only loads data)") }
             let source = from + 1 < words.count ? words[from + 1] : ""
-            if source == "PROGRAM" { return .reject("COPY ... FROM PROGRAM is not allowed in an upload: nothing runs on the server's machine") }
+            if source == "PROGRAM" {
+                return .reject("COPY ... \(words[from]) PROGRAM is not allowed in an upload: nothing runs on the server's machine")
+            }
+            if words[from] == "TO" { return .reject("COPY ... TO is not allowed in an upload (an upload only loads data)") }
             guard source == "STDIN" else {
                 return .reject("COPY ... FROM a file is not allowed in an upload: only COPY ... FROM stdin with the data inline")
             }
