@@ -426,6 +426,84 @@ let openAPIDocument = #"""
           },
           "recovered": {
             "type": "array"
+          },
+          "uploads": {
+            "type": "object",
+            "description": "Uploads whose hold ended (the upgrade service); the blast-radius cap applies to the uploads' own fleet.",
+            "properties": {
+              "fleet_size": {
+                "type": "integer"
+              },
+              "destroy_count": {
+                "type": "integer"
+              },
+              "destroy_allowance": {
+                "type": "integer"
+              },
+              "refusal": {
+                "type": [
+                  "string",
+                  "null"
+                ]
+              },
+              "items": {
+                "type": "array",
+                "items": {
+                  "type": "object",
+                  "properties": {
+                    "id": {
+                      "type": "string",
+                      "pattern": "^up_[0-9a-hjkmnp-tv-z]{20}$"
+                    },
+                    "rule": {
+                      "type": "string",
+                      "enum": [
+                        "hold_end"
+                      ]
+                    },
+                    "deadline": {
+                      "type": "string",
+                      "format": "date-time"
+                    },
+                    "action": {
+                      "type": "string",
+                      "enum": [
+                        "destroy",
+                        "blocked_by_legal_hold"
+                      ]
+                    },
+                    "outcome": {
+                      "type": "string",
+                      "enum": [
+                        "planned",
+                        "done",
+                        "skipped",
+                        "refused"
+                      ]
+                    },
+                    "why": {
+                      "type": "string"
+                    }
+                  },
+                  "required": [
+                    "id",
+                    "rule",
+                    "deadline",
+                    "action",
+                    "outcome"
+                  ],
+                  "additionalProperties": false
+                }
+              }
+            },
+            "required": [
+              "fleet_size",
+              "destroy_count",
+              "destroy_allowance",
+              "refusal",
+              "items"
+            ],
+            "additionalProperties": false
           }
         },
         "required": [
@@ -435,7 +513,8 @@ let openAPIDocument = #"""
           "destroy_count",
           "destroy_allowance",
           "refusal",
-          "items"
+          "items",
+          "uploads"
         ],
         "additionalProperties": false
       },
@@ -529,7 +608,8 @@ let openAPIDocument = #"""
             "type": "string",
             "enum": [
               "backup",
-              "restore"
+              "restore",
+              "upgrade"
             ]
           },
           "database_id": {
@@ -589,7 +669,7 @@ let openAPIDocument = #"""
               "object",
               "null"
             ],
-            "description": "backup: {backup: Backup}; restore: {database: Database, backup_id}"
+            "description": "backup: {backup: Backup}; restore: {database: Database, backup_id}; upgrade: {upload: Upload}. backup and restore jobs carry database_id, upgrade jobs upload_id."
           },
           "error": {
             "type": [
@@ -604,12 +684,15 @@ let openAPIDocument = #"""
                 "type": "string"
               }
             }
+          },
+          "upload_id": {
+            "type": "string",
+            "pattern": "^up_[0-9a-hjkmnp-tv-z]{20}$"
           }
         },
         "required": [
           "id",
           "kind",
-          "database_id",
           "state",
           "created_at",
           "started_at",
@@ -647,13 +730,251 @@ let openAPIDocument = #"""
           "migrations"
         ],
         "additionalProperties": false
+      },
+      "Upload": {
+        "type": "object",
+        "properties": {
+          "id": {
+            "type": "string",
+            "pattern": "^up_[0-9a-hjkmnp-tv-z]{20}$"
+          },
+          "state": {
+            "type": "string",
+            "enum": [
+              "uploading",
+              "uploaded",
+              "rejected",
+              "upgrading",
+              "upgraded",
+              "upgrade-failed",
+              "destroyed"
+            ]
+          },
+          "name": {
+            "type": "string",
+            "description": "The name given at upload (display only)."
+          },
+          "format": {
+            "type": [
+              "string",
+              "null"
+            ],
+            "description": "tenure, pg_dump-custom, sql or sql.zst; null before it is known."
+          },
+          "server": {
+            "type": "string"
+          },
+          "version": {
+            "type": "integer"
+          },
+          "created_at": {
+            "type": "string",
+            "format": "date-time"
+          },
+          "updated_at": {
+            "type": "string",
+            "format": "date-time"
+          },
+          "uploaded_at": {
+            "type": [
+              "string",
+              "null"
+            ],
+            "format": "date-time"
+          },
+          "last_run_at": {
+            "type": [
+              "string",
+              "null"
+            ],
+            "format": "date-time"
+          },
+          "last_upgraded_at": {
+            "type": [
+              "string",
+              "null"
+            ],
+            "format": "date-time"
+          },
+          "upgrade_count": {
+            "type": "integer"
+          },
+          "bytes": {
+            "type": "integer"
+          },
+          "statements": {
+            "type": "integer"
+          },
+          "skipped_statements": {
+            "type": "integer",
+            "description": "Ownership and privilege statements not applied (the upload's role owns everything)."
+          },
+          "original_deleted_at": {
+            "type": [
+              "string",
+              "null"
+            ],
+            "format": "date-time"
+          },
+          "applied_scripts": {
+            "type": "array",
+            "items": {
+              "type": "string"
+            }
+          },
+          "result_available": {
+            "type": "boolean"
+          },
+          "hold_until": {
+            "type": [
+              "string",
+              "null"
+            ],
+            "format": "date-time",
+            "description": "When the expiry sweep destroys it: TENURE_UPGRADE_HOLD (4 calendar months, clamped to the month's end) after the last successful upgrade, or after the upload before any."
+          },
+          "legal_hold": {
+            "type": "boolean"
+          },
+          "legal_hold_reason": {
+            "type": "string"
+          },
+          "legal_hold_since": {
+            "type": [
+              "string",
+              "null"
+            ],
+            "format": "date-time"
+          },
+          "reject_reason": {
+            "type": [
+              "string",
+              "null"
+            ]
+          },
+          "last_failure": {
+            "type": [
+              "object",
+              "null"
+            ],
+            "properties": {
+              "script": {
+                "type": [
+                  "string",
+                  "null"
+                ]
+              },
+              "error": {
+                "type": "string"
+              },
+              "sqlstate": {
+                "type": [
+                  "string",
+                  "null"
+                ]
+              }
+            },
+            "required": [
+              "script",
+              "error",
+              "sqlstate"
+            ],
+            "additionalProperties": false
+          },
+          "postgres": {
+            "type": "object",
+            "properties": {
+              "database": {
+                "type": [
+                  "string",
+                  "null"
+                ]
+              },
+              "role": {
+                "type": "string"
+              }
+            },
+            "required": [
+              "database",
+              "role"
+            ],
+            "additionalProperties": false
+          },
+          "destroyed_at": {
+            "type": [
+              "string",
+              "null"
+            ],
+            "format": "date-time"
+          },
+          "destroyed_by": {
+            "type": [
+              "string",
+              "null"
+            ]
+          },
+          "destroy_reason": {
+            "type": [
+              "string",
+              "null"
+            ]
+          }
+        },
+        "required": [
+          "id",
+          "state",
+          "name",
+          "format",
+          "server",
+          "version",
+          "created_at",
+          "updated_at",
+          "uploaded_at",
+          "last_run_at",
+          "last_upgraded_at",
+          "upgrade_count",
+          "bytes",
+          "statements",
+          "skipped_statements",
+          "original_deleted_at",
+          "applied_scripts",
+          "result_available",
+          "hold_until",
+          "legal_hold",
+          "reject_reason",
+          "last_failure",
+          "postgres"
+        ],
+        "additionalProperties": false
+      },
+      "UploadList": {
+        "type": "object",
+        "properties": {
+          "uploads": {
+            "type": "array",
+            "items": {
+              "$ref": "#/components/schemas/Upload"
+            }
+          },
+          "next_cursor": {
+            "type": [
+              "string",
+              "null"
+            ]
+          }
+        },
+        "required": [
+          "uploads",
+          "next_cursor"
+        ],
+        "additionalProperties": false
       }
     },
     "securitySchemes": {
       "bearer": {
         "type": "http",
         "scheme": "bearer",
-        "description": "An API key from tenure apikey create (tenure_\u2026)."
+        "description": "An API key from tenure apikey create (tenure_…)."
       }
     }
   },
@@ -3130,6 +3451,1011 @@ let openAPIDocument = #"""
               "type": "string",
               "pattern": "^job_[0-9a-hjkmnp-tv-z]{20}$"
             }
+          }
+        ]
+      }
+    },
+    "/v1/uploads": {
+      "post": {
+        "operationId": "createUpload",
+        "summary": "Upload a database dump (streamed body): a Tenure archive, a pg_dump custom-format archive, plain SQL or zstd-compressed SQL, told apart by content. It is restored while it arrives into a fresh database owned by a fresh unprivileged role; the answer comes when it is restored (201) or rejected (422/413, nothing kept).",
+        "description": "Scope: write. Limits: TENURE_UPLOAD_MAX_BYTES, TENURE_UPLOAD_MAX_DECOMPRESSED_BYTES, TENURE_UPLOAD_MAX_RATIO, TENURE_UPLOAD_STATEMENT_TIMEOUT, TENURE_UPLOAD_MAX_OBJECTS. psql meta-commands are refused (only pg_dump's \\restrict lines are accepted); ownership and privilege statements are skipped.",
+        "parameters": [
+          {
+            "name": "name",
+            "in": "query",
+            "schema": {
+              "type": "string",
+              "maxLength": 200
+            },
+            "description": "A display name (the file name)."
+          }
+        ],
+        "requestBody": {
+          "required": true,
+          "content": {
+            "application/octet-stream": {
+              "schema": {
+                "type": "string",
+                "contentMediaType": "application/octet-stream"
+              }
+            }
+          }
+        },
+        "responses": {
+          "400": {
+            "description": "Invalid input: malformed JSON, unknown field, wrong id type, invalid name or parameter.",
+            "content": {
+              "application/problem+json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Problem"
+                }
+              }
+            }
+          },
+          "401": {
+            "description": "No API key, or an unknown or revoked one.",
+            "content": {
+              "application/problem+json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Problem"
+                }
+              }
+            }
+          },
+          "403": {
+            "description": "The API key lacks the scope this call needs.",
+            "content": {
+              "application/problem+json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Problem"
+                }
+              }
+            }
+          },
+          "500": {
+            "description": "Internal error.",
+            "content": {
+              "application/problem+json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Problem"
+                }
+              }
+            }
+          },
+          "503": {
+            "description": "The catalog or a tenant server is unavailable.",
+            "content": {
+              "application/problem+json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Problem"
+                }
+              }
+            }
+          },
+          "404": {
+            "description": "No such upload, job or route.",
+            "content": {
+              "application/problem+json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Problem"
+                }
+              }
+            }
+          },
+          "409": {
+            "description": "The state does not allow it, someone else changed it first, or a legal hold.",
+            "content": {
+              "application/problem+json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Problem"
+                }
+              }
+            }
+          },
+          "201": {
+            "description": "Restored: the upload, in state uploaded.",
+            "headers": {
+              "Location": {
+                "schema": {
+                  "type": "string"
+                }
+              }
+            },
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Upload"
+                }
+              }
+            }
+          },
+          "413": {
+            "description": "Larger than TENURE_UPLOAD_MAX_BYTES; rejected, nothing kept.",
+            "content": {
+              "application/problem+json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Problem"
+                }
+              }
+            }
+          },
+          "422": {
+            "description": "Rejected (bad or truncated format, forbidden statement, PostgreSQL refused a statement, a limit): context.upload_id names the rejected upload; nothing kept.",
+            "content": {
+              "application/problem+json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Problem"
+                }
+              }
+            }
+          },
+          "429": {
+            "description": "Too many transfers at once; retry after Retry-After seconds.",
+            "content": {
+              "application/problem+json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Problem"
+                }
+              }
+            }
+          }
+        },
+        "security": [
+          {
+            "bearer": []
+          }
+        ]
+      },
+      "get": {
+        "operationId": "listUploads",
+        "summary": "List uploads in id order.",
+        "description": "Scope: read.",
+        "parameters": [
+          {
+            "name": "state",
+            "in": "query",
+            "schema": {
+              "type": "string"
+            }
+          },
+          {
+            "name": "limit",
+            "in": "query",
+            "schema": {
+              "type": "integer",
+              "minimum": 1,
+              "maximum": 1000
+            }
+          },
+          {
+            "name": "cursor",
+            "in": "query",
+            "schema": {
+              "type": "string"
+            }
+          }
+        ],
+        "responses": {
+          "400": {
+            "description": "Invalid input: malformed JSON, unknown field, wrong id type, invalid name or parameter.",
+            "content": {
+              "application/problem+json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Problem"
+                }
+              }
+            }
+          },
+          "401": {
+            "description": "No API key, or an unknown or revoked one.",
+            "content": {
+              "application/problem+json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Problem"
+                }
+              }
+            }
+          },
+          "403": {
+            "description": "The API key lacks the scope this call needs.",
+            "content": {
+              "application/problem+json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Problem"
+                }
+              }
+            }
+          },
+          "500": {
+            "description": "Internal error.",
+            "content": {
+              "application/problem+json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Problem"
+                }
+              }
+            }
+          },
+          "503": {
+            "description": "The catalog or a tenant server is unavailable.",
+            "content": {
+              "application/problem+json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Problem"
+                }
+              }
+            }
+          },
+          "404": {
+            "description": "No such upload, job or route.",
+            "content": {
+              "application/problem+json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Problem"
+                }
+              }
+            }
+          },
+          "409": {
+            "description": "The state does not allow it, someone else changed it first, or a legal hold.",
+            "content": {
+              "application/problem+json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Problem"
+                }
+              }
+            }
+          },
+          "200": {
+            "description": "A page of uploads.",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/UploadList"
+                }
+              }
+            }
+          }
+        },
+        "security": [
+          {
+            "bearer": []
+          }
+        ]
+      }
+    },
+    "/v1/uploads/{id}": {
+      "get": {
+        "operationId": "showUpload",
+        "summary": "One upload: state, hold, last failure.",
+        "description": "Scope: read.",
+        "parameters": [
+          {
+            "name": "id",
+            "in": "path",
+            "required": true,
+            "schema": {
+              "type": "string",
+              "pattern": "^up_[0-9a-hjkmnp-tv-z]{20}$"
+            }
+          }
+        ],
+        "responses": {
+          "400": {
+            "description": "Invalid input: malformed JSON, unknown field, wrong id type, invalid name or parameter.",
+            "content": {
+              "application/problem+json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Problem"
+                }
+              }
+            }
+          },
+          "401": {
+            "description": "No API key, or an unknown or revoked one.",
+            "content": {
+              "application/problem+json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Problem"
+                }
+              }
+            }
+          },
+          "403": {
+            "description": "The API key lacks the scope this call needs.",
+            "content": {
+              "application/problem+json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Problem"
+                }
+              }
+            }
+          },
+          "500": {
+            "description": "Internal error.",
+            "content": {
+              "application/problem+json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Problem"
+                }
+              }
+            }
+          },
+          "503": {
+            "description": "The catalog or a tenant server is unavailable.",
+            "content": {
+              "application/problem+json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Problem"
+                }
+              }
+            }
+          },
+          "404": {
+            "description": "No such upload, job or route.",
+            "content": {
+              "application/problem+json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Problem"
+                }
+              }
+            }
+          },
+          "409": {
+            "description": "The state does not allow it, someone else changed it first, or a legal hold.",
+            "content": {
+              "application/problem+json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Problem"
+                }
+              }
+            }
+          },
+          "200": {
+            "description": "The upload.",
+            "headers": {
+              "ETag": {
+                "schema": {
+                  "type": "string"
+                }
+              }
+            },
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Upload"
+                }
+              }
+            }
+          }
+        },
+        "security": [
+          {
+            "bearer": []
+          }
+        ]
+      },
+      "delete": {
+        "operationId": "deleteUpload",
+        "summary": "A deletion request: destroys the upload now (databases, role, files) unless under a legal hold.",
+        "description": "Scope: write. Confirm with ?confirm=<the upload id>.",
+        "parameters": [
+          {
+            "name": "id",
+            "in": "path",
+            "required": true,
+            "schema": {
+              "type": "string",
+              "pattern": "^up_[0-9a-hjkmnp-tv-z]{20}$"
+            }
+          },
+          {
+            "name": "confirm",
+            "in": "query",
+            "required": true,
+            "schema": {
+              "type": "string"
+            }
+          }
+        ],
+        "responses": {
+          "400": {
+            "description": "Invalid input: malformed JSON, unknown field, wrong id type, invalid name or parameter.",
+            "content": {
+              "application/problem+json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Problem"
+                }
+              }
+            }
+          },
+          "401": {
+            "description": "No API key, or an unknown or revoked one.",
+            "content": {
+              "application/problem+json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Problem"
+                }
+              }
+            }
+          },
+          "403": {
+            "description": "The API key lacks the scope this call needs.",
+            "content": {
+              "application/problem+json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Problem"
+                }
+              }
+            }
+          },
+          "500": {
+            "description": "Internal error.",
+            "content": {
+              "application/problem+json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Problem"
+                }
+              }
+            }
+          },
+          "503": {
+            "description": "The catalog or a tenant server is unavailable.",
+            "content": {
+              "application/problem+json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Problem"
+                }
+              }
+            }
+          },
+          "404": {
+            "description": "No such upload, job or route.",
+            "content": {
+              "application/problem+json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Problem"
+                }
+              }
+            }
+          },
+          "409": {
+            "description": "The state does not allow it, someone else changed it first, or a legal hold.",
+            "content": {
+              "application/problem+json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Problem"
+                }
+              }
+            }
+          },
+          "200": {
+            "description": "The upload, destroyed (a tombstone).",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Upload"
+                }
+              }
+            }
+          }
+        },
+        "security": [
+          {
+            "bearer": []
+          }
+        ]
+      }
+    },
+    "/v1/uploads/{id}/upgrade": {
+      "post": {
+        "operationId": "upgradeUpload",
+        "summary": "Start an upgrade run: the scripts of TENURE_UPGRADE_SCRIPTS, in name order, each in its own transaction, as the upload's role, on a copy. Failure keeps the previous data and records the script and PostgreSQL's error.",
+        "description": "Scope: write.",
+        "parameters": [
+          {
+            "name": "id",
+            "in": "path",
+            "required": true,
+            "schema": {
+              "type": "string",
+              "pattern": "^up_[0-9a-hjkmnp-tv-z]{20}$"
+            }
+          }
+        ],
+        "responses": {
+          "400": {
+            "description": "Invalid input: malformed JSON, unknown field, wrong id type, invalid name or parameter.",
+            "content": {
+              "application/problem+json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Problem"
+                }
+              }
+            }
+          },
+          "401": {
+            "description": "No API key, or an unknown or revoked one.",
+            "content": {
+              "application/problem+json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Problem"
+                }
+              }
+            }
+          },
+          "403": {
+            "description": "The API key lacks the scope this call needs.",
+            "content": {
+              "application/problem+json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Problem"
+                }
+              }
+            }
+          },
+          "500": {
+            "description": "Internal error.",
+            "content": {
+              "application/problem+json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Problem"
+                }
+              }
+            }
+          },
+          "503": {
+            "description": "The catalog or a tenant server is unavailable.",
+            "content": {
+              "application/problem+json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Problem"
+                }
+              }
+            }
+          },
+          "404": {
+            "description": "No such upload, job or route.",
+            "content": {
+              "application/problem+json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Problem"
+                }
+              }
+            }
+          },
+          "409": {
+            "description": "The state does not allow it, someone else changed it first, or a legal hold.",
+            "content": {
+              "application/problem+json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Problem"
+                }
+              }
+            }
+          },
+          "202": {
+            "description": "Accepted: poll the job.",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Job"
+                }
+              }
+            },
+            "headers": {
+              "Location": {
+                "schema": {
+                  "type": "string"
+                }
+              }
+            }
+          },
+          "429": {
+            "description": "Too many jobs waiting; retry after Retry-After seconds.",
+            "content": {
+              "application/problem+json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Problem"
+                }
+              }
+            }
+          }
+        },
+        "security": [
+          {
+            "bearer": []
+          }
+        ]
+      }
+    },
+    "/v1/uploads/{id}/download": {
+      "get": {
+        "operationId": "downloadUpload",
+        "summary": "Download the upgraded result (native .tenure or sql .sql.zst); prepared as a verified file on first request; a single Range resumes a broken download.",
+        "description": "Scope: write.",
+        "parameters": [
+          {
+            "name": "id",
+            "in": "path",
+            "required": true,
+            "schema": {
+              "type": "string",
+              "pattern": "^up_[0-9a-hjkmnp-tv-z]{20}$"
+            }
+          },
+          {
+            "name": "format",
+            "in": "query",
+            "schema": {
+              "type": "string",
+              "enum": [
+                "native",
+                "sql"
+              ]
+            }
+          },
+          {
+            "name": "Range",
+            "in": "header",
+            "schema": {
+              "type": "string"
+            }
+          },
+          {
+            "name": "If-Range",
+            "in": "header",
+            "schema": {
+              "type": "string"
+            }
+          }
+        ],
+        "responses": {
+          "400": {
+            "description": "Invalid input: malformed JSON, unknown field, wrong id type, invalid name or parameter.",
+            "content": {
+              "application/problem+json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Problem"
+                }
+              }
+            }
+          },
+          "401": {
+            "description": "No API key, or an unknown or revoked one.",
+            "content": {
+              "application/problem+json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Problem"
+                }
+              }
+            }
+          },
+          "403": {
+            "description": "The API key lacks the scope this call needs.",
+            "content": {
+              "application/problem+json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Problem"
+                }
+              }
+            }
+          },
+          "500": {
+            "description": "Internal error.",
+            "content": {
+              "application/problem+json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Problem"
+                }
+              }
+            }
+          },
+          "503": {
+            "description": "The catalog or a tenant server is unavailable.",
+            "content": {
+              "application/problem+json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Problem"
+                }
+              }
+            }
+          },
+          "404": {
+            "description": "No such upload, job or route.",
+            "content": {
+              "application/problem+json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Problem"
+                }
+              }
+            }
+          },
+          "409": {
+            "description": "The state does not allow it, someone else changed it first, or a legal hold.",
+            "content": {
+              "application/problem+json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Problem"
+                }
+              }
+            }
+          },
+          "200": {
+            "description": "The whole file.",
+            "headers": {
+              "ETag": {
+                "schema": {
+                  "type": "string"
+                }
+              },
+              "Accept-Ranges": {
+                "schema": {
+                  "type": "string"
+                }
+              }
+            },
+            "content": {
+              "application/x-tar": {
+                "schema": {
+                  "type": "string"
+                }
+              },
+              "application/zstd": {
+                "schema": {
+                  "type": "string"
+                }
+              }
+            }
+          },
+          "206": {
+            "description": "The requested range.",
+            "content": {
+              "application/x-tar": {
+                "schema": {
+                  "type": "string"
+                }
+              },
+              "application/zstd": {
+                "schema": {
+                  "type": "string"
+                }
+              }
+            }
+          },
+          "416": {
+            "description": "Malformed, multiple or unsatisfiable Range (Content-Range: bytes */SIZE).",
+            "content": {
+              "application/problem+json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Problem"
+                }
+              }
+            }
+          }
+        },
+        "security": [
+          {
+            "bearer": []
+          }
+        ]
+      }
+    },
+    "/v1/uploads/{id}/legal-hold": {
+      "put": {
+        "operationId": "setUploadLegalHold",
+        "summary": "Place a legal hold: nothing destroys the upload until it is lifted.",
+        "description": "Scope: admin.",
+        "parameters": [
+          {
+            "name": "id",
+            "in": "path",
+            "required": true,
+            "schema": {
+              "type": "string",
+              "pattern": "^up_[0-9a-hjkmnp-tv-z]{20}$"
+            }
+          }
+        ],
+        "requestBody": {
+          "required": true,
+          "content": {
+            "application/json": {
+              "schema": {
+                "$ref": "#/components/schemas/LegalHold"
+              }
+            }
+          }
+        },
+        "responses": {
+          "400": {
+            "description": "Invalid input: malformed JSON, unknown field, wrong id type, invalid name or parameter.",
+            "content": {
+              "application/problem+json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Problem"
+                }
+              }
+            }
+          },
+          "401": {
+            "description": "No API key, or an unknown or revoked one.",
+            "content": {
+              "application/problem+json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Problem"
+                }
+              }
+            }
+          },
+          "403": {
+            "description": "The API key lacks the scope this call needs.",
+            "content": {
+              "application/problem+json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Problem"
+                }
+              }
+            }
+          },
+          "500": {
+            "description": "Internal error.",
+            "content": {
+              "application/problem+json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Problem"
+                }
+              }
+            }
+          },
+          "503": {
+            "description": "The catalog or a tenant server is unavailable.",
+            "content": {
+              "application/problem+json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Problem"
+                }
+              }
+            }
+          },
+          "404": {
+            "description": "No such upload, job or route.",
+            "content": {
+              "application/problem+json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Problem"
+                }
+              }
+            }
+          },
+          "409": {
+            "description": "The state does not allow it, someone else changed it first, or a legal hold.",
+            "content": {
+              "application/problem+json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Problem"
+                }
+              }
+            }
+          },
+          "200": {
+            "description": "The upload.",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Upload"
+                }
+              }
+            }
+          }
+        },
+        "security": [
+          {
+            "bearer": []
+          }
+        ]
+      },
+      "delete": {
+        "operationId": "releaseUploadLegalHold",
+        "summary": "Lift the legal hold.",
+        "description": "Scope: admin.",
+        "parameters": [
+          {
+            "name": "id",
+            "in": "path",
+            "required": true,
+            "schema": {
+              "type": "string",
+              "pattern": "^up_[0-9a-hjkmnp-tv-z]{20}$"
+            }
+          }
+        ],
+        "responses": {
+          "400": {
+            "description": "Invalid input: malformed JSON, unknown field, wrong id type, invalid name or parameter.",
+            "content": {
+              "application/problem+json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Problem"
+                }
+              }
+            }
+          },
+          "401": {
+            "description": "No API key, or an unknown or revoked one.",
+            "content": {
+              "application/problem+json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Problem"
+                }
+              }
+            }
+          },
+          "403": {
+            "description": "The API key lacks the scope this call needs.",
+            "content": {
+              "application/problem+json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Problem"
+                }
+              }
+            }
+          },
+          "500": {
+            "description": "Internal error.",
+            "content": {
+              "application/problem+json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Problem"
+                }
+              }
+            }
+          },
+          "503": {
+            "description": "The catalog or a tenant server is unavailable.",
+            "content": {
+              "application/problem+json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Problem"
+                }
+              }
+            }
+          },
+          "404": {
+            "description": "No such upload, job or route.",
+            "content": {
+              "application/problem+json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Problem"
+                }
+              }
+            }
+          },
+          "409": {
+            "description": "The state does not allow it, someone else changed it first, or a legal hold.",
+            "content": {
+              "application/problem+json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Problem"
+                }
+              }
+            }
+          },
+          "200": {
+            "description": "The upload.",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Upload"
+                }
+              }
+            }
+          }
+        },
+        "security": [
+          {
+            "bearer": []
           }
         ]
       }

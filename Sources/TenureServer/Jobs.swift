@@ -8,7 +8,7 @@ import TenureEngine
 import TenurePQ
 
 enum JobKind: String, Sendable {
-    case backup, restore
+    case backup, restore, upgrade
 }
 
 enum JobState: String, Sendable {
@@ -39,16 +39,17 @@ final class Job: Sendable {
 
     let id = JobID.random()
     let kind: JobKind
-    let databaseID: DatabaseID
+    /// The database (backup, restore) or upload (upgrade) the job works on.
+    let subject: String
     let actor: String
     let createdAt: Date
     let progress = TransferProgress()
     let work: JobWork
     let status = Locked(Status())
 
-    init(kind: JobKind, databaseID: DatabaseID, actor: String, createdAt: Date, work: @escaping JobWork) {
+    init(kind: JobKind, subject: String, actor: String, createdAt: Date, work: @escaping JobWork) {
         self.kind = kind
-        self.databaseID = databaseID
+        self.subject = subject
         self.actor = actor
         self.createdAt = createdAt
         self.work = work
@@ -60,7 +61,7 @@ final class Job: Sendable {
         let rows = progress.rows.load(ordering: .relaxed)
         let elapsed = status.startedAt.map { (status.finishedAt ?? now).timeIntervalSince($0) } ?? 0
         var document: [String: Any] = [
-            "id": id.rawValue, "kind": kind.rawValue, "database_id": databaseID.rawValue, "state": status.state.rawValue,
+            "id": id.rawValue, "kind": kind.rawValue, kind == .upgrade ? "upload_id" : "database_id": subject, "state": status.state.rawValue,
             "created_at": RFC3339.format(createdAt), "started_at": instant(status.startedAt), "finished_at": instant(status.finishedAt),
             "progress": [
                 "bytes": bytes, "rows": rows,
@@ -105,8 +106,8 @@ final class JobRunner: Service, Sendable {
     }
 
     /// Queues a job; 429 when the queue is full or the service is stopping.
-    func submit(kind: JobKind, databaseID: DatabaseID, actor: String, work: @escaping JobWork) throws(TenureError) -> Job {
-        let job = Job(kind: kind, databaseID: databaseID, actor: actor, createdAt: Date(), work: work)
+    func submit(kind: JobKind, subject: String, actor: String, work: @escaping JobWork) throws(TenureError) -> Job {
+        let job = Job(kind: kind, subject: subject, actor: actor, createdAt: Date(), work: work)
         let limit = configuration.http.maximumQueuedJobs
         let accepted = state.withLock { state -> Bool in
             guard !state.shuttingDown, state.queue.count < limit || state.transfersRunning < configuration.http.maximumTransfers else { return false }
@@ -118,7 +119,7 @@ final class JobRunner: Service, Sendable {
             throw TenureError(
                 .limitExceeded, "too many jobs are waiting (limit \(limit)); retry later", context: ["retry_after": "10", "limit": String(limit)])
         }
-        logger.info("job queued", metadata: ["tenure.job_id": "\(job.id)", "tenure.kind": "\(kind.rawValue)", "tenure.database_id": "\(databaseID)"])
+        logger.info("job queued", metadata: ["tenure.job_id": "\(job.id)", "tenure.kind": "\(kind.rawValue)", "tenure.subject": "\(subject)"])
         dispatch()
         return job
     }

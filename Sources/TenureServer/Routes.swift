@@ -50,6 +50,7 @@ struct Routes: Sendable {
         v1.post("databases/:id/restore") { request, context in try await startRestore(request, context) }
         v1.get("databases/:id/export") { request, context in try await export(request, context) }
         v1.get("expiry") { request, context in try await expiry(request, context) }
+        registerUploads(on: v1)
         v1.get("jobs/:id") { request, context in try await showJob(request, context) }
         v1.post("jobs/:id/cancel") { request, context in try await cancelJob(request, context) }
     }
@@ -264,7 +265,7 @@ struct Routes: Sendable {
         case .provisioning, .destroyed:
             throw TenureError(.lifecycleConflict, "a \(record.state.rawValue) database cannot be backed up", context: ["database_id": id.rawValue])
         }
-        let job = try jobs.submit(kind: .backup, databaseID: id, actor: context.actor) { (controller, progress) throws(TenureError) -> Data in
+        let job = try jobs.submit(kind: .backup, subject: id.rawValue, actor: context.actor) { (controller, progress) throws(TenureError) -> Data in
             let outcome = try controller.backupDatabase(id, progress: progress)
             var document = backupDocument(outcome.record, store: nil)
             if let warning = outcome.warning { document["warning"] = warning }
@@ -283,7 +284,7 @@ struct Routes: Sendable {
         guard backup.state == "verified" else {
             throw TenureError(.lifecycleConflict, "backup \(backupID) is \(backup.state); only verified backups can be restored")
         }
-        let job = try jobs.submit(kind: .restore, databaseID: id, actor: context.actor) { (controller, progress) throws(TenureError) -> Data in
+        let job = try jobs.submit(kind: .restore, subject: id.rawValue, actor: context.actor) { (controller, progress) throws(TenureError) -> Data in
             let record = try controller.restoreDatabase(id, from: backupID, progress: progress)
             return (try? JSONSerialization.data(withJSONObject: ["database": databaseDocument(record), "backup_id": backupID.rawValue]))
                 ?? Data("{}".utf8)
@@ -301,19 +302,24 @@ struct Routes: Sendable {
         guard backup.state == "verified" else {
             throw TenureError(.lifecycleConflict, "backup \(backupID) is \(backup.state); only verified backups can be downloaded")
         }
-        let path = configuration.backupDirectory + "/" + backup.path
+        return try serveFile(
+            configuration.backupDirectory + "/" + backup.path, request: request, etag: "\"\(backupID.rawValue)\"", contentType: "application/x-tar",
+            filename: "\(backupID).tenure", missing: TenureError(.backupNotFound, "the file of backup \(backupID) is missing from the backup store"))
+    }
+
+    /// A stored file, with single-range support so a broken download resumes (If-Range
+    /// guards against resuming a different file).
+    func serveFile(_ path: String, request: Request, etag: String, contentType: String, filename: String, missing: TenureError) throws -> Response {
         let descriptor = open(path, O_RDONLY | O_CLOEXEC)
-        guard descriptor >= 0 else { throw TenureError(.backupNotFound, "the file of backup \(backupID) is missing from the backup store") }
+        guard descriptor >= 0 else { throw missing }
         var info = stat()
         guard fstat(descriptor, &info) == 0 else {
             close(descriptor)
-            throw TenureError(.internal, "cannot stat the file of backup \(backupID)")
+            throw TenureError(.internal, "cannot stat \(path)")
         }
         let size = Int64(info.st_size)
-        let etag = "\"\(backupID.rawValue)\""
         var range: ByteRange?
         do throws(TenureError) {
-            // If-Range: resume only when the client's copy is of this very file.
             if request.headers[.ifRange] == nil || request.headers[.ifRange] == etag {
                 range = try ByteRange.parse(request.headers[.range], size: size)
             }
@@ -326,8 +332,7 @@ struct Routes: Sendable {
         let first = range?.first ?? 0
         let count = range?.count ?? size
         var headers: HTTPFields = [
-            .contentType: "application/x-tar", .acceptRanges: "bytes", .eTag: etag,
-            .contentDisposition: "attachment; filename=\"\(backupID).tenure\"",
+            .contentType: contentType, .acceptRanges: "bytes", .eTag: etag, .contentDisposition: "attachment; filename=\"\(filename)\"",
         ]
         if let range { headers[.contentRange] = "bytes \(range.first)-\(range.last)/\(size)" }
         let handle = FileDescriptorBox(descriptor)
