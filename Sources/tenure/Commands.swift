@@ -320,6 +320,15 @@ struct Expire: ParsableCommand {
 }
 
 
+func outcomeText(_ outcome: SweepReport.ItemOutcome) -> String {
+    switch outcome {
+    case .planned: return "planned"
+    case .done: return "done"
+    case .skipped(let why): return "skipped: \(why)"
+    case .refused(let why): return "refused: \(why)"
+    }
+}
+
 func sweepText(_ report: SweepReport) -> String {
     var lines: [String] = []
     let verb = report.dryRun ? "a sweep at \(RFC3339.format(report.plan.asOf)) would" : "the sweep at \(RFC3339.format(report.plan.asOf))"
@@ -332,14 +341,7 @@ func sweepText(_ report: SweepReport) -> String {
             table(
                 ["ID", "NAME", "ACTION", "RULE", "DEADLINE", "OUTCOME"],
                 zip(report.plan.items, report.outcomes).map { item, outcome in
-                    let text: String
-                    switch outcome {
-                    case .planned: text = "planned"
-                    case .done: text = "done"
-                    case .skipped(let why): text = "skipped: \(why)"
-                    case .refused(let why): text = "refused: \(why)"
-                    }
-                    return [item.id.rawValue, item.name, item.decision.rawValue, item.rule.rawValue, RFC3339.format(item.deadline), text]
+                    return [item.id.rawValue, item.name, item.decision.rawValue, item.rule.rawValue, RFC3339.format(item.deadline), outcomeText(outcome)]
                 }))
     }
     if let refusal = report.plan.refusal { lines.append("destruction refused: \(refusal)") }
@@ -349,14 +351,7 @@ func sweepText(_ report: SweepReport) -> String {
             table(
                 ["ID", "ACTION", "HOLD ENDED", "OUTCOME"],
                 zip(report.uploadPlan.items, report.uploadOutcomes).map { item, outcome in
-                    let text: String
-                    switch outcome {
-                    case .planned: text = "planned"
-                    case .done: text = "done"
-                    case .skipped(let why): text = "skipped: \(why)"
-                    case .refused(let why): text = "refused: \(why)"
-                    }
-                    return [item.id.rawValue, item.decision.rawValue, RFC3339.format(item.deadline), text]
+                    return [item.id.rawValue, item.decision.rawValue, RFC3339.format(item.deadline), outcomeText(outcome)]
                 }))
     }
     if let refusal = report.uploadPlan.refusal { lines.append("upload destruction refused: \(refusal)") }
