@@ -65,15 +65,6 @@ enum BackupTask: Sendable {
     /// A whole table (nil range) or the pages [first, last) of it (nil last: to the end).
     case table(TableEntry, firstPage: Int64?, lastPage: Int64?)
     case largeObject(UInt32)
-
-    var estimatedBytes: Int64 {
-        switch self {
-        case .table(let table, let first, let last):
-            guard let first else { return table.byteCount }
-            return ((last ?? first + 1) - first) * 8192
-        case .largeObject: return 0
-        }
-    }
 }
 
 /// Takes a snapshot-consistent logical backup of one database and streams it to `sink`.
@@ -179,7 +170,17 @@ final class Backup {
                 tasks.append(.table(table, firstPage: nil, lastPage: nil))
             }
         }
-        tasks.sort { $0.estimatedBytes > $1.estimatedBytes }
+        // Whole tables, biggest first, each table's ranges together and in order: a table's
+        // data then ends as early as it can in the archive, and a restore builds its indexes
+        // while the tables after it still load.
+        func order(_ task: BackupTask) -> (bytes: Int64, index: Int, page: Int64) {
+            guard case .table(let table, let first, _) = task else { return (0, 0, 0) }
+            return (table.byteCount, table.index, first ?? 0)
+        }
+        tasks.sort {
+            let (a, b) = (order($0), order($1))
+            return a.bytes != b.bytes ? a.bytes > b.bytes : a.index != b.index ? a.index < b.index : a.page < b.page
+        }
         tasks += largeObjects.map { .largeObject($0) }
 
         let work = Locked(tasks[...])
