@@ -85,17 +85,10 @@ struct PostDataSchedule {
     /// The first entry, in priority order, that is ready and takes no lock a running entry holds.
     mutating func next() -> Next {
         if waiting.isEmpty { return running.isEmpty ? .done : .wait }
-        guard
-            let position = waiting.firstIndex(where: { isReady($0.entry) && !conflicts(Self.claims($0.entry)) })
-        else {
-            // Nothing runs that could unblock a waiting entry: take the first ready one anyway
-            // (its lock is then only taken by an entry outside this pool, or none).
-            // (never dropped: an entry whose dependency is not in the pool still runs).
-            guard running.isEmpty else { return .wait }
-            let (id, entry) = waiting.remove(at: waiting.firstIndex { isReady($0.entry) } ?? 0)
-            running[id] = Self.claims(entry)
-            return .run(id, entry)
-        }
+        let position = waiting.firstIndex { isReady($0.entry) && !conflicts(Self.claims($0.entry)) }
+        // With nothing running, nothing can become ready by waiting: a safety net that takes
+        // the first entry anyway, so no entry is ever dropped.
+        guard let position = position ?? (running.isEmpty ? 0 : nil) else { return .wait }
         let (id, entry) = waiting.remove(at: position)
         running[id] = Self.claims(entry)
         return .run(id, entry)
