@@ -99,36 +99,13 @@ public struct PgDump: Sendable {
             throw TenureError(.internal, "cannot run \(path): \(String(cString: strerror(spawned)))")
         }
         var output: [UInt8] = []
-        var errors: [UInt8] = []
-        var buffer = [UInt8](repeating: 0, count: 65_536)
-        var open = [stdoutPipe[0], stderrPipe[0]]
-        var tooBig = false
-        while !open.isEmpty {
-            var descriptors = open.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
-            let ready = poll(&descriptors, nfds_t(descriptors.count), -1)
-            if ready < 0 {
-                if errno == EINTR { continue }
-                break
+        let (status, errors, failure) = drainChild(pid, stdout: stdoutPipe[0], stderr: stderrPipe[0], errorLimit: 65_536) { (chunk) throws(TenureError) in
+            guard output.count + chunk.count <= maximumBytes else {
+                throw TenureError(.internal, "pg_dump's output is larger than the limit of \(maximumBytes) bytes")
             }
-            for entry in descriptors where entry.revents != 0 {
-                let count = buffer.withUnsafeMutableBytes { Glibc.read(entry.fd, $0.baseAddress, $0.count) }
-                if count <= 0 {
-                    open.removeAll { $0 == entry.fd }
-                } else if entry.fd == stdoutPipe[0] {
-                    if output.count + count > maximumBytes {
-                        tooBig = true
-                        kill(pid, SIGTERM)
-                    } else {
-                        output.append(contentsOf: buffer[0..<count])
-                    }
-                } else if errors.count < 65_536 {
-                    errors.append(contentsOf: buffer[0..<count])
-                }
-            }
+            output.append(contentsOf: chunk)
         }
-        var status: Int32 = 0
-        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
-        if tooBig { throw TenureError(.internal, "pg_dump's output is larger than the limit of \(maximumBytes) bytes") }
+        if let failure { throw failure }
         let exited = (status & 0x7f) == 0 && ((status >> 8) & 0xff) == 0
         guard exited else {
             let message = String(decoding: errors, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
@@ -145,4 +122,44 @@ public func stripRestrictLines(_ script: String, key: String?) -> String {
     let restrict = "\\restrict \(key)"
     let unrestrict = "\\unrestrict \(key)"
     return script.split(separator: "\n", omittingEmptySubsequences: false).filter { $0 != restrict && $0 != unrestrict }.joined(separator: "\n")
+}
+
+/// Reads a child's stdout and stderr until both close, so neither can block the other:
+/// stdout chunks go to `output` (its first error stops the child with SIGTERM, the rest of
+/// stdout is discarded, and the error is returned), stderr is kept up to `errorLimit` bytes.
+/// Then reaps the child and returns its wait status. The caller closes the descriptors.
+func drainChild(
+    _ pid: pid_t, stdout: Int32, stderr: Int32, errorLimit: Int, output: (UnsafeRawBufferPointer) throws(TenureError) -> Void
+) -> (status: Int32, errors: [UInt8], failure: TenureError?) {
+    var errors: [UInt8] = []
+    var failure: TenureError?
+    var buffer = [UInt8](repeating: 0, count: 256 << 10)
+    var open = [stdout, stderr]
+    while !open.isEmpty {
+        var descriptors = open.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
+        let ready = poll(&descriptors, nfds_t(descriptors.count), -1)
+        if ready < 0 {
+            if errno == EINTR { continue }
+            break
+        }
+        for entry in descriptors where entry.revents != 0 {
+            let count = buffer.withUnsafeMutableBytes { Glibc.read(entry.fd, $0.baseAddress, $0.count) }
+            if count <= 0 {
+                open.removeAll { $0 == entry.fd }
+            } else if entry.fd == stdout {
+                guard failure == nil else { continue }
+                do throws(TenureError) {
+                    try buffer.withBytes { (raw) throws(TenureError) in try output(UnsafeRawBufferPointer(rebasing: raw[0..<count])) }
+                } catch {
+                    failure = error
+                    kill(pid, SIGTERM)
+                }
+            } else if errors.count < errorLimit {
+                errors.append(contentsOf: buffer[0..<count])
+            }
+        }
+    }
+    var status: Int32 = 0
+    while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+    return (status, errors, failure)
 }

@@ -379,38 +379,9 @@ struct PgRestoreConverter {
                 writeFailure.withLock { $0 = error }
             }
         }.start()
-        var errors: [UInt8] = []
-        var failure: TenureError?
-        var buffer = [UInt8](repeating: 0, count: 256 << 10)
-        var open = [stdoutPipe[0], stderrPipe[0]]
-        while !open.isEmpty {
-            var descriptors = open.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
-            let ready = poll(&descriptors, nfds_t(descriptors.count), -1)
-            if ready < 0 {
-                if errno == EINTR { continue }
-                break
-            }
-            for entry in descriptors where entry.revents != 0 {
-                let count = buffer.withUnsafeMutableBytes { Glibc.read(entry.fd, $0.baseAddress, $0.count) }
-                if count <= 0 {
-                    open.removeAll { $0 == entry.fd }
-                } else if entry.fd == stdoutPipe[0] {
-                    guard failure == nil else { continue }
-                    do throws(TenureError) {
-                        try buffer.withBytes { (raw) throws(TenureError) in try output(UnsafeRawBufferPointer(rebasing: raw[0..<count])) }
-                    } catch {
-                        failure = error
-                        kill(pid, SIGTERM)
-                    }
-                } else if errors.count < 16_384 {
-                    errors.append(contentsOf: buffer[0..<count])
-                }
-            }
-        }
+        let (status, errors, failure) = drainChild(pid, stdout: stdoutPipe[0], stderr: stderrPipe[0], errorLimit: 16_384, output: output)
         close(stdoutPipe[0])
         close(stderrPipe[0])
-        var status: Int32 = 0
-        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
         writerDone.wait()
         if let failure { throw failure }
         if let error = writeFailure.withLock({ $0 }) { throw error }
