@@ -282,9 +282,17 @@ final class Backup {
 
 /// Session settings for every engine connection to a database it reads: names always
 /// qualified, no row-level security silently hiding rows, and (CVE-2024-7348) no reading
-/// through a view or foreign table swapped in for a table.
+/// through a view or foreign table swapped in for a table. The COPY text is written in one
+/// fixed form whatever the server's, database's or role's defaults (as pg_dump does): ISO
+/// dates with UTC offsets, `postgres` intervals, floats exact, bytea in hex, in the
+/// database's own encoding (the one the archive header records).
 func prepareSession(_ connection: PostgresConnection) throws(TenureError) {
-    try connection.execute("SET search_path = pg_catalog; SET row_security = off; SET statement_timeout = 0; SET lock_timeout = '60s'")
+    try connection.execute(
+        """
+        SET search_path = pg_catalog; SET row_security = off; SET statement_timeout = 0; SET lock_timeout = '60s';
+        SET DateStyle = 'ISO, MDY'; SET IntervalStyle = 'postgres'; SET TimeZone = 'UTC'; SET extra_float_digits = 3; SET bytea_output = 'hex';
+        SELECT pg_catalog.set_config('client_encoding', pg_catalog.current_setting('server_encoding'), false)
+        """)
     try? connection.execute("SET restrict_nonsystem_relation_kind = 'view, foreign-table'")
 }
 

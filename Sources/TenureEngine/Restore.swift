@@ -34,6 +34,12 @@ public struct RestoreOptions: Sendable {
     }()
     /// `statement_timeout` of the restore's sessions in milliseconds; 0 = none.
     public var statementTimeoutMilliseconds = 0
+    /// Load the tables whose every column has a built-in type `BinaryCopyEncoder` converts
+    /// with `COPY ... (FORMAT binary)`, converting the archive's COPY text on the client; a
+    /// part holding any value it does not convert loads as text. On by default: `make bench`
+    /// measured the server's text parsing as most of a restore's CPU (see README).
+    /// `TENURE_RESTORE_BINARY=0` loads everything as text.
+    public var binaryLoading = ProcessInfo.processInfo.environment["TENURE_RESTORE_BINARY"] != "0"
 
     public init(target: ConnectionParameters, jobs: Int) {
         self.target = target
@@ -126,6 +132,8 @@ struct LoadItem: Sendable {
     var bytes: [UInt8]
     var blobOffset: Int64
     var table: TableEntry?
+    /// The table's column types when its parts load in binary.
+    var binary: [BinaryColumn]? = nil
 }
 
 final class Restore {
@@ -146,7 +154,7 @@ final class Restore {
     func connect() throws(TenureError) -> PostgresConnection {
         let connection = try PostgresConnection(parameters, applicationName: "tenure-restore")
         try connection.execute(
-            "SET search_path = pg_catalog; SET statement_timeout = \(options.statementTimeoutMilliseconds); SET maintenance_work_mem = '\(options.maintenanceWorkMemory)'; SET synchronous_commit = off")
+            "SET search_path = pg_catalog; SET statement_timeout = \(options.statementTimeoutMilliseconds); SET maintenance_work_mem = '\(options.maintenanceWorkMemory)'; SET synchronous_commit = off; \(restoreSessionFormats)")
         return connection
     }
 
@@ -162,6 +170,7 @@ final class Restore {
         var main: PostgresConnection?
         defer { main?.close() }
         var tables: [TableEntry] = []
+        var binaryColumns: [Int: [BinaryColumn]] = [:]
         var restrictKey: String?
         let queues = (0..<options.jobs).map { _ in BoundedQueue<LoadItem>(capacity: 2) }
         let pending = Locked([Int](repeating: 0, count: options.jobs))
@@ -196,6 +205,7 @@ final class Restore {
                 case .header(let header):
                     restrictKey = header.restrictKey
                     try createDatabase(header.encoding)
+                    mark("database created")
                     main = try connect()
                 case .preData(let script):
                     try execute(script, restrictKey: restrictKey, section: "pre-data schema", on: main!)
@@ -203,6 +213,7 @@ final class Restore {
                 case .tables(let list):
                     tables = list
                     quieted = try quietAutovacuum(tables, on: main!)
+                    if options.binaryLoading && !options.freezeSmallTables { binaryColumns = try binaryPlan(tables, on: main!) }
                 case .sequences(let script):
                     try execute(script, restrictKey: nil, section: "sequences", on: main!)
                     loadersDone = startLoaders(queues: queues, pending: pending, failure: failure, counted: counted)
@@ -214,7 +225,8 @@ final class Restore {
                         }
                         table = tables[Int(key.object) - 1]
                     }
-                    let item = LoadItem(key: key, name: name, bytes: bytes, blobOffset: offset, table: table)
+                    let item = LoadItem(
+                        key: key, name: name, bytes: bytes, blobOffset: offset, table: table, binary: table.flatMap { binaryColumns[$0.index] })
                     let target = route(item)
                     pending.withLock { $0[target] += 1 }
                     guard queues[target].push(item) else {
@@ -276,6 +288,32 @@ final class Restore {
         return quieted
     }
 
+    /// The binary column types of every table whose every COPY column has one (see
+    /// `BinaryColumn`), by table index, read from the catalog of the database being built.
+    func binaryPlan(_ tables: [TableEntry], on connection: PostgresConnection) throws(TenureError) -> [Int: [BinaryColumn]] {
+        let result = try connection.query(
+            """
+            SELECT n.nspname, c.relname, a.attname, a.atttypid::pg_catalog.int8
+            FROM pg_catalog.pg_attribute a
+            JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
+            JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+            WHERE a.attnum > 0 AND NOT a.attisdropped AND c.relkind IN ('r', 'p')
+              AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_toast%'
+            """)
+        var types: [String: [String: UInt32]] = [:]
+        for row in result.rows {
+            guard let schema = row[0], let table = row[1], let column = row[2], let oid = row[3].flatMap({ UInt32($0) }) else { continue }
+            types[schema + "\u{0}" + table, default: [:]][column] = oid
+        }
+        var plan: [Int: [BinaryColumn]] = [:]
+        for table in tables where !table.columns.isEmpty {
+            guard let columnTypes = types[table.schema + "\u{0}" + table.name] else { continue }
+            let columns = table.columns.compactMap { columnTypes[$0].flatMap(BinaryColumn.init(typeOID:)) }
+            if columns.count == table.columns.count { plan[table.index] = columns }
+        }
+        return plan
+    }
+
     /// Runs a schema script through libpq: pg_dump's `\restrict` lines (with the archive's
     /// key) are removed; anything else psql-specific is a syntax error on the server.
     func execute(_ script: String, restrictKey: String?, section: String, on connection: PostgresConnection) throws(TenureError) {
@@ -307,7 +345,8 @@ final class Restore {
                 do throws(TenureError) {
                     let connection = try PostgresConnection(parameters, applicationName: "tenure-restore-worker")
                     defer { connection.close() }
-                    try connection.execute("SET search_path = pg_catalog; SET statement_timeout = \(timeout); SET maintenance_work_mem = '\(memory)'; SET synchronous_commit = off")
+                    try connection.execute(
+                        "SET search_path = pg_catalog; SET statement_timeout = \(timeout); SET maintenance_work_mem = '\(memory)'; SET synchronous_commit = off; \(restoreSessionFormats)")
                     let decompressor = FrameDecompressor()
                     var truncated = Set<Int>()
                     if freeze { try connection.execute("BEGIN") }
@@ -383,7 +422,7 @@ final class Restore {
                     }
                     pool.finished(id, entry)
                     let took = Date().timeIntervalSince(entryStart)
-                    if timing && took > 0.1 {
+                    if timing && took > 0.0 {
                         FileHandle.standardError.write(
                             Data(String(format: "restore %.2f s: %@ %@ took %.2f s\n", Date().timeIntervalSince(started), entry.type, entry.name, took).utf8))
                     }
@@ -448,6 +487,11 @@ func load(_ item: LoadItem, connection: PostgresConnection, decompressor: FrameD
     switch item.key.kind {
     case .data:
         let table = item.table!
+        if !freeze, let columns = item.binary,
+            let loaded = try loadBinary(item, columns: columns, connection: connection, decompressor: decompressor, limits: limits)
+        {
+            return loaded
+        }
         try connection.beginCopyIn("COPY \(table.copyTarget) FROM STDIN\(freeze ? " (FREEZE)" : "")")
         var raw = 0
         do throws(TenureError) {
@@ -481,6 +525,56 @@ func load(_ item: LoadItem, connection: PostgresConnection, decompressor: FrameD
         return (0, Int64(data.count))
     }
 }
+
+/// Loads a data part with `COPY ... (FORMAT binary)`, converting its COPY text on the way.
+/// Nil when a value is not one the encoder converts: that COPY is abandoned (its transaction
+/// rolls back, nothing of it stays) and the caller loads the part as text.
+func loadBinary(_ item: LoadItem, columns: [BinaryColumn], connection: PostgresConnection, decompressor: FrameDecompressor, limits: EngineLimits)
+    throws(TenureError) -> (rows: Int64, rawBytes: Int64)?
+{
+    let what = "archive member '\(item.name)'"
+    let table = item.table!
+    try connection.beginCopyIn("COPY \(table.copyTarget) FROM STDIN (FORMAT binary)")
+    var encoder = BinaryCopyEncoder(columns: columns)
+    var convertible = true
+    let notConvertible = TenureError(.internal, "not convertible")
+    var raw = 0
+    do throws(TenureError) {
+        raw = try item.bytes.withBytes { (buffer) throws(TenureError) in
+            try decompressor.decompress(buffer, maximumByteCount: limits.maximumRawMemberBytes, what: what) { (chunk) throws(TenureError) in
+                guard encoder.feed(chunk) else {
+                    convertible = false
+                    throw notConvertible
+                }
+                try encoder.take { (bytes) throws(TenureError) in try connection.copyData(bytes) }
+            }
+        }
+        guard encoder.finish() else {
+            convertible = false
+            throw notConvertible
+        }
+        try encoder.take { (bytes) throws(TenureError) in try connection.copyData(bytes) }
+    } catch {
+        _ = try? connection.endCopy(failWith: convertible ? "tenure: \(error.message)" : "tenure: loading this part as text instead")
+        if convertible { throw error }
+        if ProcessInfo.processInfo.environment["TENURE_TIMING"] == "1" { FileHandle.standardError.write(Data("restore: \(item.name) loads as text\n".utf8)) }
+        return nil
+    }
+    let rows: Int
+    do { rows = try connection.endCopy() } catch {
+        throw TenureError(error.code, "loading \(what) into \(table.qualifiedName) failed: \(error.message)", sqlState: error.sqlState)
+    }
+    guard rows == encoder.rows else {
+        throw TenureError(.internal, "loading \(what) into \(table.qualifiedName): the server stored \(rows) rows of the \(encoder.rows) sent")
+    }
+    return (Int64(rows), Int64(raw))
+}
+
+/// Output and input formats every restore session sets, whatever the server's, role's or
+/// database's defaults: the archive's COPY text is read the way the backup wrote it, and
+/// the client encoding is the new database's own (the archive's).
+let restoreSessionFormats =
+    "SET DateStyle = 'ISO, MDY'; SET IntervalStyle = 'postgres'; SELECT pg_catalog.set_config('client_encoding', pg_catalog.current_setting('server_encoding'), false)"
 
 func hexBytea(_ bytes: [UInt8]) -> String {
     let digits = Array("0123456789abcdef".utf8)

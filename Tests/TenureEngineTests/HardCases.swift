@@ -30,6 +30,28 @@ VALUES
   E'"back\\\\slash"=>"x"', 'Ärger', -5.5, 'a:1 b:2'),
  (7, 7, 7, 7, 7, 7, true, 'Grüße, 日本語, עברית, emoji 😀 and a NUL-free \u0001 control', 'ünïcödé', 'ñ', '1970-01-01', NULL, NULL, NULL, NULL, NULL,
   NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL);
+-- Only types the restore loads in binary, with their edge values (see BinaryCopyTests).
+CREATE TABLE binary_types (
+    id integer PRIMARY KEY, b boolean, i2 smallint, i4 integer, i8 bigint, f4 real, f8 double precision, n numeric, n2 numeric(14,4),
+    t text, vc varchar(8), c char(4), ba bytea, d date, ts timestamp, tz timestamptz, j json, jb jsonb, u uuid
+);
+INSERT INTO binary_types VALUES
+ (1, true, -32768, -2147483648, -9223372036854775808, '-Infinity', 'NaN', '-Infinity', 'NaN', '', '', '', '\x', '-infinity', 'infinity', '-infinity', 'null', '{}',
+  '00000000-0000-0000-0000-000000000000'),
+ (2, false, 32767, 2147483647, 9223372036854775807, 3.4028235e38, 1.7976931348623157e308, '-0.000', '-1234567890.9999', E'tab\there\nnew\\back\r\f\b\v',
+  'ünï', 'ab', '\x00ff5c0a09', '2000-02-29', '1999-12-31 23:59:59.999999', '2026-03-29 02:30 Europe/Berlin', E'{"s": "a\\\\b\\n"}', E'{"e": "😀", "k": "t\\t"}',
+  'A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11'),
+ (3, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL),
+ (4, true, 0, 0, 0, -0.0, 2.2250738585072014e-308, '123456789012345678901234567890.123456789012345678901234567890', '0.0001', E'\\N', '\.', 'z',
+  '\x5c4e', '0001-01-01', '0001-01-01 00:00:00', '10000-01-01 00:00:00.5+00', '[1, 2.5e3]', '{"a": [null, true, 1e-3]}', 'ffffffff-ffff-ffff-ffff-ffffffffffff');
+INSERT INTO binary_types SELECT g + 100, g % 2 = 0, (g % 30000)::smallint, g * 7919, g::bigint * 1000003, g / 7.0, g / 3.0, g * 1.0001, (g % 99999) / 10000.0,
+  md5(g::text) || E'\\' || g, left(md5(g::text), 8), left(md5(g::text), 3), decode(md5(g::text), 'hex'), date '2024-01-01' - g,
+  timestamp '2024-01-01' - g * interval '37 minutes 13.123457 seconds', timestamptz '2024-01-01 00:00+00' + g * interval '1 day 0.000001 seconds',
+  json_build_object('g', g), jsonb_build_object('g', g, 't', repeat('x', g % 50)), md5(g::text)::uuid
+FROM generate_series(1, 5000) g;
+-- Values the binary loader leaves to the server's text input (BC, years past six digits).
+CREATE TABLE text_fallback (id integer, d date, tz timestamptz, n numeric);
+INSERT INTO text_fallback VALUES (1, '0044-03-15 BC', '0044-03-15 12:00+00 BC', 1), (2, '5874897-12-31', 'infinity', 2), (3, '2026-01-01', '2026-01-01 00:00+00', 3);
 CREATE TABLE "Odd Schema"."Mixed ""Quoted"" Name" ("Weird Col" text, "select" integer, "ÜberCol" text);
 INSERT INTO "Odd Schema"."Mixed ""Quoted"" Name" VALUES ('a', 1, 'b'), (NULL, NULL, NULL), ('', 0, E'\t');
 CREATE TABLE no_columns ();

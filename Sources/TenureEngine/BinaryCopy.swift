@@ -1,0 +1,559 @@
+import Foundation
+
+/// The column types whose COPY text the restore converts to COPY's binary format itself.
+/// Parsing text in the server (line and field splitting, `numeric_in`, the date-time parser)
+/// is most of a restore's CPU; the binary input functions skip it. Every other type keeps
+/// its table on the text path.
+enum BinaryColumn: Equatable, Sendable {
+    case bool, int2, int4, int8, float4, float8, numeric, text, bytea, date, timestamp, timestamptz, json, jsonb, uuid
+
+    /// By the built-in type's OID (domains and every other type: nil).
+    init?(typeOID: UInt32) {
+        switch typeOID {
+        case 16: self = .bool
+        case 21: self = .int2
+        case 23: self = .int4
+        case 20: self = .int8
+        case 700: self = .float4
+        case 701: self = .float8
+        case 1700: self = .numeric
+        case 25, 1043, 1042: self = .text  // text, varchar, bpchar: the same bytes either way
+        case 17: self = .bytea
+        case 1082: self = .date
+        case 1114: self = .timestamp
+        case 1184: self = .timestamptz
+        case 114: self = .json
+        case 3802: self = .jsonb
+        case 2950: self = .uuid
+        default: return nil
+        }
+    }
+}
+
+/// Converts a table's COPY text rows into COPY binary rows, byte for byte the values the
+/// server's text input would have stored. It accepts only the canonical text each type's
+/// output function writes (ISO dates, `\x` bytea, COPY's own escapes); on anything else
+/// `feed` returns false and the caller loads the part as text instead, so an unusual value
+/// is never guessed at: the server's own parser decides it (and reports it, if it is bad).
+struct BinaryCopyEncoder: ~Copyable {
+    let columns: [BinaryColumn]
+    /// Finished binary rows, handed out by `take`.
+    private(set) var output: ByteBuffer
+    /// The start of a row whose end is in the next chunk.
+    private var carry: ByteBuffer
+    /// One field with COPY's escapes undone.
+    private var field: ByteBuffer
+    private(set) var rows = 0
+
+    init(columns: [BinaryColumn]) {
+        self.columns = columns
+        output = ByteBuffer(capacity: 1 << 20)
+        carry = ByteBuffer(capacity: 1 << 16)
+        field = ByteBuffer(capacity: 1 << 12)
+        // Signature, flags, header-extension length.
+        output.append(contentsOf: [0x50, 0x47, 0x43, 0x4F, 0x50, 0x59, 0x0A, 0xFF, 0x0D, 0x0A, 0x00])
+        output.appendBigEndian(UInt32(0))
+        output.appendBigEndian(UInt32(0))
+    }
+
+    /// Converts the complete rows in `chunk` (keeping a partial last row for the next call).
+    /// False: a value this encoder does not convert; the part must go the text way.
+    mutating func feed(_ chunk: UnsafeRawBufferPointer) -> Bool {
+        guard let base = chunk.baseAddress?.assumingMemoryBound(to: UInt8.self), chunk.count > 0 else { return true }
+        var start = 0
+        let end = chunk.count
+        if carry.count > 0 {
+            guard let newline = memchr(base, 0x0A, end).map({ UnsafePointer($0.assumingMemoryBound(to: UInt8.self)) - base }) else {
+                carry.append(base, count: end)
+                return true
+            }
+            carry.append(base, count: newline)
+            let ok = encodeRow(carry.start, carry.count)
+            carry.removeAll()
+            guard ok else { return false }
+            start = newline + 1
+        }
+        while start < end {
+            guard let found = memchr(base + start, 0x0A, end - start) else {
+                carry.append(base + start, count: end - start)
+                return true
+            }
+            let newline = UnsafePointer(found.assumingMemoryBound(to: UInt8.self)) - base
+            guard encodeRow(base + start, newline - start) else { return false }
+            start = newline + 1
+        }
+        return true
+    }
+
+    /// Ends the stream: the trailer after the last row. False if a row was left unfinished.
+    mutating func finish() -> Bool {
+        guard carry.count == 0 else { return false }
+        output.appendBigEndian(UInt16(0xFFFF))
+        return true
+    }
+
+    /// Hands the converted bytes to `body` and empties the output.
+    mutating func take<E: Error>(_ body: (UnsafeRawBufferPointer) throws(E) -> Void) throws(E) {
+        guard output.count > 0 else { return }
+        try output.withRawBytes(body)
+        output.removeAll()
+    }
+
+    private mutating func encodeRow(_ line: UnsafePointer<UInt8>, _ length: Int) -> Bool {
+        // "\." alone ends COPY text data; leave such an oddity to the server.
+        if length == 2 && line[0] == 0x5C && line[1] == 0x2E { return false }
+        guard !columns.isEmpty else { return false }
+        output.appendBigEndian(UInt16(columns.count))
+        var position = 0
+        for (index, column) in columns.enumerated() {
+            // Find the field's end and whether it holds an escape.
+            var cursor = position
+            var escaped = false
+            while cursor < length {
+                // Eight bytes at a time while none is a tab or a backslash.
+                while cursor + 8 <= length {
+                    let word = UnsafeRawPointer(line + cursor).loadUnaligned(as: UInt64.self)
+                    if hasByte(word, 0x0909_0909_0909_0909) || hasByte(word, 0x5C5C_5C5C_5C5C_5C5C) { break }
+                    cursor += 8
+                }
+                guard cursor < length else { break }
+                let byte = line[cursor]
+                if byte == 0x09 { break }
+                if byte == 0x5C {
+                    escaped = true
+                    cursor += 1
+                }
+                cursor += 1
+            }
+            if cursor > length { return false }  // a backslash ending the line
+            let isLast = index == columns.count - 1
+            if isLast ? cursor != length : cursor >= length { return false }  // field count differs
+            let start = line + position
+            let count = cursor - position
+            position = cursor + 1
+            if count == 2 && start[0] == 0x5C && start[1] == 0x4E {  // \N
+                output.appendBigEndian(UInt32(0xFFFF_FFFF))
+                continue
+            }
+            if escaped {
+                guard column == .text || column == .json || column == .jsonb || column == .bytea, unescape(start, count),
+                    encodeValue(column, field.start, field.count)
+                else { return false }
+            } else {
+                guard encodeValue(column, start, count) else { return false }
+            }
+        }
+        rows += 1
+        return true
+    }
+
+    /// COPY TO's escapes (`\\ \b \f \n \r \t \v`) into `field`; any other escape: false.
+    private mutating func unescape(_ start: UnsafePointer<UInt8>, _ count: Int) -> Bool {
+        field.removeAll()
+        field.reserve(count)
+        var index = 0
+        while index < count {
+            let byte = start[index]
+            if byte != 0x5C {
+                field.appendUnchecked(byte)
+                index += 1
+                continue
+            }
+            guard index + 1 < count else { return false }
+            let decoded: UInt8
+            switch start[index + 1] {
+            case 0x5C: decoded = 0x5C
+            case UInt8(ascii: "b"): decoded = 0x08
+            case UInt8(ascii: "f"): decoded = 0x0C
+            case UInt8(ascii: "n"): decoded = 0x0A
+            case UInt8(ascii: "r"): decoded = 0x0D
+            case UInt8(ascii: "t"): decoded = 0x09
+            case UInt8(ascii: "v"): decoded = 0x0B
+            default: return false
+            }
+            field.appendUnchecked(decoded)
+            index += 2
+        }
+        return true
+    }
+
+    /// One non-NULL value: its length word and binary form.
+    private mutating func encodeValue(_ column: BinaryColumn, _ p: UnsafePointer<UInt8>, _ n: Int) -> Bool {
+        switch column {
+        case .text, .json:
+            output.appendBigEndian(UInt32(n))
+            output.append(p, count: n)
+        case .jsonb:
+            output.appendBigEndian(UInt32(n + 1))
+            output.appendBigEndian(UInt8(1))
+            output.append(p, count: n)
+        case .bool:
+            guard n == 1, p[0] == UInt8(ascii: "t") || p[0] == UInt8(ascii: "f") else { return false }
+            output.appendBigEndian(UInt32(1))
+            output.appendBigEndian(UInt8(p[0] == UInt8(ascii: "t") ? 1 : 0))
+        case .int2:
+            guard let value = TextValues.integer(p, n), let narrow = Int16(exactly: value) else { return false }
+            output.appendBigEndian(UInt32(2))
+            output.appendBigEndian(UInt16(bitPattern: narrow))
+        case .int4:
+            guard let value = TextValues.integer(p, n), let narrow = Int32(exactly: value) else { return false }
+            output.appendBigEndian(UInt32(4))
+            output.appendBigEndian(UInt32(bitPattern: narrow))
+        case .int8:
+            guard let value = TextValues.integer(p, n) else { return false }
+            output.appendBigEndian(UInt32(8))
+            output.appendBigEndian(UInt64(bitPattern: value))
+        case .float4:
+            guard let value = TextValues.double(p, n, single: true) else { return false }
+            output.appendBigEndian(UInt32(4))
+            output.appendBigEndian(Float(value).bitPattern)
+        case .float8:
+            guard let value = TextValues.double(p, n, single: false) else { return false }
+            output.appendBigEndian(UInt32(8))
+            output.appendBigEndian(value.bitPattern)
+        case .numeric:
+            return TextValues.numeric(p, n, into: &output)
+        case .bytea:
+            guard n >= 2, n % 2 == 0, p[0] == 0x5C, p[1] == UInt8(ascii: "x") else { return false }
+            let count = (n - 2) / 2
+            output.appendBigEndian(UInt32(count))
+            output.reserve(count)
+            let values = hexValues
+            var index = 2
+            while index < n {
+                let high = values[Int(p[index])]
+                let low = values[Int(p[index + 1])]
+                guard (high | low) & 0xF0 == 0 else { return false }
+                output.appendUnchecked(high << 4 | low)
+                index += 2
+            }
+        case .uuid:
+            guard n == 36 else { return false }
+            output.appendBigEndian(UInt32(16))
+            output.reserve(16)
+            var index = 0
+            while index < 36 {
+                if index == 8 || index == 13 || index == 18 || index == 23 {
+                    guard p[index] == UInt8(ascii: "-") else { return false }
+                    index += 1
+                    continue
+                }
+                guard let high = TextValues.hexDigit(p[index]), let low = TextValues.hexDigit(p[index + 1]) else { return false }
+                output.appendUnchecked(high << 4 | low)
+                index += 2
+            }
+        case .date:
+            let days: Int32
+            if TextValues.matches(p, n, "infinity") {
+                days = Int32.max
+            } else if TextValues.matches(p, n, "-infinity") {
+                days = Int32.min
+            } else {
+                guard let (value, used) = TextValues.date(p, n), used == n else { return false }
+                days = Int32(value)
+            }
+            output.appendBigEndian(UInt32(4))
+            output.appendBigEndian(UInt32(bitPattern: days))
+        case .timestamp, .timestamptz:
+            guard let micros = TextValues.timestamp(p, n, zoned: column == .timestamptz) else { return false }
+            output.appendBigEndian(UInt32(8))
+            output.appendBigEndian(UInt64(bitPattern: micros))
+        }
+        return true
+    }
+}
+
+/// Whether any byte of `word` equals the byte repeated in `pattern`.
+@inline(__always) func hasByte(_ word: UInt64, _ pattern: UInt64) -> Bool {
+    let x = word ^ pattern
+    return (x &- 0x0101_0101_0101_0101) & ~x & 0x8080_8080_8080_8080 != 0
+}
+
+/// Each byte's hex digit value, 0xFF for a byte that is not a hex digit.
+/// Written once at first use, read-only after.
+nonisolated(unsafe) let hexValues: UnsafePointer<UInt8> = {
+    let table = UnsafeMutablePointer<UInt8>.allocate(capacity: 256)
+    for byte in 0..<256 { table[byte] = TextValues.hexDigit(UInt8(byte)) ?? 0xFF }
+    return UnsafePointer(table)
+}()
+
+/// Parsers for the text the server's output functions write, strict: nil for anything else.
+enum TextValues {
+    static func hexDigit(_ byte: UInt8) -> UInt8? {
+        switch byte {
+        case 0x30...0x39: byte - 0x30
+        case 0x61...0x66: byte - 0x61 + 10
+        case 0x41...0x46: byte - 0x41 + 10
+        default: nil
+        }
+    }
+
+    static func matches(_ p: UnsafePointer<UInt8>, _ n: Int, _ word: StaticString) -> Bool {
+        guard n == word.utf8CodeUnitCount else { return false }
+        return memcmp(p, word.utf8Start, n) == 0
+    }
+
+    /// `-?[0-9]+` within Int64.
+    static func integer(_ p: UnsafePointer<UInt8>, _ n: Int) -> Int64? {
+        var index = 0
+        let negative = n > 0 && p[0] == UInt8(ascii: "-")
+        if negative { index = 1 }
+        guard index < n, n - index <= 19 else { return nil }
+        var value: Int64 = 0
+        while index < n {
+            let digit = p[index] &- 0x30
+            guard digit < 10 else { return nil }
+            let (times, overflow1) = value.multipliedReportingOverflow(by: 10)
+            let (next, overflow2) = negative ? times.subtractingReportingOverflow(Int64(digit)) : times.addingReportingOverflow(Int64(digit))
+            guard !overflow1, !overflow2 else { return nil }
+            value = next
+            index += 1
+        }
+        return value
+    }
+
+    /// A float as `float4out`/`float8out` write it, read by the C library's `strtod`/`strtof`
+    /// as `float8in`/`float4in` read it; out of range: nil (the server decides).
+    static func double(_ p: UnsafePointer<UInt8>, _ n: Int, single: Bool) -> Double? {
+        if matches(p, n, "NaN") { return .nan }
+        if matches(p, n, "Infinity") { return .infinity }
+        if matches(p, n, "-Infinity") { return -.infinity }
+        guard n > 0, n < 64 else { return nil }
+        for index in 0..<n {
+            switch p[index] {
+            case 0x30...0x39, UInt8(ascii: "-"), UInt8(ascii: "+"), UInt8(ascii: "."), UInt8(ascii: "e"), UInt8(ascii: "E"): continue
+            default: return nil
+            }
+        }
+        return withUnsafeTemporaryAllocation(of: CChar.self, capacity: 64) { buffer -> Double? in
+            let text = buffer.baseAddress!
+            UnsafeMutableRawPointer(text).copyMemory(from: p, byteCount: n)
+            text[n] = 0
+            var end: UnsafeMutablePointer<CChar>?
+            errno = 0
+            let value = single ? Double(strtof(text, &end)) : strtod(text, &end)
+            guard errno == 0, end == text + n, value.isFinite else { return nil }
+            return value
+        }
+    }
+
+    /// `numeric_out`'s text as the binary form `numeric_recv` reads: base-10000 digits.
+    static func numeric(_ p: UnsafePointer<UInt8>, _ n: Int, into output: inout ByteBuffer) -> Bool {
+        var sign: UInt16 = 0x0000
+        if matches(p, n, "NaN") { sign = 0xC000 } else if matches(p, n, "Infinity") { sign = 0xD000 } else if matches(p, n, "-Infinity") { sign = 0xF000 }
+        if sign != 0 {
+            output.appendBigEndian(UInt32(8))
+            output.appendBigEndian(UInt16(0))
+            output.appendBigEndian(UInt16(0))
+            output.appendBigEndian(sign)
+            output.appendBigEndian(UInt16(0))
+            return true
+        }
+        var index = 0
+        if n > 0 && p[0] == UInt8(ascii: "-") {
+            sign = 0x4000
+            index = 1
+        }
+        let integerStart = index
+        while index < n, p[index] &- 0x30 < 10 { index += 1 }
+        let integerEnd = index
+        var fractionStart = index
+        var fractionEnd = index
+        if index < n {
+            guard p[index] == UInt8(ascii: "."), index + 1 < n else { return false }
+            fractionStart = index + 1
+            index += 1
+            while index < n, p[index] &- 0x30 < 10 { index += 1 }
+            fractionEnd = index
+        }
+        let integerDigits = integerEnd - integerStart
+        let scale = fractionEnd - fractionStart
+        guard index == n, integerDigits > 0, integerDigits <= 131_072, scale <= 0x3FFF else { return false }
+        // Group decimal digits by 4 from the decimal point: the integer part is left-padded,
+        // the fraction right-padded. digit(at:) reads a position relative to the point.
+        let integerGroups = (integerDigits + 3) / 4
+        let fractionGroups = (scale + 3) / 4
+        func digit(_ position: Int) -> Int {
+            // position < 0: the |position|-th integer digit left of the point (1-based).
+            if position < 0 {
+                let offset = integerEnd + position
+                return offset >= integerStart ? Int(p[offset] - 0x30) : 0
+            }
+            let offset = fractionStart + position
+            return offset < fractionEnd ? Int(p[offset] - 0x30) : 0
+        }
+        func group(_ g: Int) -> UInt16 {
+            // g < integerGroups: integer group from the left; then fraction groups.
+            var value = 0
+            if g < integerGroups {
+                let first = -(integerGroups - g) * 4
+                for k in 0..<4 { value = value * 10 + digit(first + k) }
+            } else {
+                let first = (g - integerGroups) * 4
+                for k in 0..<4 { value = value * 10 + digit(first + k) }
+            }
+            return UInt16(value)
+        }
+        var first = 0
+        var last = integerGroups + fractionGroups - 1
+        while first <= last, group(first) == 0 { first += 1 }
+        while last >= first, group(last) == 0 { last -= 1 }
+        let count = first <= last ? last - first + 1 : 0
+        let weight = count == 0 ? 0 : integerGroups - 1 - first
+        output.appendBigEndian(UInt32(8 + 2 * count))
+        output.appendBigEndian(UInt16(count))
+        output.appendBigEndian(UInt16(bitPattern: Int16(weight)))
+        output.appendBigEndian(count == 0 ? 0 : sign)
+        output.appendBigEndian(UInt16(scale))
+        if count > 0 { for g in first...last { output.appendBigEndian(group(g)) } }
+        return true
+    }
+
+    static let postgresEpochDay = julianDay(year: 2000, month: 1, day: 1)
+
+    /// PostgreSQL's `date2j`.
+    static func julianDay(year: Int, month: Int, day: Int) -> Int {
+        var y = year
+        var m = month
+        if m > 2 {
+            m += 1
+            y += 4800
+        } else {
+            m += 13
+            y += 4799
+        }
+        let century = y / 100
+        var julian = y * 365 - 32167
+        julian += y / 4 - century + century / 4
+        julian += 7834 * m / 256 + day
+        return julian
+    }
+
+    static func digits(_ p: UnsafePointer<UInt8>, _ from: Int, _ count: Int) -> Int? {
+        var value = 0
+        for index in from..<(from + count) {
+            let digit = p[index] &- 0x30
+            guard digit < 10 else { return nil }
+            value = value * 10 + Int(digit)
+        }
+        return value
+    }
+
+    /// `YYYY-MM-DD` (AD, four to six year digits): days since 2000-01-01 and the bytes used.
+    static func date(_ p: UnsafePointer<UInt8>, _ n: Int) -> (Int, Int)? {
+        var yearDigits = 0
+        while yearDigits < n, p[yearDigits] &- 0x30 < 10 { yearDigits += 1 }
+        guard (4...6).contains(yearDigits), n >= yearDigits + 6, p[yearDigits] == UInt8(ascii: "-"), p[yearDigits + 3] == UInt8(ascii: "-"),
+            let year = digits(p, 0, yearDigits), let month = digits(p, yearDigits + 1, 2), let day = digits(p, yearDigits + 4, 2),
+            year >= 1, (1...12).contains(month), day >= 1
+        else { return nil }
+        let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0)
+        let lengths = [31, leap ? 29 : 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31]
+        guard day <= lengths[month - 1] else { return nil }
+        return (julianDay(year: year, month: month, day: day) - postgresEpochDay, yearDigits + 6)
+    }
+
+    /// `YYYY-MM-DD HH:MM:SS[.ffffff]` and, zoned, `±HH[:MM[:SS]]`: microseconds since
+    /// 2000-01-01 00:00 (UTC when zoned). `infinity`/`-infinity` as the server stores them.
+    static func timestamp(_ p: UnsafePointer<UInt8>, _ n: Int, zoned: Bool) -> Int64? {
+        if matches(p, n, "infinity") { return Int64.max }
+        if matches(p, n, "-infinity") { return Int64.min }
+        guard let (days, used) = date(p, n), n >= used + 9, p[used] == 0x20, p[used + 3] == UInt8(ascii: ":"), p[used + 6] == UInt8(ascii: ":"),
+            let hour = digits(p, used + 1, 2), let minute = digits(p, used + 4, 2), let second = digits(p, used + 7, 2),
+            hour < 24, minute < 60, second < 60
+        else { return nil }
+        var index = used + 9
+        var micros = 0
+        if index < n && p[index] == UInt8(ascii: ".") {
+            index += 1
+            var places = 0
+            while index < n, p[index] &- 0x30 < 10 {
+                guard places < 6 else { return nil }
+                micros = micros * 10 + Int(p[index] - 0x30)
+                places += 1
+                index += 1
+            }
+            guard places > 0 else { return nil }
+            for _ in places..<6 { micros *= 10 }
+        }
+        var offsetSeconds = 0
+        if zoned {
+            guard index + 3 <= n, p[index] == UInt8(ascii: "+") || p[index] == UInt8(ascii: "-"), let hours = digits(p, index + 1, 2) else { return nil }
+            let negative = p[index] == UInt8(ascii: "-")
+            offsetSeconds = hours * 3600
+            index += 3
+            if index < n {
+                guard index + 3 <= n, p[index] == UInt8(ascii: ":"), let minutes = digits(p, index + 1, 2), minutes < 60 else { return nil }
+                offsetSeconds += minutes * 60
+                index += 3
+            }
+            if index < n {
+                guard index + 3 <= n, p[index] == UInt8(ascii: ":"), let seconds = digits(p, index + 1, 2), seconds < 60 else { return nil }
+                offsetSeconds += seconds
+                index += 3
+            }
+            if negative { offsetSeconds = -offsetSeconds }
+        }
+        guard index == n else { return nil }
+        // Years up to 294276 fit the server's range; beyond it the server decides.
+        let seconds = ((days * 24 + hour) * 60 + minute) * 60 + second - offsetSeconds
+        guard days < 106_000_000 else { return nil }
+        return Int64(seconds) * 1_000_000 + Int64(micros)
+    }
+}
+
+/// A growable byte buffer with unchecked appends after `reserve`, for the encoder's hot loop.
+struct ByteBuffer: ~Copyable {
+    private var base: UnsafeMutablePointer<UInt8>
+    private var capacity: Int
+    private(set) var count = 0
+
+    init(capacity: Int) {
+        self.capacity = max(capacity, 16)
+        base = .allocate(capacity: self.capacity)
+    }
+
+    deinit { base.deallocate() }
+
+    mutating func reserve(_ extra: Int) {
+        guard count + extra > capacity else { return }
+        var grown = capacity * 2
+        while grown < count + extra { grown *= 2 }
+        let fresh = UnsafeMutablePointer<UInt8>.allocate(capacity: grown)
+        fresh.update(from: base, count: count)
+        base.deallocate()
+        base = fresh
+        capacity = grown
+    }
+
+    mutating func appendUnchecked(_ byte: UInt8) {
+        base[count] = byte
+        count += 1
+    }
+
+    mutating func append(_ bytes: UnsafePointer<UInt8>, count extra: Int) {
+        reserve(extra)
+        (base + count).update(from: bytes, count: extra)
+        count += extra
+    }
+
+    mutating func append(contentsOf bytes: [UInt8]) {
+        reserve(bytes.count)
+        for byte in bytes { appendUnchecked(byte) }
+    }
+
+    mutating func appendBigEndian<T: FixedWidthInteger>(_ value: T) {
+        reserve(MemoryLayout<T>.size)
+        UnsafeMutableRawPointer(base + count).storeBytes(of: value.bigEndian, as: T.self)
+        count += MemoryLayout<T>.size
+    }
+
+    mutating func removeAll() { count = 0 }
+
+    /// The bytes, valid until the next change to this buffer.
+    var start: UnsafePointer<UInt8> { UnsafePointer(base) }
+
+    func withRawBytes<E: Error>(_ body: (UnsafeRawBufferPointer) throws(E) -> Void) throws(E) {
+        try body(UnsafeRawBufferPointer(start: base, count: count))
+    }
+}

@@ -1,0 +1,132 @@
+import Foundation
+import Testing
+import TenureCore
+import TenurePQ
+import TenureTestSupport
+
+@testable import TenureEngine
+
+/// The restore's COPY text to COPY binary conversion: exact where it converts, refusing
+/// (so the part loads as text) wherever it is not sure.
+@Suite struct BinaryCopyTests {
+    func encode(_ columns: [BinaryColumn], _ text: String, chunk: Int = 1 << 20) -> [UInt8]? {
+        var encoder = BinaryCopyEncoder(columns: columns)
+        var bytes: [UInt8] = []
+        let input = Array(text.utf8)
+        var start = 0
+        while start < input.count {
+            let end = min(start + chunk, input.count)
+            let ok = input[start..<end].withUnsafeBytes { encoder.feed($0) }
+            guard ok else { return nil }
+            encoder.take { bytes.append(contentsOf: $0) }
+            start = end
+        }
+        guard encoder.finish() else { return nil }
+        encoder.take { bytes.append(contentsOf: $0) }
+        return bytes
+    }
+
+    /// The binary value of a one-column, one-row stream (after the 19-byte header and the
+    /// field count, before the trailer).
+    func value(_ column: BinaryColumn, _ text: String) -> [UInt8]? {
+        guard let bytes = encode([column], text + "\n") else { return nil }
+        return Array(bytes[21..<(bytes.count - 2)])
+    }
+
+    @Test func numericBecomesBase10000Digits() {
+        // length 14: 3 digits; weight 1, positive, dscale 3; 1, 2345, 6780.
+        #expect(value(.numeric, "12345.678") == [0, 0, 0, 14, 0, 3, 0, 1, 0, 0, 0, 3, 0, 1, 0x09, 0x29, 0x1A, 0x7C])
+        // 1e-8: one digit (1) at weight -2, dscale 8.
+        #expect(value(.numeric, "0.00000001") == [0, 0, 0, 10, 0, 1, 0xFF, 0xFE, 0, 0, 0, 8, 0, 1])
+        // Zero keeps its scale and is never negative.
+        #expect(value(.numeric, "-0.00") == [0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0, 2])
+        #expect(value(.numeric, "-5") == [0, 0, 0, 10, 0, 1, 0, 0, 0x40, 0, 0, 0, 0, 5])
+        #expect(value(.numeric, "NaN") == [0, 0, 0, 8, 0, 0, 0, 0, 0xC0, 0, 0, 0])
+        #expect(value(.numeric, "1e5") == nil)
+        #expect(value(.numeric, "1.") == nil)
+    }
+
+    @Test func datesAndTimestampsCountFrom2000() {
+        #expect(value(.date, "2000-01-01") == [0, 0, 0, 4, 0, 0, 0, 0])
+        #expect(value(.date, "1999-12-31") == [0, 0, 0, 4, 0xFF, 0xFF, 0xFF, 0xFF])
+        #expect(value(.date, "infinity") == [0, 0, 0, 4, 0x7F, 0xFF, 0xFF, 0xFF])
+        // 2000-01-01 01:00:00+01 is midnight UTC; half a second later, 500000 µs.
+        #expect(value(.timestamptz, "2000-01-01 01:00:00.5+01") == [0, 0, 0, 8, 0, 0, 0, 0, 0, 0x07, 0xA1, 0x20])
+        #expect(value(.timestamptz, "2000-01-01 00:00:00-00:00:01") == [0, 0, 0, 8, 0, 0, 0, 0, 0, 0x0F, 0x42, 0x40])
+        #expect(value(.timestamp, "2000-01-01 00:00:01") == [0, 0, 0, 8, 0, 0, 0, 0, 0, 0x0F, 0x42, 0x40])
+        // Left to the server: BC, 24:00, leap seconds, Feb 30, seven-digit years, no zone.
+        for text in ["0044-03-15 BC", "2000-02-30", "5874897-12-31"] { #expect(value(.date, text) == nil, "\(text)") }
+        for text in ["2000-01-01 24:00:00+00", "2016-12-31 23:59:60+00", "2000-01-01 00:00:00", "2000-01-01 00:00:00.1234567+00", "0044-03-15 12:00:00+00 BC"] {
+            #expect(value(.timestamptz, text) == nil, "\(text)")
+        }
+    }
+
+    @Test func escapesAndRowsAcrossChunks() {
+        let columns: [BinaryColumn] = [.int4, .text, .bytea, .jsonb]
+        let text = "1\ttab\\there\\\\N\t\\\\x00ff\t{\"a\": 1}\n2\t\\N\t\\N\t\\N\n3\t\\\\N\t\\\\x\t[]\n"
+        let whole = encode(columns, text)
+        #expect(whole != nil)
+        for size in [1, 2, 3, 7, 13] { #expect(encode(columns, text, chunk: size) == whole, "chunks of \(size)") }
+        // Row 1's text: "tab<TAB>here\\N" (a backslash and N, not a NULL).
+        let expected: [UInt8] = Array("tab\there\\N".utf8)
+        let bytes = whole!
+        #expect(bytes[19..<21] == [0, 4])
+        #expect(bytes[29..<33] == [0, 0, 0, UInt8(expected.count)])
+        #expect(Array(bytes[33..<(33 + expected.count)]) == expected)
+    }
+
+    @Test func refusesWhatItDoesNotKnow() {
+        #expect(encode([.text], "\\101\n") == nil, "octal escape")
+        #expect(encode([.text], "\\x41\n") == nil, "hex escape")
+        #expect(encode([.int4, .int4], "1\n") == nil, "too few fields")
+        #expect(encode([.int4], "1\t2\n") == nil, "too many fields")
+        #expect(encode([.int4], "\\.\n") == nil, "end-of-data marker")
+        #expect(encode([.int4], "1") == nil, "unfinished row")
+        #expect(encode([.int2], "40000\n") == nil, "out of range")
+        #expect(encode([.int8], "9223372036854775808\n") == nil, "out of range")
+        #expect(encode([.bytea], "\\\\001\n") == nil, "escape-format bytea")
+        #expect(encode([.bool], "true\n") == nil)
+        #expect(encode([.uuid], "{a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11}\n") == nil)
+        #expect(encode([.float8], "1e999\n") == nil, "overflow: the server decides")
+    }
+
+    /// Every row the server writes for the binary-loadable types converts, and loading the
+    /// conversion stores exactly what loading the text stores.
+    @Test func binaryLoadStoresWhatTextLoadStores() throws {
+        let server = try TestServer.shared()
+        let database = try createHardCases(server)
+        let connection = try server.connect(database: database)
+        defer { connection.close() }
+        try prepareSession(connection)
+        let columns = try connection.query(
+            "SELECT atttypid::int8 FROM pg_attribute WHERE attrelid = 'public.binary_types'::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum"
+        ).rows.map { BinaryColumn(typeOID: UInt32($0[0]!)!)! }
+        var text: [UInt8] = []
+        let rows = try connection.copyOut("COPY public.binary_types TO STDOUT") { text.append(contentsOf: $0) }
+        #expect(rows > 5000)
+        for (index, size) in [1 << 20, 4093].enumerated() {
+            let binary = try #require(encode(columns, String(decoding: text, as: UTF8.self), chunk: size))
+            try connection.execute("CREATE TABLE public.binary_copy_\(index) (LIKE public.binary_types)")
+            try connection.beginCopyIn("COPY public.binary_copy_\(index) FROM STDIN (FORMAT binary)")
+            try binary.withBytes { (bytes) throws(TenureError) in try connection.copyData(bytes) }
+            #expect(try connection.endCopy() == rows)
+        }
+        try connection.execute("CREATE TABLE public.text_copy (LIKE public.binary_types)")
+        try connection.beginCopyIn("COPY public.text_copy FROM STDIN")
+        try text.withBytes { (bytes) throws(TenureError) in try connection.copyData(bytes) }
+        #expect(try connection.endCopy() == rows)
+        func digest(_ table: String) throws -> String? {
+            try connection.query("SELECT md5(string_agg(t::text, '|' ORDER BY id)) FROM public.\(table) t").rows.first?[0] ?? nil
+        }
+        let expected = try digest("binary_types")
+        #expect(expected != nil)
+        #expect(try digest("text_copy") == expected)
+        #expect(try digest("binary_copy_0") == expected)
+        #expect(try digest("binary_copy_1") == expected)
+        // Byte-identical storage, not only equal text.
+        let same = try connection.query(
+            "SELECT count(*) FROM public.binary_copy_0 b JOIN public.text_copy t USING (id) WHERE row(b.*)::text IS DISTINCT FROM row(t.*)::text OR pg_column_size(b.*) <> pg_column_size(t.*)"
+        )
+        #expect(same.rows == [["0"]])
+    }
+}
