@@ -422,7 +422,7 @@ final class Restore {
                     }
                     pool.finished(id, entry)
                     let took = Date().timeIntervalSince(entryStart)
-                    if timing && took > 0.0 {
+                    if timing && took > 0.1 {
                         FileHandle.standardError.write(
                             Data(String(format: "restore %.2f s: %@ %@ took %.2f s\n", Date().timeIntervalSince(started), entry.type, entry.name, took).utf8))
                     }
