@@ -231,6 +231,7 @@ struct BinaryCopyEncoder: ~Copyable {
             guard n == 36 else { return false }
             output.appendBigEndian(UInt32(16))
             output.reserve(16)
+            let values = hexValues
             var index = 0
             while index < 36 {
                 if index == 8 || index == 13 || index == 18 || index == 23 {
@@ -238,7 +239,9 @@ struct BinaryCopyEncoder: ~Copyable {
                     index += 1
                     continue
                 }
-                guard let high = TextValues.hexDigit(p[index]), let low = TextValues.hexDigit(p[index + 1]) else { return false }
+                let high = values[Int(p[index])]
+                let low = values[Int(p[index + 1])]
+                guard (high | low) & 0xF0 == 0 else { return false }
                 output.appendUnchecked(high << 4 | low)
                 index += 2
             }

@@ -153,8 +153,7 @@ final class Restore {
 
     func connect() throws(TenureError) -> PostgresConnection {
         let connection = try PostgresConnection(parameters, applicationName: "tenure-restore")
-        try connection.execute(
-            "SET search_path = pg_catalog; SET statement_timeout = \(options.statementTimeoutMilliseconds); SET maintenance_work_mem = '\(options.maintenanceWorkMemory)'; SET synchronous_commit = off; \(restoreSessionFormats)")
+        try connection.execute(restoreSessionSettings(options))
         return connection
     }
 
@@ -335,8 +334,7 @@ final class Restore {
         group.enter()
         let parameters = self.parameters
         let limits = options.limits
-        let memory = options.maintenanceWorkMemory
-        let timeout = options.statementTimeoutMilliseconds
+        let settings = restoreSessionSettings(options)
         let progress = self.progress
         let freeze = options.freezeSmallTables
         let freezeBytes = options.freezeTableBytes
@@ -345,8 +343,7 @@ final class Restore {
                 do throws(TenureError) {
                     let connection = try PostgresConnection(parameters, applicationName: "tenure-restore-worker")
                     defer { connection.close() }
-                    try connection.execute(
-                        "SET search_path = pg_catalog; SET statement_timeout = \(timeout); SET maintenance_work_mem = '\(memory)'; SET synchronous_commit = off; \(restoreSessionFormats)")
+                    try connection.execute(settings)
                     let decompressor = FrameDecompressor()
                     var truncated = Set<Int>()
                     if freeze { try connection.execute("BEGIN") }
@@ -504,10 +501,7 @@ func load(_ item: LoadItem, connection: PostgresConnection, decompressor: FrameD
             _ = try? connection.endCopy(failWith: "tenure: \(error.message)")
             throw error
         }
-        let rows: Int
-        do { rows = try connection.endCopy() } catch {
-            throw TenureError(error.code, "loading \(what) into \(table.qualifiedName) failed: \(error.message)", sqlState: error.sqlState)
-        }
+        let rows = try finishCopy(connection, what: what, table: table)
         return (Int64(rows), Int64(raw))
     case .blob:
         var data: [UInt8] = []
@@ -560,21 +554,31 @@ func loadBinary(_ item: LoadItem, columns: [BinaryColumn], connection: PostgresC
         if ProcessInfo.processInfo.environment["TENURE_TIMING"] == "1" { FileHandle.standardError.write(Data("restore: \(item.name) loads as text\n".utf8)) }
         return nil
     }
-    let rows: Int
-    do { rows = try connection.endCopy() } catch {
-        throw TenureError(error.code, "loading \(what) into \(table.qualifiedName) failed: \(error.message)", sqlState: error.sqlState)
-    }
+    let rows = try finishCopy(connection, what: what, table: table)
     guard rows == encoder.rows else {
         throw TenureError(.internal, "loading \(what) into \(table.qualifiedName): the server stored \(rows) rows of the \(encoder.rows) sent")
     }
     return (Int64(rows), Int64(raw))
 }
 
-/// Output and input formats every restore session sets, whatever the server's, role's or
-/// database's defaults: the archive's COPY text is read the way the backup wrote it, and
-/// the client encoding is the new database's own (the archive's).
-let restoreSessionFormats =
-    "SET DateStyle = 'ISO, MDY'; SET IntervalStyle = 'postgres'; SELECT pg_catalog.set_config('client_encoding', pg_catalog.current_setting('server_encoding'), false)"
+/// The settings of the restore's schema and loader sessions. Whatever the server's, role's
+/// or database's defaults, the archive's COPY text is read the way the backup wrote it, in
+/// the new database's own encoding (the archive's).
+func restoreSessionSettings(_ options: RestoreOptions) -> String {
+    """
+    SET search_path = pg_catalog; SET statement_timeout = \(options.statementTimeoutMilliseconds); \
+    SET maintenance_work_mem = '\(options.maintenanceWorkMemory)'; SET synchronous_commit = off; \
+    SET DateStyle = 'ISO, MDY'; SET IntervalStyle = 'postgres'; \
+    SELECT pg_catalog.set_config('client_encoding', pg_catalog.current_setting('server_encoding'), false)
+    """
+}
+
+/// Ends a part's COPY: the server's row count, or its refusal naming the part and table.
+func finishCopy(_ connection: PostgresConnection, what: String, table: TableEntry) throws(TenureError) -> Int {
+    do { return try connection.endCopy() } catch {
+        throw TenureError(error.code, "loading \(what) into \(table.qualifiedName) failed: \(error.message)", sqlState: error.sqlState)
+    }
+}
 
 func hexBytea(_ bytes: [UInt8]) -> String {
     let digits = Array("0123456789abcdef".utf8)
