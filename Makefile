@@ -2,6 +2,7 @@
 #   make run    install what is missing, build, start `tenure serve` on the embedded PostgreSQL
 #   make test   install what is missing, run every test (starts its own PostgreSQL)
 #   make bench  benchmarks (never part of `make test`)
+#   make fidelity  the regression database round trip against pg_dump | pg_restore (needs ../shared)
 
 SWIFT        ?= swift
 APT_PACKAGES := postgresql-15 postgresql-contrib libpq-dev libzstd-dev pkg-config zstd time
@@ -9,7 +10,7 @@ PG_BIN       ?= /usr/lib/postgresql/15/bin
 TENURE_HOME  ?= $(CURDIR)/var
 export TENURE_HOME
 
-.PHONY: deps build release run test bench clean
+.PHONY: deps build release run test bench fidelity clean
 
 # Installs only what is missing: `apt-get update` once, then one `apt-get install -y`.
 deps:
@@ -43,6 +44,9 @@ bench: release
 	  { DEBIAN_FRONTEND=noninteractive apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends wrk; }; }
 	@command -v curl >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends curl
 	TENURE_BIN=$$($(SWIFT) build -c release --show-bin-path)/tenure python3 ops/bench.py
+
+fidelity: build
+	TENURE_BIN=$$($(SWIFT) build --show-bin-path)/tenure python3 ops/fidelity.py
 
 clean:
 	rm -rf .build

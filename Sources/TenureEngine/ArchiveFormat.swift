@@ -91,8 +91,12 @@ public struct TableEntry: Codable, Sendable {
     /// Columns in COPY order: not dropped, not generated.
     public var columns: [String]
     public var byteCount: Int64
+    /// For an extension's configuration table (`pg_extension_config_dump`): the condition
+    /// (`WHERE ...`, or empty for every row) that selects the rows the extension did not
+    /// create itself, as pg_dump applies it. Nil for an ordinary table.
+    public var filter: String? = nil
 
-    enum CodingKeys: String, CodingKey { case index, schema, name, columns, byteCount = "bytes" }
+    enum CodingKeys: String, CodingKey { case index, schema, name, columns, byteCount = "bytes", filter }
 
     public var qualifiedName: String { "\(quoteName(schema)).\(quoteName(name))" }
 

@@ -92,6 +92,8 @@ final class Backup {
     let options: BackupOptions
     let sink: any ByteSink
     let progress: TransferProgress
+    /// Each table's and large object's next part number, shared by every copy phase.
+    let partNumbers = Locked<[Int64: Int]>([:])
 
     init(options: BackupOptions, sink: any ByteSink, progress: TransferProgress) {
         self.options = options
@@ -124,25 +126,10 @@ final class Backup {
         progress.expectedBytes.store(tables.reduce(0) { $0 + $1.byteCount }, ordering: .relaxed)
 
         let restrictKey = options.pgDump.supportsRestrictKey() ? randomKey() : nil
-        let preData = try options.pgDump.dumpSection(
-            "pre-data", parameters: options.source, snapshot: snapshot, restrictKey: restrictKey, maximumBytes: options.limits.maximumSchemaBytes)
-        // Post-data is dumped while the data flows.
-        let postDataResult = Locked<Result<String, TenureError>?>(nil)
-        let postDataDone = DispatchGroup()
-        postDataDone.enter()
-        let pgDump = options.pgDump
-        let source = options.source
-        let maximumSchemaBytes = options.limits.maximumSchemaBytes
-        Thread {
-            let result: Result<String, TenureError>
-            do throws(TenureError) {
-                result = .success(
-                    try pgDump.dumpSection("post-data", parameters: source, snapshot: snapshot, restrictKey: restrictKey, maximumBytes: maximumSchemaBytes))
-            } catch { result = .failure(error) }
-            postDataResult.withLock { $0 = result }
-            postDataDone.leave()
-        }.start()
-        defer { postDataDone.wait() }
+        // Both schema sections from one pg_dump run, before the data: pg_dump reads the whole
+        // catalog whatever the section, so one run costs what one section did.
+        let (preData, postData) = try options.pgDump.dumpSchema(
+            parameters: options.source, snapshot: snapshot, restrictKey: restrictKey, maximumBytes: options.limits.maximumSchemaBytes)
 
         let header = ArchiveHeader(
             format: ArchiveLayout.formatName, formatVersion: ArchiveLayout.formatVersion, createdAt: RFC3339.format(options.createdAt),
@@ -157,7 +144,7 @@ final class Backup {
         // Work: biggest first, so the longest part starts earliest.
         var tasks: [BackupTask] = []
         let pagesPerPart = max(1, options.partBytes / blockSize)
-        for table in tables {
+        for table in tables where table.filter == nil {
             let pages = table.byteCount / blockSize
             if table.byteCount > options.partBytes {
                 var first: Int64 = 0
@@ -183,13 +170,32 @@ final class Backup {
         }
         tasks += largeObjects.map { .largeObject($0) }
 
+        try copy(tasks, jobs: options.jobs, snapshot: snapshot, writer: writer)
+        // Extensions' configuration tables last, one after another in foreign-key order
+        // (referenced tables first), on one session: their constraints exist as soon as the
+        // extension is created, so a restore loads their rows in this order (see `Restore`).
+        let configuration = try foreignKeyOrder(tables.filter { $0.filter != nil }, on: coordinator)
+        try copy(configuration.map { .table($0, firstPage: nil, lastPage: nil) }, jobs: 1, snapshot: snapshot, writer: writer)
+
+        try writer.end(postData: postData)
+        try coordinator.execute("COMMIT")
+        return BackupSummary(
+            tableCount: tables.count, rowCount: progress.rows.load(ordering: .relaxed), rawBytes: progress.rawBytes.load(ordering: .relaxed),
+            writtenBytes: writer.writtenBytes, memberCount: writer.memberCount, sequenceCount: sequenceSQL.split(separator: "\n").count,
+            largeObjectCount: largeObjects.count)
+    }
+
+    /// Runs `tasks` on up to `jobs` worker sessions in the snapshot and writes what they produce
+    /// (in the order it arrives) until all are done or one fails.
+    func copy(_ tasks: [BackupTask], jobs: Int, snapshot: String, writer: any SegmentWriter) throws(TenureError) {
+        guard !tasks.isEmpty else { return }
         let work = Locked(tasks[...])
         let queue = BoundedQueue<Segment>(capacity: max(2, options.jobs * 2))
         let failure = FirstFailure()
-        let partNumbers = Locked<[Int64: Int]>([:])
+        let partNumbers = self.partNumbers
         let options = self.options
         let progress = self.progress
-        let jobs = min(options.jobs, max(1, tasks.count))
+        let jobs = min(jobs, tasks.count)
         let workersDone = DispatchGroup()
         workersDone.enter()
         Thread {
@@ -220,48 +226,83 @@ final class Backup {
         }
         workersDone.wait()
         if let error = failure.error ?? writeError { throw error }
-
-        postDataDone.wait()
-        guard let postDataOutcome = postDataResult.withLock({ $0 }) else {
-            throw TenureError(.internal, "pg_dump post-data did not finish")
-        }
-        let postData = try postDataOutcome.get()
-        try writer.end(postData: postData)
-        try coordinator.execute("COMMIT")
-        return BackupSummary(
-            tableCount: tables.count, rowCount: progress.rows.load(ordering: .relaxed), rawBytes: progress.rawBytes.load(ordering: .relaxed),
-            writtenBytes: writer.writtenBytes, memberCount: writer.memberCount, sequenceCount: sequenceSQL.split(separator: "\n").count,
-            largeObjectCount: largeObjects.count)
     }
 
+    /// `tables` with every table after the tables its foreign keys reference (a cycle keeps
+    /// the listed order for its members, as pg_dump does with a warning).
+    func foreignKeyOrder(_ tables: [TableEntry], on connection: PostgresConnection) throws(TenureError) -> [TableEntry] {
+        guard tables.count > 1 else { return tables }
+        func key(_ schema: String, _ name: String) -> String { schema + "\u{0}" + name }
+        let result = try connection.query(
+            """
+            SELECT rn.nspname, r.relname, fn.nspname, f.relname FROM pg_catalog.pg_constraint c
+            JOIN pg_catalog.pg_class r ON r.oid = c.conrelid JOIN pg_catalog.pg_namespace rn ON rn.oid = r.relnamespace
+            JOIN pg_catalog.pg_class f ON f.oid = c.confrelid JOIN pg_catalog.pg_namespace fn ON fn.oid = f.relnamespace
+            WHERE c.contype = 'f' AND c.conrelid <> c.confrelid
+            """)
+        var references: [String: Set<String>] = [:]
+        for row in result.rows { references[key(row[0]!, row[1]!), default: []].insert(key(row[2]!, row[3]!)) }
+        var placed: [TableEntry] = []
+        var done = Set<String>()
+        var visiting = Set<String>()
+        let byKey = Dictionary(tables.map { (key($0.schema, $0.name), $0) }, uniquingKeysWith: { first, _ in first })
+        func place(_ table: TableEntry) {
+            let tableKey = key(table.schema, table.name)
+            guard !done.contains(tableKey), visiting.insert(tableKey).inserted else { return }
+            for referenced in references[tableKey, default: []].sorted() { if let other = byKey[referenced] { place(other) } }
+            done.insert(tableKey)
+            placed.append(table)
+        }
+        tables.forEach(place)
+        return placed
+    }
+
+    /// Every ordinary table outside the system schemas that no extension owns, and every
+    /// extension's configuration table (`pg_extension_config_dump`) with the filter its
+    /// extension registered: pg_dump carries the rows an extension marks as configuration
+    /// (those the user added), and so does Tenure.
     func listTables(_ connection: PostgresConnection) throws(TenureError) -> [TableEntry] {
         let result = try connection.query(
             """
+            WITH configuration AS (
+                SELECT c.relid, coalesce(e.extcondition[c.position], '') AS filter
+                FROM pg_catalog.pg_extension e, unnest(e.extconfig) WITH ORDINALITY AS c(relid, position)
+            ), listed AS (
+                SELECT c.oid, NULL::text AS filter FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                WHERE c.relkind = 'r' AND n.nspname <> 'information_schema' AND n.nspname !~ '^pg_'
+                  AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
+                                  WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.objid = c.oid AND d.deptype = 'e')
+                UNION ALL
+                SELECT c.oid, configuration.filter FROM configuration JOIN pg_catalog.pg_class c ON c.oid = configuration.relid
+                WHERE c.relkind = 'r'
+            )
             SELECT n.nspname AS schema, c.relname AS name, pg_catalog.pg_relation_size(c.oid) AS bytes,
                    coalesce((SELECT json_agg(a.attname ORDER BY a.attnum) FROM pg_catalog.pg_attribute a
-                             WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''), '[]') AS columns
-            FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-            WHERE c.relkind = 'r' AND n.nspname <> 'information_schema' AND n.nspname !~ '^pg_'
-              AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
-                              WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.objid = c.oid AND d.deptype = 'e')
+                             WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''), '[]') AS columns,
+                   listed.filter
+            FROM listed JOIN pg_catalog.pg_class c ON c.oid = listed.oid JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
             ORDER BY 1, 2
             """)
         var tables: [TableEntry] = []
         for (index, row) in result.rows.enumerated() {
             let columns = (try? JSONDecoder().decode([String].self, from: Data((row[3] ?? "[]").utf8))) ?? []
-            tables.append(TableEntry(index: index + 1, schema: row[0]!, name: row[1]!, columns: columns, byteCount: Int64(row[2]!) ?? 0))
+            tables.append(
+                TableEntry(index: index + 1, schema: row[0]!, name: row[1]!, columns: columns, byteCount: Int64(row[2]!) ?? 0, filter: row[4]))
         }
         return tables
     }
 
-    /// `setval` for every sequence, read in the snapshot.
+    /// `setval` for every sequence no extension owns and every sequence an extension marks
+    /// as configuration, read in the snapshot.
     func readSequences(_ connection: PostgresConnection) throws(TenureError) -> String {
         let sequences = try connection.query(
             """
             SELECT n.nspname, c.relname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-            WHERE c.relkind = 'S' AND n.nspname <> 'information_schema' AND n.nspname !~ '^pg_'
-              AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
-                              WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.objid = c.oid AND d.deptype = 'e')
+            WHERE c.relkind = 'S'
+              AND ((n.nspname <> 'information_schema' AND n.nspname !~ '^pg_'
+                    AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
+                                    WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.objid = c.oid AND d.deptype = 'e'))
+                   OR EXISTS (SELECT 1 FROM pg_catalog.pg_extension e WHERE c.oid = ANY (e.extconfig)))
             ORDER BY 1, 2
             """)
         var lines: [String] = []
@@ -338,6 +379,9 @@ struct BackupWorker {
             var condition = "ctid >= '(\(first),0)'::pg_catalog.tid"
             if let last { condition += " AND ctid < '(\(last),0)'::pg_catalog.tid" }
             sql = "COPY (SELECT \(columns) FROM ONLY \(table.qualifiedName) WHERE \(condition)) TO STDOUT"
+        } else if let filter = table.filter {
+            let columns = table.columns.map(quoteName).joined(separator: ", ")
+            sql = "COPY (SELECT \(columns) FROM ONLY \(table.qualifiedName) \(filter)) TO STDOUT"
         } else {
             sql = "COPY \(table.copyTarget) TO STDOUT"
         }

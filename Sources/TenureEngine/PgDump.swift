@@ -15,7 +15,7 @@ public struct PgDump: Sendable {
 
     /// `pg_dump --version` → (major, full version text).
     public func version() throws(TenureError) -> (major: Int, text: String) {
-        let output = try run(["--version"], password: nil, maximumBytes: 4096)
+        let output = try run(path, ["--version"], password: nil, maximumBytes: 4096)
         // "pg_dump (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)"
         let words = output.split(separator: " ")
         guard words.count >= 3, let major = Int(words[2].split(separator: ".")[0]) else {
@@ -26,28 +26,69 @@ public struct PgDump: Sendable {
 
     /// Whether this pg_dump writes `\restrict` lines (15.14+) and takes `--restrict-key`.
     public func supportsRestrictKey() -> Bool {
-        ((try? run(["--help"], password: nil, maximumBytes: 65_536)) ?? "").contains("--restrict-key")
+        ((try? run(path, ["--help"], password: nil, maximumBytes: 65_536)) ?? "").contains("--restrict-key")
     }
 
-    /// Dumps one schema section of the database in `parameters`, in `snapshot`.
-    public func dumpSection(_ section: String, parameters: ConnectionParameters, snapshot: String, restrictKey: String?, maximumBytes: Int)
-        throws(TenureError) -> String
+    /// The schema of the database in `parameters`, as of `snapshot`: pre-data and post-data
+    /// scripts with pg_dump's table of contents in their entry headers (`-- TOC entry N`,
+    /// `-- Dependencies: ...`), so a restore can schedule from the dependencies pg_dump records.
+    ///
+    /// One `pg_dump --format=custom` run reads the catalog once (both sections, not the data
+    /// section, which Tenure copies itself); `pg_restore --verbose` renders each section from it.
+    /// The custom archive lives in a private 0700 directory only while this runs. Every
+    /// dependency pg_dump records on an object it did not dump (the data of an unpopulated
+    /// materialized view, say) is dropped from the rendered headers, as `pg_restore` ignores it,
+    /// so every dependency left names an entry the scripts carry. Thread: blocks.
+    public func dumpSchema(parameters: ConnectionParameters, snapshot: String, restrictKey: String?, maximumBytes: Int)
+        throws(TenureError) -> (preData: String, postData: String)
     {
-        precondition(section == "pre-data" || section == "post-data", "pg_dump section")
-        var arguments = ["--section=\(section)", "--snapshot=\(snapshot)", "--no-password", "--encoding=UTF8"]
-        if let restrictKey { arguments.append("--restrict-key=\(restrictKey)") }
+        let directory = NSTemporaryDirectory() + "tenure-schema-\(getpid())-\(UInt64.random(in: 0...UInt64.max))"
+        guard mkdir(directory, 0o700) == 0 else {
+            throw TenureError(.internal, "cannot create a private directory for pg_dump's schema archive: \(String(cString: strerror(errno)))")
+        }
+        let archive = directory + "/schema.dump"
+        defer {
+            unlink(archive)
+            rmdir(directory)
+        }
+        var arguments = [
+            "--format=custom", "--compress=0", "--section=pre-data", "--section=post-data", "--snapshot=\(snapshot)", "--no-password",
+            "--encoding=UTF8", "--file=\(archive)",
+        ]
         // The password never goes on the command line or into the environment.
         let keywords = parameters.values.filter { $0.0 != "password" }.map { "\($0.0)=\(Self.quoteConnectionValue($0.1))" }
         arguments += ["--dbname=" + keywords.joined(separator: " ")]
-        return try run(arguments, password: parameters["password"], maximumBytes: maximumBytes)
+        _ = try run(path, arguments, password: parameters["password"], maximumBytes: 65_536)
+        var status = stat()
+        guard stat(archive, &status) == 0 else { throw TenureError(.internal, "pg_dump wrote no schema archive") }
+        guard Int(status.st_size) <= maximumBytes else {
+            throw TenureError(.internal, "the schema is \(status.st_size) bytes, over the limit of \(maximumBytes) bytes")
+        }
+        let listing = try run(restorePath, ["--list", archive], password: nil, maximumBytes: maximumBytes)
+        let entries = Set(listing.split(separator: "\n").compactMap { line in line.firstIndex(of: ";").flatMap { Int(line[..<$0]) } })
+        func render(_ section: String) throws(TenureError) -> String {
+            var arguments = ["--verbose", "--section=\(section)", "--file=-"]
+            if let restrictKey { arguments.append("--restrict-key=\(restrictKey)") }
+            let script = try run(restorePath, arguments + [archive], password: nil, maximumBytes: maximumBytes)
+            return keepDependencies(script, on: entries)
+        }
+        return (try render("pre-data"), try render("post-data"))
+    }
+
+    /// The pg_restore beside this pg_dump.
+    public var restorePath: String {
+        guard let slash = path.lastIndex(of: "/") else { return "pg_restore" }
+        return String(path[...slash]) + "pg_restore"
     }
 
     static func quoteConnectionValue(_ value: String) -> String {
         "'" + value.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "'", with: "\\'") + "'"
     }
 
-    /// Runs pg_dump, collecting stdout (bounded) and stderr through pipes with poll().
-    func run(_ arguments: [String], password: String?, maximumBytes: Int) throws(TenureError) -> String {
+    /// Runs pg_dump or pg_restore (`executable`), collecting stdout (bounded) and stderr
+    /// through pipes with poll().
+    func run(_ executable: String, _ arguments: [String], password: String?, maximumBytes: Int) throws(TenureError) -> String {
+        let name = executable.split(separator: "/").last.map(String.init) ?? executable
         var environment = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("PG") && !$0.key.hasPrefix("TENURE_") }
         var passDirectory: String?
         if let password {
@@ -73,7 +114,7 @@ public struct PgDump: Sendable {
         }
         var stdoutPipe: [Int32] = [0, 0]
         var stderrPipe: [Int32] = [0, 0]
-        guard pipe(&stdoutPipe) == 0, pipe(&stderrPipe) == 0 else { throw TenureError(.internal, "cannot create pipes for pg_dump") }
+        guard pipe(&stdoutPipe) == 0, pipe(&stderrPipe) == 0 else { throw TenureError(.internal, "cannot create pipes for \(name)") }
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
@@ -81,14 +122,14 @@ public struct PgDump: Sendable {
         posix_spawn_file_actions_adddup2(&actions, stdoutPipe[1], 1)
         posix_spawn_file_actions_adddup2(&actions, stderrPipe[1], 2)
         for descriptor in stdoutPipe + stderrPipe { posix_spawn_file_actions_addclose(&actions, descriptor) }
-        let argv = ([path] + arguments).map { strdup($0) } + [nil]
+        let argv = ([executable] + arguments).map { strdup($0) } + [nil]
         let envp = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
         defer {
             argv.forEach { free($0) }
             envp.forEach { free($0) }
         }
         var pid: pid_t = 0
-        let spawned = posix_spawn(&pid, path, &actions, nil, argv, envp)
+        let spawned = posix_spawn(&pid, executable, &actions, nil, argv, envp)
         close(stdoutPipe[1])
         close(stderrPipe[1])
         defer {
@@ -96,12 +137,12 @@ public struct PgDump: Sendable {
             close(stderrPipe[0])
         }
         guard spawned == 0 else {
-            throw TenureError(.internal, "cannot run \(path): \(String(cString: strerror(spawned)))")
+            throw TenureError(.internal, "cannot run \(executable): \(String(cString: strerror(spawned)))")
         }
         var output: [UInt8] = []
         let (status, errors, failure) = drainChild(pid, stdout: stdoutPipe[0], stderr: stderrPipe[0], errorLimit: 65_536) { (chunk) throws(TenureError) in
             guard output.count + chunk.count <= maximumBytes else {
-                throw TenureError(.internal, "pg_dump's output is larger than the limit of \(maximumBytes) bytes")
+                throw TenureError(.internal, "\(name)'s output is larger than the limit of \(maximumBytes) bytes")
             }
             output.append(contentsOf: chunk)
         }
@@ -109,7 +150,7 @@ public struct PgDump: Sendable {
         let exited = (status & 0x7f) == 0 && ((status >> 8) & 0xff) == 0
         guard exited else {
             let message = String(decoding: errors, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
-            throw TenureError(.postgres, "pg_dump failed: \(message.isEmpty ? "exit status \((status >> 8) & 0xff)" : message)")
+            throw TenureError(.postgres, "\(name) failed: \(message.isEmpty ? "exit status \((status >> 8) & 0xff)" : message)")
         }
         return String(decoding: output, as: UTF8.self)
     }
@@ -162,4 +203,19 @@ func drainChild(
     var status: Int32 = 0
     while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
     return (status, errors, failure)
+}
+
+/// Removes from a rendered script's entry headers every dependency on an entry that is not in
+/// `entries` (pg_dump's table of contents); a header left with none loses that line.
+func keepDependencies(_ script: String, on entries: Set<Int>) -> String {
+    var kept: [Substring] = []
+    for line in script.split(separator: "\n", omittingEmptySubsequences: false) {
+        guard line.hasPrefix("-- Dependencies: "), kept.last?.hasPrefix("-- TOC entry ") == true else {
+            kept.append(line)
+            continue
+        }
+        let dependencies = line.dropFirst("-- Dependencies: ".count).split(separator: " ").filter { Int($0).map(entries.contains) ?? false }
+        if !dependencies.isEmpty { kept.append("-- Dependencies: " + dependencies.joined(separator: " ")) }
+    }
+    return kept.joined(separator: "\n")
 }

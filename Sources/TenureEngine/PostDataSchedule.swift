@@ -1,17 +1,22 @@
-/// The order in which the post-data's index and constraint builds run on the restore's
-/// sessions. Decisions only: callers take entries under their own lock and report them done.
+import TenureCore
+
+/// The order in which the post-data's entries run on the restore's sessions: pg_dump's own
+/// dependency graph, with a lock-aware parallel schedule on top. Decisions only: callers take
+/// entries under their own lock and report them done.
 ///
-/// Three rules, cheapest to reason about first:
-/// - Priority: keys that foreign keys reference first (small, and they unblock the foreign
-///   keys), then by table size, biggest first (its builds are the longest chain), and per
-///   table keys, then indexes, then foreign keys.
-/// - Dependencies: a foreign key waits until the keys it references and the indexes and keys
-///   of its own table are built (its validation would otherwise block those builds).
-/// - Locks: an entry is not started while a running entry holds a lock it would wait for
-///   (CREATE INDEX takes SHARE, which other index builds share; ADD PRIMARY KEY/UNIQUE takes
-///   ACCESS EXCLUSIVE; ADD FOREIGN KEY takes SHARE ROW EXCLUSIVE on both tables); a session
-///   takes the next entry that can run now instead, so no session sits blocked in the server
-///   while there is work it could do.
+/// - Dependencies (correctness): an entry starts only after every post-data entry it depends
+///   on, as pg_dump recorded it (`-- Dependencies:` in the entry's header), has finished.
+///   Dependencies on pre-data entries are met before the post-data starts. The graph is
+///   checked when the schedule is made: a dependency on an entry the archive does not carry,
+///   or a cycle, is an error naming the entries, never a guess.
+/// - Locks (no session blocked in the server): as `pg_restore -j` assumes, an entry locks
+///   every table it depends on; CREATE INDEX takes SHARE, which other index builds share,
+///   everything else is taken as exclusive; a partitioned or inherited table's tree counts as
+///   one table. An entry is not started while a running entry
+///   holds a lock it would wait for; a session takes the next entry that can run now instead.
+/// - Priority (speed): keys and indexes that foreign keys depend on first (small, and they
+///   unblock the foreign keys), then by table size, biggest first (its builds are the longest
+///   chain), and per table keys, then indexes, then the rest, then foreign keys.
 struct PostDataSchedule {
     enum Next {
         case run(Int, SchemaEntry)
@@ -20,82 +25,154 @@ struct PostDataSchedule {
         case done
     }
 
+    /// A table the post-data locks: its name, data size, and lock group. Statements on a
+    /// partitioned or inherited table lock its whole tree (ALTER TABLE recurses, ATTACH locks
+    /// parent and child), so every table of one tree shares one lock group (the dump id of one
+    /// of them) and a claim on any of them is a claim on the tree.
+    struct Table: Sendable {
+        var name: String
+        var byteCount: Int64
+        var lockGroup: Int
+    }
+
     private struct Claim {
-        var table: String
+        var table: Int
         var exclusive: Bool
     }
 
-    private var waiting: [(id: Int, entry: SchemaEntry)]
+    private let entries: [SchemaEntry]
+    private let claims: [[Claim]]
+    /// Post-data entries (by position) that wait for each entry.
+    private let dependents: [[Int]]
+    /// Unfinished post-data dependencies per entry.
+    private var remaining: [Int]
+    /// Entries whose dependencies are done, best first.
+    private var ready: [Int] = []
+    private let rank: [Int: (priority: Int64, order: Int)]
     private var running: [Int: [Claim]] = [:]
-    /// "key T" / "index T" → entries not yet built.
-    private var outstanding: [String: Int] = [:]
+    private var finishedCount = 0
 
-    static func isPooled(_ entry: SchemaEntry) -> Bool { ["INDEX", "CONSTRAINT", "FK CONSTRAINT"].contains(entry.type) }
+    /// - Parameters:
+    ///   - entries: the post-data entries, each with its dump id.
+    ///   - tables: the pre-data's tables and materialized views by dump id.
+    ///   - preDataIDs: the dump ids of every pre-data entry.
+    /// - Throws: `archive.corrupt`-style `invalidRequest` naming the entries when a dependency
+    ///   is missing from the archive or the graph has a cycle.
+    init(_ entries: [SchemaEntry], tables: [Int: Table], preDataIDs: Set<Int>) throws(TenureError) {
+        self.entries = entries
+        var position: [Int: Int] = [:]
+        for (index, entry) in entries.enumerated() {
+            guard let id = entry.dumpID else { preconditionFailure("a scheduled post-data entry has a dump id") }
+            guard position[id] == nil else {
+                throw TenureError(.invalidRequest, "the archive's post-data has two entries with dump id \(id) (\(entry.describe))")
+            }
+            position[id] = index
+        }
+        var dependents = [[Int]](repeating: [], count: entries.count)
+        var remaining = [Int](repeating: 0, count: entries.count)
+        var claims: [[Claim]] = []
+        for (index, entry) in entries.enumerated() {
+            for dependency in Set(entry.dependencies) {
+                if let other = position[dependency] {
+                    dependents[other].append(index)
+                    remaining[index] += 1
+                } else if !preDataIDs.contains(dependency) {
+                    throw TenureError(
+                        .invalidRequest,
+                        "the archive's post-data entry \(entry.describe) depends on entry \(dependency), which the archive does not carry; nothing was restored")
+                }
+            }
+            let exclusive = entry.type != "INDEX"
+            let groups = Set(entry.dependencies.compactMap { tables[$0]?.lockGroup })
+            claims.append(groups.sorted().map { Claim(table: $0, exclusive: exclusive) })
+        }
+        try Self.checkAcyclic(entries, dependents: dependents, remaining: remaining)
+        self.dependents = dependents
+        self.remaining = remaining
+        self.claims = claims
 
-    /// `sizes`: table (as pg_dump spells it, `public.events`) → its data bytes.
-    init(_ entries: [SchemaEntry], sizes: [String: Int64]) {
-        let referenced = Set(entries.filter { $0.type == "FK CONSTRAINT" }.compactMap(\.referencedTable))
-        func rank(_ entry: SchemaEntry) -> Int { entry.type == "CONSTRAINT" ? 0 : entry.type == "INDEX" ? 1 : 2 }
-        func priority(_ entry: SchemaEntry) -> Int64 {
-            entry.type == "CONSTRAINT" && referenced.contains(entry.table ?? "") ? Int64.max : entry.table.flatMap { sizes[$0] } ?? 0
+        // Priority: what a foreign key waits for first, then the biggest table's work.
+        var neededByForeignKey = Set<Int>()
+        for (index, entry) in entries.enumerated() where entry.type == "FK CONSTRAINT" {
+            for dependency in entry.dependencies { if let other = position[dependency] { neededByForeignKey.insert(other) } }
         }
-        let pooled = entries.filter(Self.isPooled).enumerated().map { (id: $0.offset, entry: $0.element) }
-        waiting = pooled.sorted {
-            let (a, b) = ($0.entry, $1.entry)
-            if priority(a) != priority(b) { return priority(a) > priority(b) }
-            if rank(a) != rank(b) { return rank(a) < rank(b) }
-            return $0.id < $1.id
+        func order(_ entry: SchemaEntry) -> Int {
+            switch entry.type {
+            case "CONSTRAINT": return 0
+            case "INDEX": return 1
+            case "FK CONSTRAINT": return 3
+            default: return 2
+            }
         }
-        for (_, entry) in waiting where entry.type != "FK CONSTRAINT" {
-            outstanding[Self.dependencyKey(entry), default: 0] += 1
+        var rank: [Int: (priority: Int64, order: Int)] = [:]
+        for (index, entry) in entries.enumerated() {
+            let size = entry.dependencies.compactMap { tables[$0]?.byteCount }.max() ?? 0
+            rank[index] = (neededByForeignKey.contains(index) ? Int64.max : size, order(entry))
         }
+        self.rank = rank
+        for index in entries.indices where remaining[index] == 0 { insertReady(index) }
     }
 
-    var isEmpty: Bool { waiting.isEmpty && running.isEmpty }
-
-    private static func dependencyKey(_ entry: SchemaEntry) -> String {
-        "\(entry.type == "CONSTRAINT" ? "key" : "index") \(entry.table ?? "")"
-    }
-
-    private static func claims(_ entry: SchemaEntry) -> [Claim] {
-        let table = entry.table ?? ""
-        switch entry.type {
-        case "INDEX": return [Claim(table: table, exclusive: false)]
-        case "FK CONSTRAINT":
-            return [Claim(table: table, exclusive: true)] + (entry.referencedTable.map { [Claim(table: $0, exclusive: true)] } ?? [])
-        default: return [Claim(table: table, exclusive: true)]
+    /// Kahn's algorithm over a copy of the counts: whatever never becomes free is on a cycle.
+    private static func checkAcyclic(_ entries: [SchemaEntry], dependents: [[Int]], remaining: [Int]) throws(TenureError) {
+        var counts = remaining
+        var free = counts.indices.filter { counts[$0] == 0 }
+        var visited = 0
+        while let index = free.popLast() {
+            visited += 1
+            for next in dependents[index] {
+                counts[next] -= 1
+                if counts[next] == 0 { free.append(next) }
+            }
         }
+        guard visited < entries.count else { return }
+        let stuck = counts.indices.filter { counts[$0] > 0 }.prefix(5).map { entries[$0].describe }
+        throw TenureError(
+            .invalidRequest,
+            "the archive's post-data dependencies form a cycle through \(stuck.joined(separator: ", ")); nothing was restored")
     }
 
-    private func isReady(_ entry: SchemaEntry) -> Bool {
-        guard entry.type == "FK CONSTRAINT" else { return true }
-        let table = entry.table ?? ""
-        let own = (outstanding["index \(table)"] ?? 0) + (outstanding["key \(table)"] ?? 0)
-        let referenced = entry.referencedTable.map { outstanding["key \($0)"] ?? 0 } ?? 0
-        return own == 0 && referenced == 0
+    private mutating func insertReady(_ index: Int) {
+        let key = rank[index]!
+        let at = ready.firstIndex { other in
+            let otherKey = rank[other]!
+            if otherKey.priority != key.priority { return otherKey.priority < key.priority }
+            if otherKey.order != key.order { return otherKey.order > key.order }
+            return other > index
+        }
+        ready.insert(index, at: at ?? ready.endIndex)
     }
 
-    private func conflicts(_ claims: [Claim]) -> Bool {
+    var isEmpty: Bool { finishedCount == entries.count }
+    var count: Int { entries.count }
+
+    private func conflicts(_ wanted: [Claim]) -> Bool {
         for held in running.values.joined() {
-            for wanted in claims where wanted.table == held.table && (wanted.exclusive || held.exclusive) { return true }
+            for claim in wanted where claim.table == held.table && (claim.exclusive || held.exclusive) { return true }
         }
         return false
     }
 
-    /// The first entry, in priority order, that is ready and takes no lock a running entry holds.
+    /// The best ready entry that takes no lock a running entry holds. With nothing running,
+    /// the best ready entry always can start (the graph has no cycle, so one is ready).
     mutating func next() -> Next {
-        if waiting.isEmpty { return running.isEmpty ? .done : .wait }
-        let position = waiting.firstIndex { isReady($0.entry) && !conflicts(Self.claims($0.entry)) }
-        // With nothing running, nothing can become ready by waiting: a safety net that takes
-        // the first entry anyway, so no entry is ever dropped.
-        guard let position = position ?? (running.isEmpty ? 0 : nil) else { return .wait }
-        let (id, entry) = waiting.remove(at: position)
-        running[id] = Self.claims(entry)
-        return .run(id, entry)
+        if finishedCount == entries.count { return .done }
+        guard let slot = ready.firstIndex(where: { !conflicts(claims[$0]) }) else {
+            precondition(!running.isEmpty, "an acyclic schedule with nothing running has a ready entry")
+            return .wait
+        }
+        let index = ready.remove(at: slot)
+        running[index] = claims[index]
+        return .run(index, entries[index])
     }
 
-    mutating func finish(_ id: Int, _ entry: SchemaEntry) {
-        running[id] = nil
-        if entry.type != "FK CONSTRAINT" { outstanding[Self.dependencyKey(entry), default: 1] -= 1 }
+    mutating func finish(_ index: Int) {
+        precondition(running[index] != nil, "finishing an entry that runs")
+        running[index] = nil
+        finishedCount += 1
+        for next in dependents[index] {
+            remaining[next] -= 1
+            if remaining[next] == 0 { insertReady(next) }
+        }
     }
 }

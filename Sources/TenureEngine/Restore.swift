@@ -16,6 +16,11 @@ public struct RestoreOptions: Sendable {
     /// default `CONNECT, TEMPORARY` at the end (as `createdb` would), false leaves it closed
     /// (a tenant database, whose owner is granted access by the controller).
     public var grantPublicConnect = true
+    /// Revoke CREATE on schema `public` from PUBLIC at the end (PostgreSQL 15's default), whatever
+    /// the archive granted: on for tenant databases and uploads, whose owners must not open
+    /// their schema to other roles; off for `tenure restore`, a faithful copy as pg_restore
+    /// makes it.
+    public var reassertPublicSchemaRule = true
     /// Load tables up to `freezeTableBytes` with `COPY ... FREEZE` on one loader each (truncated
     /// in the loader's transaction, as FREEZE requires); bigger tables load in parallel parts
     /// without it. Off by default: `make bench` measured it slower (see README).
@@ -183,8 +188,11 @@ final class Restore {
             loadersDone = nil
         }
         /// Small tables go to a fixed loader when FREEZE is on (one transaction per table);
+        /// extensions' configuration tables all to the first loader, so they load in the
+        /// archive's order, referenced tables first (their foreign keys already exist);
         /// everything else to the least busy loader.
         func route(_ item: LoadItem) -> Int {
+            if item.table?.filter != nil { return 0 }
             if options.freezeSmallTables, let table = item.table, table.byteCount <= options.freezeTableBytes {
                 return table.index % queues.count
             }
@@ -196,6 +204,7 @@ final class Restore {
         var manifest: Manifest?
         var postData: String?
         var quieted: [TableEntry] = []
+        var preDataEntries: [SchemaEntry] = []
         do throws(TenureError) {
             while let member = try reader.next() {
                 if let error = failure.error { throw error }
@@ -208,6 +217,7 @@ final class Restore {
                     main = try connect()
                 case .preData(let script):
                     try execute(script, restrictKey: restrictKey, section: "pre-data schema", on: main!)
+                    preDataEntries = splitSchemaEntries(script).entries
                     mark("pre-data done")
                 case .tables(let list):
                     tables = list
@@ -244,7 +254,8 @@ final class Restore {
                     _ = try checkSignature(value, key: options.key)
                     manifest = value
                     if let postData {
-                        try runPostData(try filtered(stripRestrictLines(postData, key: restrictKey), section: "post-data schema"), tables: tables)
+                        try runPostData(
+                            try filtered(stripRestrictLines(postData, key: restrictKey), section: "post-data schema"), tables: tables, preData: preDataEntries)
                         mark("post-data done")
                     }
                 }
@@ -258,8 +269,8 @@ final class Restore {
         for table in quieted {
             try main!.execute("ALTER TABLE \(table.qualifiedName) RESET (autovacuum_enabled, toast.autovacuum_enabled)")
         }
-        // The PG15 public-schema rule, re-asserted after every restore.
-        try main!.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+        // The PG15 public-schema rule, re-asserted after every restore of a tenant's data.
+        if options.reassertPublicSchemaRule { try main!.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC") }
         main?.close()
         main = nil
         return RestoreSummary(database: temporary, tableCount: tables.count, rowCount: manifest.rowCount, memberCount: manifest.members.count)
@@ -349,7 +360,9 @@ final class Restore {
                     if freeze { try connection.execute("BEGIN") }
                     while let item = queues[index].pop() {
                         var frozen = false
-                        if freeze, let table = item.table, table.byteCount <= freezeBytes {
+                        // Never an extension's configuration table: TRUNCATE would remove the rows the
+                        // extension created itself.
+                        if freeze, let table = item.table, table.byteCount <= freezeBytes, table.filter == nil {
                             if truncated.insert(table.index).inserted { try connection.execute("TRUNCATE ONLY \(table.qualifiedName)") }
                             frozen = true
                         }
@@ -372,33 +385,94 @@ final class Restore {
         return group
     }
 
-    /// The post-data: the index builds and constraints on `jobs` sessions, ordered as
-    /// `PostDataSchedule` decides, then everything else in pg_dump's order.
-    func runPostData(_ script: String, tables: [TableEntry]) throws(TenureError) {
+    /// Entry types `pg_restore` runs after everything else, in their own passes (privileges,
+    /// then event triggers and materialized view refreshes): Tenure runs them, and whatever
+    /// depends on them, last and one after another, in pg_dump's order.
+    static let lastPassTypes: Set<String> = ["ACL", "ACL LANGUAGE", "DEFAULT ACL", "EVENT TRIGGER", "MATERIALIZED VIEW DATA"]
+
+    /// The post-data. With pg_dump's table of contents in the script (every archive Tenure
+    /// makes since the dependency-graph schedule), its entries run on `jobs` sessions as
+    /// `PostDataSchedule` decides from pg_dump's dependencies, then the last pass in order.
+    /// An older archive (no dump ids) runs its post-data in pg_dump's order on one session:
+    /// slower, but that order always satisfies the dependencies.
+    func runPostData(_ script: String, tables: [TableEntry], preData: [SchemaEntry]) throws(TenureError) {
         let (preamble, entries) = splitSchemaEntries(script)
-        try buildPooled(entries, preamble: preamble, tables: tables)
-        let rest = entries.filter { !PostDataSchedule.isPooled($0) }
-        if !rest.isEmpty {
-            let connection = try connect()
-            defer { connection.close() }
-            try connection.execute(preamble)
-            for entry in rest {
-                do throws(TenureError) { try connection.execute(entry.sql) } catch {
-                    throw TenureError(error.code, "restoring \(entry.type) \(entry.name) failed: \(error.message)", sqlState: error.sqlState)
+        guard !entries.isEmpty else { return }
+        guard entries.allSatisfy({ $0.dumpID != nil }) else {
+            mark("post-data without dependencies: \(entries.count) entries in order")
+            return try runInOrder(entries, preamble: preamble)
+        }
+        let preDataIDs = Set(preData.compactMap(\.dumpID))
+        let postDataIDs = Set(entries.compactMap(\.dumpID))
+        var last = Set<Int>()
+        var grew = true
+        while grew {
+            grew = false
+            for entry in entries where !last.contains(entry.dumpID!) {
+                let lastPass =
+                    Self.lastPassTypes.contains(entry.type) || (entry.type == "COMMENT" && entry.name.hasPrefix("EVENT TRIGGER "))
+                    || entry.dependencies.contains(where: last.contains)
+                if lastPass {
+                    last.insert(entry.dumpID!)
+                    grew = true
                 }
+            }
+        }
+        for entry in entries where last.contains(entry.dumpID!) {
+            if let missing = entry.dependencies.first(where: { !preDataIDs.contains($0) && !postDataIDs.contains($0) }) {
+                throw TenureError(
+                    .invalidRequest,
+                    "the archive's post-data entry \(entry.describe) depends on entry \(missing), which the archive does not carry; nothing was restored")
+            }
+        }
+        var sizes: [String: Int64] = [:]
+        for table in tables { sizes[table.schema + "\u{0}" + table.name] = table.byteCount }
+        let relations = preData.filter { ($0.type == "TABLE" || $0.type == "MATERIALIZED VIEW") && $0.dumpID != nil }
+        let relationIDs = Set(relations.map { $0.dumpID! })
+        // Lock groups: tables joined by a partition attachment or by inheritance (a table
+        // entry that depends on another table) form one tree.
+        var parent: [Int: Int] = [:]
+        func root(_ id: Int) -> Int {
+            var id = id
+            while let next = parent[id], next != id { id = next }
+            return id
+        }
+        for entry in preData where entry.type == "TABLE ATTACH" || entry.type == "TABLE" {
+            let members = entry.dependencies.filter(relationIDs.contains) + (entry.type == "TABLE" ? [entry.dumpID].compactMap { $0 } : [])
+            guard let first = members.first else { continue }
+            for other in members.dropFirst() where root(other) != root(first) { parent[root(other)] = root(first) }
+        }
+        var locked: [Int: PostDataSchedule.Table] = [:]
+        for entry in relations {
+            let id = entry.dumpID!
+            locked[id] = PostDataSchedule.Table(
+                name: entry.schema + "." + entry.name, byteCount: sizes[entry.schema + "\u{0}" + entry.name] ?? 0, lockGroup: root(id))
+        }
+        let schedule = try PostDataSchedule(entries.filter { !last.contains($0.dumpID!) }, tables: locked, preDataIDs: preDataIDs)
+        try buildPooled(schedule, preamble: preamble)
+        try runInOrder(entries.filter { last.contains($0.dumpID!) }, preamble: preamble)
+    }
+
+    /// Entries one after another on one session, in the order given.
+    func runInOrder(_ entries: [SchemaEntry], preamble: String) throws(TenureError) {
+        guard !entries.isEmpty else { return }
+        let connection = try connect()
+        defer { connection.close() }
+        try connection.execute(preamble)
+        for entry in entries {
+            do throws(TenureError) { try connection.execute(entry.sql) } catch {
+                throw TenureError(error.code, "restoring \(entry.describe) failed: \(error.message)", sqlState: error.sqlState)
             }
         }
     }
 
-    /// The index and constraint builds, on up to `jobs` sessions, each taking the next entry
+    /// The scheduled post-data entries, on up to `jobs` sessions, each taking the next entry
     /// the schedule allows.
-    func buildPooled(_ entries: [SchemaEntry], preamble: String, tables: [TableEntry]) throws(TenureError) {
-        var sizes: [String: Int64] = [:]
-        for table in tables { sizes[dumpName(table.schema) + "." + dumpName(table.name)] = table.byteCount }
-        let pooled = entries.filter(PostDataSchedule.isPooled).count
-        guard pooled > 0 else { return }
-        mark("post-data pool of \(pooled) entries")
-        let pool = PostDataPool(PostDataSchedule(entries, sizes: sizes))
+    func buildPooled(_ schedule: PostDataSchedule, preamble: String) throws(TenureError) {
+        let count = schedule.count
+        guard count > 0 else { return }
+        mark("post-data pool of \(count) entries")
+        let pool = PostDataPool(schedule)
         let parameters = self.parameters
         // Commits need not wait for their WAL flush: the rename that publishes the database
         // commits synchronously and flushes all earlier WAL with it.
@@ -406,7 +480,7 @@ final class Restore {
         if let workers = options.indexBuildWorkers { settings += "; SET max_parallel_maintenance_workers = \(workers)" }
         let timing = self.timing
         let started = self.started
-        runThreads(count: min(options.jobs, pooled), name: "tenure-post-data") { [settings] _ in
+        runThreads(count: min(options.jobs, count), name: "tenure-post-data") { [settings] _ in
             do throws(TenureError) {
                 let connection = try PostgresConnection(parameters, applicationName: "tenure-restore-worker")
                 defer { connection.close() }
@@ -414,14 +488,27 @@ final class Restore {
                 try connection.execute(preamble)
                 while let (id, entry) = pool.take() {
                     let entryStart = Date()
-                    do throws(TenureError) { try connection.execute(entry.sql) } catch {
-                        throw TenureError(error.code, "restoring \(entry.type) \(entry.name) failed: \(error.message)", sqlState: error.sqlState)
+                    // A deadlock the server broke rolled the whole entry back (it runs as one
+                    // implicit transaction), so it runs again; the lock groups make this rare.
+                    var attempt = 1
+                    while true {
+                        do throws(TenureError) {
+                            try connection.execute(entry.sql)
+                            break
+                        } catch {
+                            if error.sqlState == "40P01" && attempt < 5 {
+                                attempt += 1
+                                Thread.sleep(forTimeInterval: 0.05 * Double(attempt))
+                                continue
+                            }
+                            throw TenureError(error.code, "restoring \(entry.describe) failed: \(error.message)", sqlState: error.sqlState)
+                        }
                     }
-                    pool.finished(id, entry)
+                    pool.finished(id)
                     let took = Date().timeIntervalSince(entryStart)
                     if timing && took > 0.1 {
                         FileHandle.standardError.write(
-                            Data(String(format: "restore %.2f s: %@ %@ took %.2f s\n", Date().timeIntervalSince(started), entry.type, entry.name, took).utf8))
+                            Data(String(format: "restore %.2f s: %@ took %.2f s\n", Date().timeIntervalSince(started), entry.describe, took).utf8))
                     }
                 }
             } catch {
@@ -432,7 +519,7 @@ final class Restore {
     }
 }
 
-/// The post-data's index and constraint builds shared by the sessions building them.
+/// The post-data's scheduled entries shared by the sessions building them.
 /// Sessions sleep on a condition until the schedule changes (an entry finished, a failure),
 /// so waiting costs nothing.
 final class PostDataPool: @unchecked Sendable {
@@ -458,9 +545,9 @@ final class PostDataPool: @unchecked Sendable {
         return nil
     }
 
-    func finished(_ id: Int, _ entry: SchemaEntry) {
+    func finished(_ id: Int) {
         condition.lock()
-        schedule.finish(id, entry)
+        schedule.finish(id)
         condition.broadcast()
         condition.unlock()
     }
@@ -591,61 +678,100 @@ func hexBytea(_ bytes: [UInt8]) -> String {
     return String(decoding: text, as: UTF8.self)
 }
 
-/// One entry of a pg_dump plain script ("-- Name: x; Type: T; Schema: s; Owner: o").
+/// One entry of a pg_dump plain script: its header ("-- TOC entry N (class ...)",
+/// "-- Dependencies: ...", "-- Name: x; Type: T; Schema: s; Owner: o") and its statements.
 struct SchemaEntry: Sendable {
     let type: String
     let name: String
+    let schema: String
+    /// The statements, preceded by the session settings pg_dump's script had in force for
+    /// them (tablespace, table access method), so the entry runs alike on any session.
     let sql: String
-    /// The table an index or constraint is on, as pg_dump spells it (`public.events`).
-    let table: String?
-    /// The table a foreign key references (`REFERENCES public.customers(id)`).
-    let referencedTable: String?
+    /// pg_dump's dump id, when the script was rendered with its table of contents.
+    let dumpID: Int?
+    /// The dump ids of the entries this one depends on, as pg_dump recorded them.
+    let dependencies: [Int]
 
-    init(type: String, name: String, sql: String) {
-        self.type = type
-        self.name = name
-        self.sql = sql
-        if let range = sql.range(of: "REFERENCES ") {
-            referencedTable = String(sql[range.upperBound...].prefix { !$0.isWhitespace && $0 != "(" })
-        } else {
-            referencedTable = nil
-        }
-        table = ["ALTER TABLE ONLY ", "ALTER TABLE ", " ON ONLY ", " ON "].lazy.compactMap { marker in
-            sql.range(of: marker).map { String(sql[$0.upperBound...].prefix { !$0.isWhitespace && $0 != "(" }) }
-        }.first
+    /// "INDEX public.events_customer (dump id 3221)".
+    var describe: String {
+        "\(type) \(schema == "-" || schema.isEmpty ? "" : schema + ".")\(name)\(dumpID.map { " (dump id \($0))" } ?? "")"
     }
 }
 
-/// An identifier as pg_dump prints it: bare when it is a plain lowercase name, quoted otherwise.
-func dumpName(_ name: String) -> String {
-    let plain = name.first.map { $0 == "_" || ("a"..."z").contains($0) } == true
-        && name.allSatisfy { $0 == "_" || ("a"..."z").contains($0) || ("0"..."9").contains($0) }
-    return plain ? name : quoteName(name)
+/// "default_tablespace" for a line `SET default_tablespace = ...;` that pg_dump writes between
+/// entries (the settings it switches per entry); nil for any other line.
+func sessionSettingName(_ line: Substring) -> Substring? {
+    for name in ["default_tablespace", "default_table_access_method"] where line.hasPrefix("SET \(name) = ") && line.hasSuffix(";") {
+        return line.dropFirst(4).prefix(name.count)
+    }
+    return nil
 }
 
-/// Splits a pg_dump section into its preamble (SET statements) and entries, by the
-/// comment headers pg_dump writes before every entry.
+/// Splits a pg_dump section into its preamble (SET statements) and entries, by the comment
+/// headers pg_dump writes before every entry. The settings pg_dump switches between entries
+/// (`SET default_tablespace`, `SET default_table_access_method`, written just before an
+/// entry's header) are taken off the entry before and carried by every later entry, so that
+/// entries run on different sessions, in any order, each see their own.
 func splitSchemaEntries(_ script: String) -> (preamble: String, entries: [SchemaEntry]) {
     let lines = script.split(separator: "\n", omittingEmptySubsequences: false)
     var preamble: [Substring] = []
     var entries: [SchemaEntry] = []
-    var current: (type: String, name: String, lines: [Substring])?
+    var settings: [Substring: Substring] = [:]
+    struct Header {
+        var type = "?", name = "?", schema = "", dumpID: Int?, dependencies: [Int] = []
+    }
+    var current: (header: Header, settings: String, lines: [Substring])?
+    func close() {
+        guard let open = current else { return }
+        var body = open.lines
+        // Settings written for the next entry belong to it, not to this one.
+        var moved: [Substring] = []
+        while let last = body.last, last.isEmpty || sessionSettingName(last) != nil {
+            if sessionSettingName(last) != nil { moved.insert(last, at: 0) }
+            body.removeLast()
+        }
+        for line in moved { settings[sessionSettingName(line)!] = line }
+        entries.append(
+            SchemaEntry(
+                type: open.header.type, name: open.header.name, schema: open.header.schema, sql: open.settings + body.joined(separator: "\n"),
+                dumpID: open.header.dumpID, dependencies: open.header.dependencies))
+        current = nil
+    }
     var index = 0
     while index < lines.count {
-        let line = lines[index]
-        if line == "--", index + 1 < lines.count, lines[index + 1].hasPrefix("-- Name: ") {
-            if let current { entries.append(SchemaEntry(type: current.type, name: current.name, sql: current.lines.joined(separator: "\n"))) }
-            let header = lines[index + 1]
-            let fields = header.dropFirst("-- ".count).components(separatedBy: "; ")
-            let name = fields.first { $0.hasPrefix("Name: ") }.map { String($0.dropFirst(6)) } ?? "?"
-            let type = fields.first { $0.hasPrefix("Type: ") }.map { String($0.dropFirst(6)) } ?? "?"
-            current = (type, name, [])
-            index += 2
-            continue
+        if lines[index] == "--" {
+            // A header: "--", comment lines, one of them "-- Name: ...", then "--".
+            var end = index + 1
+            while end < lines.count, lines[end].hasPrefix("-- ") { end += 1 }
+            let comments = lines[(index + 1)..<end]
+            if end < lines.count, lines[end] == "--", let nameLine = comments.first(where: { $0.hasPrefix("-- Name: ") }) {
+                close()
+                var header = Header()
+                for field in nameLine.dropFirst("-- ".count).components(separatedBy: "; ") {
+                    if field.hasPrefix("Name: ") { header.name = String(field.dropFirst(6)) }
+                    if field.hasPrefix("Type: ") { header.type = String(field.dropFirst(6)) }
+                    if field.hasPrefix("Schema: ") { header.schema = String(field.dropFirst(8)) }
+                }
+                if let toc = comments.first(where: { $0.hasPrefix("-- TOC entry ") }) {
+                    header.dumpID = Int(toc.dropFirst("-- TOC entry ".count).prefix { $0.isNumber })
+                }
+                if let line = comments.first(where: { $0.hasPrefix("-- Dependencies: ") }) {
+                    header.dependencies = line.dropFirst("-- Dependencies: ".count).split(separator: " ").compactMap { Int($0) }
+                }
+                let prefix = settings.keys.sorted().map { String(settings[$0]!) + "\n" }.joined()
+                current = (header, prefix, [])
+                index = end + 1
+                continue
+            }
         }
-        if current != nil { current!.lines.append(line) } else { preamble.append(line) }
+        if current != nil {
+            current!.lines.append(lines[index])
+        } else {
+            if let name = sessionSettingName(lines[index]) { settings[name] = lines[index] }
+            preamble.append(lines[index])
+        }
         index += 1
     }
-    if let current { entries.append(SchemaEntry(type: current.type, name: current.name, sql: current.lines.joined(separator: "\n"))) }
+    close()
     return (preamble.joined(separator: "\n"), entries)
 }

@@ -119,6 +119,8 @@ struct RestoreCommand: ParsableCommand {
             let target = try ConnectionParameters(parsing: url, setting: "--url")
             let source = try openInput(input)
             var restoreOptions = RestoreOptions(target: target, jobs: jobs)
+            // A copy of any database, privileges as archived (as pg_restore restores them).
+            restoreOptions.reassertPublicSchemaRule = false
             restoreOptions.limits = try EngineLimits.fromEnvironment()
             restoreOptions.key = try ArchiveKey.load(home: try options.configuration().home, create: false)
             let progress = TransferProgress()

@@ -1,74 +1,81 @@
 import Testing
+import TenureCore
 
 @testable import TenureEngine
 
-/// The order and lock rules of the restore's index and constraint builds, without a server.
+/// The restore's post-data schedule, without a server: pg_dump's dependencies, lock groups,
+/// priorities, and the errors for a graph that is not whole.
 @Suite struct PostDataScheduleTests {
-    /// A post-data section as pg_dump 15 writes it: a big table with a key, two indexes and a
-    /// foreign key to a small table, a medium table, and a trigger (not pooled).
-    static let script = """
+    /// One entry as `pg_restore --verbose` renders it.
+    static func entry(_ id: Int, _ dependencies: [Int], _ name: String, _ type: String, _ sql: String, schema: String = "public") -> String {
+        """
+        --
+        -- TOC entry \(id) (class 2606 OID \(id + 10000))
+        \(dependencies.isEmpty ? "" : "-- Dependencies: " + dependencies.map(String.init).joined(separator: " ") + "\n")\
+        -- Name: \(name); Type: \(type); Schema: \(schema); Owner: postgres
+        -- Data Pos: 0
+        --
+
+        \(sql)
+
+
+        """
+    }
+
+    /// Pre-data tables: customers 1, events 2, medium 3, and a partitioned table p 4 with
+    /// partitions p1 5 and p2 6 (attached by entries 7 and 8), orders 9 referencing p.
+    static let preData =
+        """
+        SET statement_timeout = 0;
+
+        """ + entry(1, [], "customers", "TABLE", "CREATE TABLE public.customers (id integer);")
+        + entry(2, [], "events", "TABLE", "CREATE TABLE public.events (id bigint);")
+        + entry(3, [], "medium", "TABLE", "CREATE TABLE public.medium (id integer);")
+        + entry(4, [], "p", "TABLE", "CREATE TABLE public.p (a integer) PARTITION BY RANGE (a);")
+        + entry(5, [], "p1", "TABLE", "CREATE TABLE public.p1 (a integer);")
+        + entry(6, [], "p2", "TABLE", "CREATE TABLE public.p2 (a integer);")
+        + entry(7, [4, 5], "p1", "TABLE ATTACH", "ALTER TABLE ONLY public.p ATTACH PARTITION public.p1 FOR VALUES FROM (0) TO (10);")
+        + entry(8, [4, 6], "p2", "TABLE ATTACH", "ALTER TABLE ONLY public.p ATTACH PARTITION public.p2 FOR VALUES FROM (10) TO (20);")
+        + entry(9, [], "orders", "TABLE", "CREATE TABLE public.orders (a integer);")
+
+    static let postData =
+        """
         SET statement_timeout = 0;
         SET client_encoding = 'UTF8';
 
-        --
-        -- Name: customers customers_pkey; Type: CONSTRAINT; Schema: public; Owner: postgres
-        --
+        SET default_tablespace = '';
 
-        ALTER TABLE ONLY public.customers
-            ADD CONSTRAINT customers_pkey PRIMARY KEY (id);
+        """ + entry(100, [1], "customers customers_pkey", "CONSTRAINT", "ALTER TABLE ONLY public.customers ADD CONSTRAINT customers_pkey PRIMARY KEY (id);")
+        + entry(101, [2], "events events_pkey", "CONSTRAINT", "ALTER TABLE ONLY public.events ADD CONSTRAINT events_pkey PRIMARY KEY (id);")
+        + entry(102, [3], "medium medium_pkey", "CONSTRAINT", "ALTER TABLE ONLY public.medium ADD CONSTRAINT medium_pkey PRIMARY KEY (id);")
+        + entry(103, [2], "events_customer", "INDEX", "CREATE INDEX events_customer ON public.events USING btree (customer);")
+        + entry(104, [2], "events_happened", "INDEX", "CREATE INDEX events_happened ON public.events USING btree (happened);\n\nSET default_tablespace = fast;")
+        + entry(105, [3], "medium_label", "INDEX", "CREATE INDEX medium_label ON public.medium USING btree (label);\n\nSET default_tablespace = '';")
+        + entry(106, [2], "events audit", "TRIGGER", "CREATE TRIGGER audit AFTER INSERT ON public.events FOR EACH ROW EXECUTE FUNCTION public.audit();")
+        + entry(107, [2, 100], "events events_customer_fkey", "FK CONSTRAINT", "ALTER TABLE ONLY public.events ADD CONSTRAINT events_customer_fkey FOREIGN KEY (customer) REFERENCES public.customers(id);")
+        + entry(110, [4], "p p_pkey", "CONSTRAINT", "ALTER TABLE ONLY public.p ADD CONSTRAINT p_pkey PRIMARY KEY (a);")
+        + entry(111, [5, 110], "p1 p1_pkey", "CONSTRAINT", "ALTER TABLE ONLY public.p1 ADD CONSTRAINT p1_pkey PRIMARY KEY (a);")
+        + entry(112, [6, 110], "p2 p2_pkey", "CONSTRAINT", "ALTER TABLE ONLY public.p2 ADD CONSTRAINT p2_pkey PRIMARY KEY (a);")
+        + entry(113, [4, 5, 110, 111], "p1_pkey", "INDEX ATTACH", "ALTER INDEX public.p_pkey ATTACH PARTITION public.p1_pkey;")
+        + entry(114, [4, 6, 110, 112], "p2_pkey", "INDEX ATTACH", "ALTER INDEX public.p_pkey ATTACH PARTITION public.p2_pkey;")
+        + entry(115, [9, 110, 113, 114], "orders orders_a_fkey", "FK CONSTRAINT", "ALTER TABLE ONLY public.orders ADD CONSTRAINT orders_a_fkey FOREIGN KEY (a) REFERENCES public.p(a);")
 
-        --
-        -- Name: events events_pkey; Type: CONSTRAINT; Schema: public; Owner: postgres
-        --
+    static let sizes: [Int: Int64] = [1: 1 << 20, 2: 500 << 20, 3: 40 << 20]
 
-        ALTER TABLE ONLY public.events
-            ADD CONSTRAINT events_pkey PRIMARY KEY (id);
+    static func tables(_ preData: [SchemaEntry]) -> [Int: PostDataSchedule.Table] {
+        var tables: [Int: PostDataSchedule.Table] = [:]
+        // p and its partitions form one lock group, as Restore.runPostData derives it.
+        for entry in preData where entry.type == "TABLE" {
+            let id = entry.dumpID!
+            tables[id] = PostDataSchedule.Table(name: entry.name, byteCount: sizes[id] ?? 0, lockGroup: [5, 6].contains(id) ? 4 : id)
+        }
+        return tables
+    }
 
-        --
-        -- Name: medium medium_pkey; Type: CONSTRAINT; Schema: public; Owner: postgres
-        --
-
-        ALTER TABLE ONLY public.medium
-            ADD CONSTRAINT medium_pkey PRIMARY KEY (id);
-
-        --
-        -- Name: events_customer; Type: INDEX; Schema: public; Owner: postgres
-        --
-
-        CREATE INDEX events_customer ON public.events USING btree (customer);
-
-        --
-        -- Name: events_happened; Type: INDEX; Schema: public; Owner: postgres
-        --
-
-        CREATE INDEX events_happened ON public.events USING btree (happened);
-
-        --
-        -- Name: medium_label; Type: INDEX; Schema: public; Owner: postgres
-        --
-
-        CREATE INDEX medium_label ON public.medium USING btree (label);
-
-        --
-        -- Name: events audit; Type: TRIGGER; Schema: public; Owner: postgres
-        --
-
-        CREATE TRIGGER audit AFTER INSERT ON public.events FOR EACH ROW EXECUTE FUNCTION public.audit();
-
-        --
-        -- Name: events events_customer_fkey; Type: FK CONSTRAINT; Schema: public; Owner: postgres
-        --
-
-        ALTER TABLE ONLY public.events
-            ADD CONSTRAINT events_customer_fkey FOREIGN KEY (customer) REFERENCES public.customers(id);
-
-        """
-
-    static let sizes: [String: Int64] = ["public.events": 500 << 20, "public.medium": 40 << 20, "public.customers": 1 << 20]
-
-    func schedule() -> PostDataSchedule {
-        let (_, entries) = splitSchemaEntries(Self.script)
-        return PostDataSchedule(entries, sizes: Self.sizes)
+    func schedule() throws -> PostDataSchedule {
+        let preData = splitSchemaEntries(Self.preData).entries
+        return try PostDataSchedule(
+            splitSchemaEntries(Self.postData).entries, tables: Self.tables(preData), preDataIDs: Set(preData.compactMap(\.dumpID)))
     }
 
     func take(_ schedule: inout PostDataSchedule) -> (Int, SchemaEntry)? {
@@ -76,95 +83,117 @@ import Testing
         return nil
     }
 
-    @Test func entriesAreParsedWithTheirTables() {
-        let (preamble, entries) = splitSchemaEntries(Self.script)
+    @Test func entriesCarryTheirDumpIDsDependenciesAndSettings() {
+        let (preamble, entries) = splitSchemaEntries(Self.postData)
         #expect(preamble.contains("SET client_encoding"))
-        #expect(entries.map(\.name).contains("events events_customer_fkey"))
+        #expect(entries.count == 14)
         let fk = entries.first { $0.type == "FK CONSTRAINT" }!
-        #expect(fk.table == "public.events")
-        #expect(fk.referencedTable == "public.customers")
-        #expect(entries.first { $0.name == "medium_label" }?.table == "public.medium")
-        #expect(entries.filter(PostDataSchedule.isPooled).count == 7)
+        #expect(fk.dumpID == 107 && fk.dependencies == [2, 100] && fk.name == "events events_customer_fkey" && fk.schema == "public")
+        // The tablespace switch written before medium_label's header belongs to medium_label,
+        // and the switch back to the next entry; none stays in the entry that precedes it.
+        let happened = entries.first { $0.name == "events_happened" }!
+        #expect(!happened.sql.contains("fast"))
+        let label = entries.first { $0.name == "medium_label" }!
+        #expect(label.sql.hasPrefix("SET default_tablespace = fast;"))
+        #expect(entries.first { $0.name == "events audit" }!.sql.hasPrefix("SET default_tablespace = '';"))
+        // A script without a table of contents (an archive made before it) has no dump ids.
+        let old = splitSchemaEntries("SET x = 1;\n\n--\n-- Name: a; Type: INDEX; Schema: public; Owner: o\n--\n\nCREATE INDEX a ON t (c);\n").entries
+        #expect(old.count == 1 && old[0].dumpID == nil && old[0].type == "INDEX")
     }
 
-    @Test func referencedKeyFirstThenBiggestTable() {
-        var schedule = schedule()
-        let first = take(&schedule)
-        #expect(first?.1.name == "customers customers_pkey")
-        let second = take(&schedule)
-        #expect(second?.1.name == "events events_pkey")
-    }
-
-    /// While the big table's key holds its ACCESS EXCLUSIVE lock, the other session takes
-    /// another table's work instead of blocking on that lock.
-    @Test func noEntryStartsAgainstARunningExclusiveLock() {
-        var schedule = schedule()
-        let customers = take(&schedule)!
-        schedule.finish(customers.0, customers.1)
-        let key = take(&schedule)!
-        #expect(key.1.name == "events events_pkey")
-        let other = take(&schedule)!
-        #expect(other.1.name == "medium medium_pkey")
-        // The medium index would wait for the medium key, the events indexes for the events key.
-        guard case .wait = schedule.next() else {
-            Issue.record("expected to wait for a running key")
-            return
-        }
-        schedule.finish(other.0, other.1)
+    @Test func referencedKeysFirstThenTheBiggestTable() throws {
+        var schedule = try schedule()
+        let first = take(&schedule)!
+        #expect(["customers customers_pkey", "p p_pkey"].contains(first.1.name))
+        let second = take(&schedule)!
+        #expect(["customers customers_pkey", "p p_pkey"].contains(second.1.name) && second.1.name != first.1.name)
         let third = take(&schedule)!
-        #expect(third.1.name == "medium_label")
-        schedule.finish(third.0, third.1)
-        // Only events work is left, and the key is still running: wait.
-        guard case .wait = schedule.next() else {
-            Issue.record("expected to wait for the events key")
-            return
-        }
-        schedule.finish(key.0, key.1)
-        // Two index builds on one table share their SHARE lock.
-        let a = take(&schedule)!
-        let b = take(&schedule)!
-        #expect(Set([a.1.name, b.1.name]) == ["events_customer", "events_happened"])
-        // The foreign key waits for both (and for the medium work to release nothing it needs).
-        guard case .wait = schedule.next() else {
-            Issue.record("the foreign key must wait for its table's indexes")
-            return
-        }
-        schedule.finish(a.0, a.1)
-        guard case .wait = schedule.next() else {
-            Issue.record("the foreign key must wait for its table's last index")
-            return
-        }
-        schedule.finish(b.0, b.1)
-        let fk = take(&schedule)!
-        #expect(fk.1.type == "FK CONSTRAINT")
+        #expect(third.1.name == "events events_pkey")
     }
 
-    /// Two sessions drain the pool: every entry exactly once, and no two running entries
-    /// ever hold conflicting locks on one table.
-    @Test func drainsEveryEntryOnceWithoutConflicts() {
-        var schedule = schedule()
+    /// The foreign key to the partitioned table waits for every index attachment: that is
+    /// what a restore that inferred its order from entry types got wrong.
+    @Test func foreignKeyToAPartitionedKeyWaitsForItsAttachments() throws {
+        var schedule = try schedule()
+        var finished: [String] = []
+        while true {
+            guard case .run(let id, let entry) = schedule.next() else { break }
+            if entry.name == "orders orders_a_fkey" {
+                #expect(finished.contains("p1_pkey") && finished.contains("p2_pkey") && finished.contains("p p_pkey"))
+            }
+            if entry.type == "INDEX ATTACH" { #expect(finished.contains("p p_pkey")) }
+            schedule.finish(id)
+            finished.append(entry.name)
+        }
+        #expect(finished.count == 14)
+        guard case .done = schedule.next() else {
+            Issue.record("entries left over")
+            return
+        }
+    }
+
+    /// While a table's key holds its exclusive lock nothing else on that table (or its
+    /// partition tree) starts; index builds on one table run side by side.
+    @Test func noEntryStartsAgainstARunningLock() throws {
+        var schedule = try schedule()
+        var running: [Int: SchemaEntry] = [:]
+        // Take everything that can start; check pairwise compatibility.
+        while let (id, entry) = take(&schedule) { running[id] = entry }
+        let groups: (SchemaEntry) -> Set<Int> = { entry in
+            Set(entry.dependencies.compactMap { [1: 1, 2: 2, 3: 3, 4: 4, 5: 4, 6: 4, 9: 9][$0] })
+        }
+        for (a, first) in running {
+            for (b, second) in running where a < b && !groups(first).isDisjoint(with: groups(second)) {
+                #expect(first.type == "INDEX" && second.type == "INDEX", "\(first.name) runs beside \(second.name)")
+            }
+        }
+        #expect(running.values.contains { $0.name == "events events_pkey" })
+        #expect(!running.values.contains { $0.name == "events_customer" }, "the events indexes wait for the events key")
+    }
+
+    /// Two sessions drain the schedule: every entry exactly once, each after its dependencies.
+    @Test func drainsEveryEntryOnceAfterItsDependencies() throws {
+        var schedule = try schedule()
         var running: [(Int, SchemaEntry)] = []
-        var done: [String] = []
+        var done = Set<Int>()
         var steps = 0
-        while steps < 100 {
+        while steps < 200 {
             steps += 1
             if running.count < 2, case .run(let id, let entry) = schedule.next() {
-                for other in running where other.1.table == entry.table {
-                    #expect(entry.type == "INDEX" && other.1.type == "INDEX", "\(entry.name) started beside \(other.1.name)")
-                }
+                for dependency in entry.dependencies where dependency >= 100 { #expect(done.contains(dependency), "\(entry.name) before \(dependency)") }
                 running.append((id, entry))
                 continue
             }
             guard !running.isEmpty else { break }
             let (id, entry) = running.removeFirst()
-            schedule.finish(id, entry)
-            done.append(entry.name)
+            schedule.finish(id)
+            done.insert(entry.dumpID!)
         }
-        guard case .done = schedule.next() else {
-            Issue.record("entries left over")
-            return
+        #expect(done.count == 14)
+    }
+
+    @Test func aDependencyTheArchiveDoesNotCarryIsAnErrorNamingBoth() {
+        let broken = Self.postData + Self.entry(120, [999], "late_index", "INDEX", "CREATE INDEX late_index ON public.events (id);")
+        let preData = splitSchemaEntries(Self.preData).entries
+        #expect {
+            _ = try PostDataSchedule(
+                splitSchemaEntries(broken).entries, tables: Self.tables(preData), preDataIDs: Set(preData.compactMap(\.dumpID)))
+        } throws: { error in
+            let message = (error as? TenureError)?.message ?? ""
+            return message.contains("late_index") && message.contains("999")
         }
-        #expect(done.sorted() == splitSchemaEntries(Self.script).entries.filter(PostDataSchedule.isPooled).map(\.name).sorted())
-        #expect(done.last == "events events_customer_fkey")
+    }
+
+    @Test func aCycleIsAnErrorNamingItsEntries() {
+        let cyclic =
+            Self.entry(200, [201], "a", "INDEX", "CREATE INDEX a ON public.events (id);")
+            + Self.entry(201, [200], "b", "INDEX", "CREATE INDEX b ON public.events (id);")
+            + Self.entry(202, [], "c", "INDEX", "CREATE INDEX c ON public.events (id);")
+        #expect {
+            _ = try PostDataSchedule(splitSchemaEntries(cyclic).entries, tables: [:], preDataIDs: [])
+        } throws: { error in
+            let message = (error as? TenureError)?.message ?? ""
+            return message.contains("cycle") && message.contains("public.a") && message.contains("public.b") && !message.contains("public.c")
+        }
     }
 }
