@@ -232,8 +232,8 @@ def main():
 
         rows = [
             ("backup vs pg_dump -Fd -j N", ratio("tenure backup", "pg_dump -Fd -j N"), 0.35),
-            ("backup vs pg_dump | zstd -3 -T1", ratio("tenure backup", "pg_dump | zstd -3 -T1"), 0.7),
-            ("restore vs pg_restore -j N", ratio("tenure restore", "pg_restore -j N"), 0.7),
+            ("backup vs pg_dump | zstd -3 -T1", ratio("tenure backup", "pg_dump | zstd -3 -T1"), 0.75),
+            ("restore vs createdb + pg_restore -j N", ratio("tenure restore", "pg_restore -j N"), 0.6),
             ("sql export vs pg_dump | zstd -3 -T1", ratio("tenure backup --format sql", "pg_dump | zstd -3 -T1"), 1.0),
             ("archive size vs pg_dump | zstd -3", ratio("tenure backup", "pg_dump | zstd -3 -T1", "bytes"), 1.1),
         ]

@@ -21,7 +21,13 @@ import Glibc
 /// `tar -xf x.tenure && zstd -dc data/000001.000001.copy.zst`.
 public enum ArchiveLayout {
     public static let formatName = "tenure-archive"
-    public static let formatVersion = 1
+    /// Version 2: the schema scripts carry pg_dump's table of contents in their entry headers
+    /// (`-- TOC entry N`, `-- Dependencies: ...`) and `tables.json` may list extensions'
+    /// configuration tables with their `filter`. A version-1 reader would not see those
+    /// headers and would skip the post-data; the bump makes it refuse instead.
+    public static let formatVersion = 2
+    /// The versions this Tenure reads.
+    public static let readableVersions = 1...2
     public static let header = "header.json"
     public static let preData = "schema/pre-data.sql"
     public static let tables = "tables.json"

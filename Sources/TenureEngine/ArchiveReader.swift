@@ -102,8 +102,10 @@ final class ArchiveReader {
             guard header.format == ArchiveLayout.formatName else {
                 throw TenureError(.invalidRequest, "not a Tenure archive (header format '\(printable(header.format))')")
             }
-            guard header.formatVersion == ArchiveLayout.formatVersion else {
-                throw TenureError(.invalidRequest, "archive format version \(header.formatVersion) is not supported (this Tenure reads version \(ArchiveLayout.formatVersion))")
+            guard ArchiveLayout.readableVersions.contains(header.formatVersion) else {
+                throw TenureError(
+                    .invalidRequest,
+                    "archive format version \(header.formatVersion) is not supported (this Tenure reads versions \(ArchiveLayout.readableVersions.lowerBound) to \(ArchiveLayout.readableVersions.upperBound))")
             }
             self.header = header
             stage = .preData

@@ -14,7 +14,7 @@ import TenureCore
 ///   everything else is taken as exclusive; a partitioned or inherited table's tree counts as
 ///   one table. An entry is not started while a running entry
 ///   holds a lock it would wait for; a session takes the next entry that can run now instead.
-/// - Priority (speed): keys and indexes that foreign keys depend on first (small, and they
+/// - Priority (speed): keys and indexes that foreign keys depend on (directly or not) first (small, and they
 ///   unblock the foreign keys), then by table size, biggest first (its builds are the longest
 ///   chain), and per table keys, then indexes, then the rest, then foreign keys.
 struct PostDataSchedule {
@@ -93,8 +93,13 @@ struct PostDataSchedule {
 
         // Priority: what a foreign key waits for first, then the biggest table's work.
         var neededByForeignKey = Set<Int>()
-        for (index, entry) in entries.enumerated() where entry.type == "FK CONSTRAINT" {
-            for dependency in entry.dependencies { if let other = position[dependency] { neededByForeignKey.insert(other) } }
+        var pending = entries.indices.filter { entries[$0].type == "FK CONSTRAINT" }
+        while let index = pending.popLast() {
+            for dependency in entries[index].dependencies {
+                if let other = position[dependency], entries[other].type != "FK CONSTRAINT", neededByForeignKey.insert(other).inserted {
+                    pending.append(other)
+                }
+            }
         }
         func order(_ entry: SchemaEntry) -> Int {
             switch entry.type {

@@ -397,7 +397,15 @@ final class Restore {
     /// slower, but that order always satisfies the dependencies.
     func runPostData(_ script: String, tables: [TableEntry], preData: [SchemaEntry]) throws(TenureError) {
         let (preamble, entries) = splitSchemaEntries(script)
-        guard !entries.isEmpty else { return }
+        guard !entries.isEmpty else {
+            // No entry headers: whatever the script holds runs as it is, never skipped.
+            let connection = try connect()
+            defer { connection.close() }
+            do { try connection.execute(preamble) } catch {
+                throw TenureError(error.code, "restoring the post-data schema failed: \(error.message)", sqlState: error.sqlState)
+            }
+            return
+        }
         guard entries.allSatisfy({ $0.dumpID != nil }) else {
             mark("post-data without dependencies: \(entries.count) entries in order")
             return try runInOrder(entries, preamble: preamble)
