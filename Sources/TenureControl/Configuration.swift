@@ -64,6 +64,7 @@ public struct TenureConfiguration: Sendable {
         ("TENURE_UPLOAD_MAX_RATIO", "100", "most an upload may expand when decompressed (checked past 16 MiB)"),
         ("TENURE_UPLOAD_STATEMENT_TIMEOUT", "15m", "longest one statement of an upload or upgrade script may run (COPY data excepted)"),
         ("TENURE_UPLOAD_MAX_OBJECTS", "100000", "most objects (tables, functions, ...) an upload may create"),
+        ("TENURE_UPLOAD_MAX_STATEMENT_BYTES", "268435456", "longest one statement of an upload or upgrade script may be, in bytes (held whole so the policy judges all of it)"),
         ("TENURE_PG_RESTORE", "$TENURE_PG_BIN/pg_restore", "the pg_restore that converts uploaded custom-format archives to SQL"),
     ]
 
@@ -132,6 +133,8 @@ public struct TenureConfiguration: Sendable {
         upload.maximumDecompressedBytes = try number("TENURE_UPLOAD_MAX_DECOMPRESSED_BYTES", 1...(1 << 52)) ?? upload.maximumDecompressedBytes
         upload.maximumRatio = Double(try number("TENURE_UPLOAD_MAX_RATIO", 1...1_000_000) ?? Int64(upload.maximumRatio))
         upload.maximumObjects = Int(try number("TENURE_UPLOAD_MAX_OBJECTS", 1...100_000_000) ?? Int64(upload.maximumObjects))
+        upload.maximumStatementBytes = Int(
+            try number("TENURE_UPLOAD_MAX_STATEMENT_BYTES", 1024...(4 << 30)) ?? Int64(upload.maximumStatementBytes))
         if let text = values["TENURE_UPLOAD_STATEMENT_TIMEOUT"] {
             upload.statementTimeout = try PolicyDuration.parse(text, setting: "TENURE_UPLOAD_STATEMENT_TIMEOUT")
         }

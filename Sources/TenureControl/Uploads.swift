@@ -345,7 +345,7 @@ extension Controller {
         guard let data = FileManager.default.contents(atPath: path) else {
             throw TenureError(.invalidConfiguration, "cannot read upgrade script \(path)")
         }
-        let lexer = SQLLexer()
+        let lexer = SQLLexer(maximumStatementBytes: configuration.uploadLimits.maximumStatementBytes)
         try session.execute("BEGIN")
         do throws(TenureError) {
             let runner = StatementRunner(connection: session, lexer: lexer, limits: configuration.uploadLimits, policy: false)

@@ -56,7 +56,7 @@ public final class SQLLexer {
     private var utf8Pending = 0
     public private(set) var byteCount: Int64 = 0
 
-    public init(maximumStatementBytes: Int = 64 << 20) {
+    public init(maximumStatementBytes: Int = 256 << 20) {
         self.maximumStatementBytes = maximumStatementBytes
     }
 
@@ -116,7 +116,7 @@ public final class SQLLexer {
     private func append(_ byte: UInt8) throws(TenureError) {
         statement.append(byte)
         if statement.count > maximumStatementBytes {
-            throw reject("a statement longer than \(maximumStatementBytes) bytes")
+            throw reject("a statement longer than \(maximumStatementBytes) bytes (the limit TENURE_UPLOAD_MAX_STATEMENT_BYTES sets)")
         }
     }
 

@@ -19,6 +19,9 @@ public struct UploadLimits: Sendable, Equatable {
     public var statementTimeout: Duration = .seconds(900)
     /// Most objects (CREATE statements, or relations and functions in the result).
     public var maximumObjects = 100_000
+    /// Longest one statement of an upload (or of an upgrade script) may be, in bytes: the
+    /// lexer holds one statement whole so the policy judges all of it.
+    public var maximumStatementBytes = 256 << 20
 
     public init() {}
 }
@@ -250,7 +253,7 @@ public struct UploadImporter {
         case .sql, .sqlZst, .pgDumpCustom:
             let connection = try PostgresConnection(target, applicationName: "tenure-upload")
             defer { connection.close() }
-            let lexer = SQLLexer()
+            let lexer = SQLLexer(maximumStatementBytes: limits.maximumStatementBytes)
             let runner = StatementRunner(connection: connection, lexer: lexer, limits: limits)
             let emit: (SQLEvent) throws(TenureError) -> Void = { event throws(TenureError) in try runner.handle(event) }
             var produced: Int64 = 0

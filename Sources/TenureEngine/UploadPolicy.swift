@@ -19,12 +19,61 @@ public enum UploadStatementPolicy {
     /// Words (upper-cased), quoted names and strings of a statement, comments removed.
     static func tokens(_ statement: String, limit: Int = 64) -> [String] {
         var tokens: [String] = []
+        scan(statement) { token in
+            tokens.append(token)
+            return tokens.count < limit
+        }
+        return tokens
+    }
+
+    /// What the policy looks at in a statement, taken from all of its tokens in one pass with
+    /// bounded memory whatever its length (a COPY naming 1,600 columns, a 100 MB INSERT): the
+    /// first words, the last words, which of the words the rules ask about occur anywhere, and
+    /// the word after the first FROM or TO.
+    struct Summary {
+        static let leading = 16
+        static let trailing = 8
+        static let watched: Set<String> = ["TO", "OWNER", "OFF", "'OFF'", "FALSE", "MAPPING"]
+        var first: [String] = []
+        var last: [String] = []
+        var count = 0
+        var seen = Set<String>()
+        var copyDirection: (word: String, next: String)?
+        var awaitingDirectionTarget = false
+
+        init(_ statement: String) {
+            scan(statement) { token in
+                if awaitingDirectionTarget {
+                    copyDirection?.next = token
+                    awaitingDirectionTarget = false
+                }
+                if copyDirection == nil, token == "FROM" || token == "TO" {
+                    copyDirection = (token, "")
+                    awaitingDirectionTarget = true
+                }
+                if first.count < Self.leading { first.append(token) }
+                last.append(token)
+                if last.count > Self.trailing { last.removeFirst() }
+                if Self.watched.contains(token) { seen.insert(token) }
+                count += 1
+                return true
+            }
+        }
+
+        /// The word `offset` places from the end (1 = the last), if the statement has it.
+        func fromEnd(_ offset: Int) -> String? {
+            offset <= last.count ? last[last.count - offset] : nil
+        }
+    }
+
+    /// Calls `token` with each token of `statement` in order until it returns false.
+    static func scan(_ statement: String, _ token: (String) -> Bool) {
         let bytes = Array(statement.utf8)
         var index = 0
         func isWord(_ byte: UInt8) -> Bool {
             (byte >= 0x61 && byte <= 0x7A) || (byte >= 0x41 && byte <= 0x5A) || (byte >= 0x30 && byte <= 0x39) || byte == 0x5F || byte >= 0x80 || byte == 0x24
         }
-        while index < bytes.count, tokens.count < limit {
+        while index < bytes.count {
             let byte = bytes[index]
             if byte == 0x2D, index + 1 < bytes.count, bytes[index + 1] == 0x2D {
                 while index < bytes.count, bytes[index] != 0x0A { index += 1 }
@@ -56,25 +105,28 @@ public enum UploadStatementPolicy {
                     index += 1
                 }
                 index += 1
-                tokens.append(String(decoding: bytes[start..<min(index, bytes.count)], as: UTF8.self))
+                guard token(String(decoding: bytes[start..<min(index, bytes.count)], as: UTF8.self)) else { return }
             } else if isWord(byte) {
                 let start = index
                 while index < bytes.count, isWord(bytes[index]) { index += 1 }
-                tokens.append(String(decoding: bytes[start..<index], as: UTF8.self).uppercased())
+                guard token(String(decoding: bytes[start..<index], as: UTF8.self).uppercased()) else { return }
             } else {
-                if byte > 0x20 { tokens.append(String(UnicodeScalar(byte))) }
                 index += 1
+                if byte > 0x20, !token(String(UnicodeScalar(byte))) { return }
             }
         }
-        return tokens
     }
 
     public static func decide(_ statement: String) -> Decision {
-        let words = tokens(statement)
+        let summary = Summary(statement)
+        let words = summary.first
         guard let first = words.first else { return .run }
         let second = words.count > 1 ? words[1] : ""
         let third = words.count > 2 ? words[2] : ""
-        func has(_ word: String) -> Bool { words.contains(word) }
+        func has(_ word: String) -> Bool {
+            precondition(Summary.watched.contains(word), "the policy asks only about watched words")
+            return summary.seen.contains(word)
+        }
         switch first {
         case "CREATE", "ALTER", "DROP":
             var kind = second
@@ -102,9 +154,7 @@ public enum UploadStatementPolicy {
             }
             if first == "ALTER", kind == "DEFAULT", third == "PRIVILEGES" { return .skip }
             // pg_dump's ownership statements: the upload's role owns everything.
-            if first == "ALTER", words.count >= 3, words[words.count - 3] == "OWNER" || (words.count >= 4 && words[words.count - 4] == "OWNER"),
-                has("TO")
-            {
+            if first == "ALTER", summary.fromEnd(3) == "OWNER" || summary.fromEnd(4) == "OWNER", has("TO") {
                 return .skip
             }
             if first == "ALTER", (kind == "DATABASE" || kind == "LARGE") && has("OWNER") { return .skip }
@@ -115,14 +165,13 @@ public enum UploadStatementPolicy {
             return .skip
         case "COPY":
             // COPY name [(columns)] FROM STDIN only: never a file or a program.
-            guard let from = words.firstIndex(where: { $0 == "FROM" || $0 == "TO" }) else {
+            guard let (direction, source) = summary.copyDirection else {
                 return .reject("COPY without FROM stdin is not allowed in an upload")
             }
-            let source = from + 1 < words.count ? words[from + 1] : ""
             if source == "PROGRAM" {
-                return .reject("COPY ... \(words[from]) PROGRAM is not allowed in an upload: nothing runs on the server's machine")
+                return .reject("COPY ... \(direction) PROGRAM is not allowed in an upload: nothing runs on the server's machine")
             }
-            if words[from] == "TO" { return .reject("COPY ... TO is not allowed in an upload (an upload only loads data)") }
+            if direction == "TO" { return .reject("COPY ... TO is not allowed in an upload (an upload only loads data)") }
             guard source == "STDIN" else {
                 return .reject("COPY ... FROM a file is not allowed in an upload: only COPY ... FROM stdin with the data inline")
             }
@@ -134,7 +183,7 @@ public enum UploadStatementPolicy {
             if target == "ROLE" || target == "AUTHORIZATION" || (second == "SESSION" && third == "AUTHORIZATION") {
                 return .reject("\(first) ROLE / SESSION AUTHORIZATION is not allowed in an upload: it runs as its own role only")
             }
-            if target == "STANDARD_CONFORMING_STRINGS", words.contains("OFF") || words.contains("'OFF'") || words.contains("FALSE") {
+            if target == "STANDARD_CONFORMING_STRINGS", has("OFF") || has("'OFF'") || has("FALSE") {
                 return .reject("standard_conforming_strings = off is not supported in an upload")
             }
             return .run

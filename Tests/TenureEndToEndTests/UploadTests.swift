@@ -53,6 +53,13 @@ import TenureTestSupport
             COMMENT ON TABLE customers IS 'people; with a ''quote''';
             GRANT SELECT ON customers TO upload_test_reader;
             SELECT lo_from_bytea(0, 'large object bytes');
+            -- Wide tables: a COPY header naming 200 and 1,600 columns (PostgreSQL's most).
+            DO $$ BEGIN
+                EXECUTE 'CREATE TABLE wide (' || (SELECT string_agg(format('c%s integer', g), ', ') FROM generate_series(1, 200) g) || ')';
+                EXECUTE 'CREATE TABLE widest (' || (SELECT string_agg(format('column_%s integer', g), ', ') FROM generate_series(1, 1600) g) || ')';
+            END $$;
+            INSERT INTO wide (c1, c100, c200) VALUES (1, 100, 200), (2, NULL, 400);
+            INSERT INTO widest (column_1, column_1600) VALUES (1, 1600);
             """)
         return name
     }

@@ -140,6 +140,26 @@ import TenureEngine
         #expect(UploadStatementPolicy.decide("COPY public.t (id, v) FROM stdin;") == .copyIn)
     }
 
+    /// The policy judges a statement on all of its tokens, however long: a COPY naming the
+    /// most columns a table can have is still `COPY ... FROM stdin`, and what hides past the
+    /// first few hundred tokens is still seen.
+    @Test func policyJudgesLongStatementsWhole() {
+        let columns = (1...1600).map { "c\($0)" }.joined(separator: ", ")
+        #expect(UploadStatementPolicy.decide("COPY public.wide (\(columns)) FROM stdin;") == .copyIn)
+        #expect(UploadStatementPolicy.decide("COPY public.wide (\(columns)) TO PROGRAM 'id';") != .copyIn)
+        guard case .reject = UploadStatementPolicy.decide("COPY public.wide (\(columns)) FROM PROGRAM 'id';") else {
+            Issue.record("a COPY FROM PROGRAM behind 1,600 columns was not rejected")
+            return
+        }
+        guard case .reject = UploadStatementPolicy.decide("COPY public.wide (\(columns)) FROM '/etc/passwd';") else {
+            Issue.record("a COPY from a file behind 1,600 columns was not rejected")
+            return
+        }
+        #expect(UploadStatementPolicy.decide("ALTER TABLE public.wide ALTER COLUMN c1 SET DEFAULT 0, \(columns.replacingOccurrences(of: ", ", with: " ")) OWNER TO postgres;") == .skip)
+        let values = (1...20000).map { "(\($0), 'v\($0)')" }.joined(separator: ", ")
+        #expect(UploadStatementPolicy.decide("INSERT INTO public.t VALUES \(values);") == .run)
+    }
+
     @Test func formatDetection() throws {
         #expect(try UploadFormat.detect(Array("PGDMP\u{1}\u{e}".utf8)) == .pgDumpCustom)
         #expect(try UploadFormat.detect([0x28, 0xB5, 0x2F, 0xFD, 0, 0]) == .sqlZst)
