@@ -19,17 +19,19 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
     ],
     targets: [
-        // System libraries: the only importers are TenurePQ and TenureZstd.
+        // System libraries: the only importers are TenurePQ, TenureZstd and TenureZlib.
         .systemLibrary(name: "CLibPQ", pkgConfig: "libpq", providers: [.apt(["libpq-dev"])]),
         .systemLibrary(name: "CZstd", pkgConfig: "libzstd", providers: [.apt(["libzstd-dev"])]),
+        .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
 
         // Pure: ids, names, durations, lifecycle, sweep planning, errors. No I/O.
         .target(name: "TenureCore", swiftSettings: strict),
         // Thin synchronous wrappers over the C libraries.
         .target(name: "TenurePQ", dependencies: ["CLibPQ", "TenureCore"], swiftSettings: strict),
         .target(name: "TenureZstd", dependencies: ["CZstd", "TenureCore"], swiftSettings: strict),
+        .target(name: "TenureZlib", dependencies: ["CZlib", "TenureCore"], swiftSettings: strict),
         // The data path: archive format, backup, restore, verify, SQL export.
-        .target(name: "TenureEngine", dependencies: ["TenureCore", "TenurePQ", "TenureZstd"], swiftSettings: strict),
+        .target(name: "TenureEngine", dependencies: ["TenureCore", "TenurePQ", "TenureZstd", "TenureZlib"], swiftSettings: strict),
         // The private PostgreSQL cluster Tenure starts itself (also used by the tests).
         .target(name: "TenureEmbedded", dependencies: ["TenureCore", "TenurePQ"], swiftSettings: strict),
         // Catalog store and migrations embedded from sql/catalog.

@@ -80,7 +80,7 @@ extension Controller {
                 try catalog.audit(
                     at: finished, databaseID: record.id.rawValue, actor: actor, action: "uploaded", from: UploadState.uploading.rawValue,
                     to: UploadState.uploaded.rawValue, reason: nil,
-                    detail: ["format": summary.format.rawValue, "bytes": String(summary.byteCount), "statements": String(summary.statementCount)])
+                    detail: uploadedDetail(summary))
             }
             return try catalog.upload(record.id)
         } catch {
@@ -338,6 +338,17 @@ extension Controller {
         try admin.execute("DROP DATABASE IF EXISTS \(quoteIdentifier(source)) WITH (FORCE)")
         removeResultFiles(id, keepingGeneration: next.generation)
         return try catalog.upload(id)
+    }
+
+    /// The audit detail of a finished upload: its format, size and statements, and the zip
+    /// members read past (the first 100 names).
+    func uploadedDetail(_ summary: UploadImportSummary) -> [String: String] {
+        var detail = ["format": summary.format.rawValue, "bytes": String(summary.byteCount), "statements": String(summary.statementCount)]
+        if !summary.ignoredMembers.isEmpty {
+            detail["ignored_members"] = summary.ignoredMembers.prefix(100).joined(separator: ", ")
+            detail["ignored_member_count"] = String(summary.ignoredMembers.count)
+        }
+        return detail
     }
 
     /// One script in one transaction, split by Tenure's lexer (no psql meta-commands).

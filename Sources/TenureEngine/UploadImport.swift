@@ -2,6 +2,7 @@ import Foundation
 import TenureCore
 import TenurePQ
 import TenureZstd
+import TenureZlib
 
 #if canImport(Glibc)
 import Glibc
@@ -32,16 +33,26 @@ public enum UploadFormat: String, Sendable, CaseIterable {
     case pgDumpCustom = "pg_dump-custom"
     case sql
     case sqlZst = "sql.zst"
+    /// `pg_dump -Ft`: converted by pg_restore like the custom format.
+    case pgDumpTar = "pg_dump-tar"
+    /// Plain SQL compressed with gzip (one or more members).
+    case sqlGz = "sql.gz"
+    /// A zip holding one `dump.sql` (backup zips of ERP database managers); other members
+    /// are read past and listed.
+    case zip
 
     /// Recognizes a format from the first bytes (up to 512) of an upload.
     public static func detect(_ head: [UInt8]) throws(TenureError) -> UploadFormat {
         if head.isEmpty { throw TenureError(.uploadRejected, "the upload is empty") }
         if head.starts(with: Array("PGDMP".utf8)) { return .pgDumpCustom }
         if head.starts(with: [0x28, 0xB5, 0x2F, 0xFD]) { return .sqlZst }
-        if head.count >= 262, Array(head[257..<262]) == Array("ustar".utf8) { return .tenure }
-        if head.starts(with: [0x1F, 0x8B]) {
-            throw TenureError(.uploadRejected, "gzip-compressed uploads are not accepted; send the file uncompressed or compressed with zstd (.sql.zst)")
+        if head.count >= 262, Array(head[257..<262]) == Array("ustar".utf8) {
+            // pg_dump's tar format starts with its table of contents; Tenure's with its header.
+            let name = head.prefix(100).prefix { $0 != 0 }
+            return Array(name) == Array("toc.dat".utf8) ? .pgDumpTar : .tenure
         }
+        if head.starts(with: [0x1F, 0x8B]) { return .sqlGz }
+        if head.starts(with: [0x50, 0x4B, 0x03, 0x04]) { return .zip }
         // Plain SQL: UTF-8 text without NUL bytes (a cut multi-byte character at the end of
         // the peeked bytes is fine).
         let text = head.count == 512 ? Array(head.prefix(508)) : head
@@ -50,7 +61,7 @@ public enum UploadFormat: String, Sendable, CaseIterable {
         }
         throw TenureError(
             .uploadRejected,
-            "the upload is not a recognized format: expected a Tenure archive (.tenure), a pg_dump custom-format archive, plain SQL (.sql) or zstd-compressed SQL (.sql.zst)"
+            "the upload is not a recognized format: expected a Tenure archive (.tenure), a pg_dump custom-format (-Fc) or tar (-Ft) archive, plain SQL (.sql), SQL compressed with zstd (.sql.zst) or gzip (.sql.gz), or a zip holding dump.sql"
         )
     }
 
@@ -69,6 +80,8 @@ public struct UploadImportSummary: Sendable {
     public var decompressedByteCount: Int64
     public var statementCount: Int64
     public var skippedCount: Int64
+    /// A zip's members other than its dump.sql, read past and not used.
+    public var ignoredMembers: [String] = []
 }
 
 /// Replays the first bytes read for format detection, then counts and limits the rest.
@@ -250,7 +263,7 @@ public struct UploadImporter {
             summary.statementCount = counts.statements
             summary.skippedCount = counts.skipped
             summary.decompressedByteCount = progress.rawBytes.load(ordering: .relaxed)
-        case .sql, .sqlZst, .pgDumpCustom:
+        case .sql, .sqlZst, .pgDumpCustom, .pgDumpTar, .sqlGz, .zip:
             let connection = try PostgresConnection(target, applicationName: "tenure-upload")
             defer { connection.close() }
             let lexer = SQLLexer(maximumStatementBytes: limits.maximumStatementBytes)
@@ -276,8 +289,27 @@ public struct UploadImporter {
                 } catch {
                     throw Self.asRejection(error)
                 }
-            case .pgDumpCustom:
+            case .pgDumpCustom, .pgDumpTar:
                 try PgRestoreConverter(path: pgRestorePath).convert(source: source, output: text)
+            case .sqlGz:
+                let inflater = Inflater(.gzip, what: "the upload (gzip)")
+                do throws(TenureError) {
+                    try pump(source) { (bytes) throws(TenureError) in try inflater.feed(bytes, output: text) }
+                    try inflater.finish()
+                } catch {
+                    throw Self.asRejection(error)
+                }
+            case .zip:
+                let zip = ZipSQLReader()
+                // Every member counts toward the decompression limits, not only dump.sql.
+                source.decompressed = { max(produced, zip.decompressedByteCount) }
+                do throws(TenureError) {
+                    try pump(source) { (bytes) throws(TenureError) in try zip.feed(bytes, output: text) }
+                    try zip.finish()
+                } catch {
+                    throw Self.asRejection(error)
+                }
+                summary.ignoredMembers = zip.ignoredMembers
             case .tenure:
                 preconditionFailure()
             }

@@ -759,7 +759,7 @@ let openAPIDocument = #"""
               "string",
               "null"
             ],
-            "description": "tenure, pg_dump-custom, sql or sql.zst; null before it is known."
+            "description": "tenure, pg_dump-custom, pg_dump-tar, sql, sql.zst, sql.gz or zip; null before it is known."
           },
           "server": {
             "type": "string"

@@ -126,11 +126,22 @@ import TenureTestSupport
             "\(Self.bin)/pg_dump -Fc '\(url(world, source))' > \(directory)/src.dump",
             "\(Self.bin)/pg_dump '\(url(world, source))' > \(directory)/src.sql",
             "zstd -q -19 \(directory)/src.sql -o \(directory)/src.sql.zst",
+            "\(Self.bin)/pg_dump -Ft '\(url(world, source))' > \(directory)/src.tar",
+            "gzip -c \(directory)/src.sql > \(directory)/src.sql.gz",
+            // A backup zip as an ERP's database manager makes it: dump.sql beside a filestore.
+            """
+            python3 -c 'import sys, zipfile; z = zipfile.ZipFile(sys.argv[1], "w", zipfile.ZIP_DEFLATED); z.write(sys.argv[2], "dump.sql"); \
+            z.writestr("filestore/ab/abcdef", b"attachment bytes" * 1000); z.writestr("manifest.json", "{}", zipfile.ZIP_STORED); z.close()' \
+            \(directory)/src.zip \(directory)/src.sql
+            """,
         ] {
             let made = try shell(command)
             try #require(made.status == 0, "\(made)")
         }
-        for (file, format) in [("src.tenure", "tenure"), ("src.dump", "pg_dump-custom"), ("src.sql", "sql"), ("src.sql.zst", "sql.zst")] {
+        for (file, format) in [
+            ("src.tenure", "tenure"), ("src.dump", "pg_dump-custom"), ("src.sql", "sql"), ("src.sql.zst", "sql.zst"), ("src.tar", "pg_dump-tar"),
+            ("src.sql.gz", "sql.gz"), ("src.zip", "zip"),
+        ] {
             let upload = try world.tenure("upload", "create", directory + "/" + file, "--json")
             try #require(upload.status == 0, "\(file): \(upload)")
             let id = try #require(upload.json["id"] as? String)
@@ -287,8 +298,25 @@ import TenureTestSupport
         var generator = SystemRandomNumberGenerator()
         try Data((0..<65_536).map { _ in UInt8.random(in: 0...255, using: &generator) }).write(to: URL(fileURLWithPath: directory + "/garbage.bin"))
         cases.append(("garbage", directory + "/garbage.bin", "not a recognized format"))
-        #expect(try shell("printf 'SELECT 1;' | gzip > \(directory)/x.sql.gz").status == 0)
-        cases.append(("gzip", directory + "/x.sql.gz", "gzip"))
+        #expect(try shell("printf 'SELECT 1;' | gzip > \(directory)/x.sql.gz && printf 'garbage' >> \(directory)/x.sql.gz").status == 0)
+        cases.append(("gzip-trailing-garbage", directory + "/x.sql.gz", "trailing garbage"))
+        #expect(try shell("\(Self.bin)/pg_dump '\(url(world, source))' | gzip | head -c 2000 > \(directory)/cut.sql.gz").status == 0)
+        cases.append(("truncated-gzip", directory + "/cut.sql.gz", "truncated"))
+        func zip(_ name: String, _ members: String, _ expect: String) throws {
+            let file = directory + "/\(name).zip"
+            let made = try shell(
+                "python3 -c 'import sys, zipfile; z = zipfile.ZipFile(sys.argv[1], \"w\", zipfile.ZIP_DEFLATED); [z.writestr(n, \"SELECT 1;\") for n in sys.argv[2:]]; z.close()' \(file) \(members)")
+            #expect(made.status == 0, "\(made)")
+            cases.append((name, file, expect))
+        }
+        try zip("zip-two-sql-files", "dump.sql other.sql", "more than one SQL file")
+        try zip("zip-dotdot-name", "../dump.sql", "not a plain relative path")
+        try zip("zip-absolute-name", "/etc/dump.sql", "not a plain relative path")
+        try zip("zip-without-dump", "readme.txt", "no dump.sql")
+        let bombMade = try shell(
+            "python3 -c 'import sys, zipfile; z = zipfile.ZipFile(sys.argv[1], \"w\", zipfile.ZIP_DEFLATED); z.writestr(\"dump.sql\", \"SELECT 1;\"); z.writestr(\"filestore/big\", b\"\\0\" * 300000000); z.close()' \(directory)/bomb.zip")
+        #expect(bombMade.status == 0, "\(bombMade)")
+        cases.append(("zip-bomb-member", directory + "/bomb.zip", "decompression bomb"))
 
         var rejected = 0
         for item in cases {
