@@ -33,6 +33,8 @@ public struct TenureConfiguration: Sendable {
     public var uploadDirectory: String
     /// The pg_restore that turns uploaded custom-format archives into SQL (it connects nowhere).
     public var pgRestorePath: String
+    /// `TENURE_EXTENSIONS`: extensions Tenure creates for uploads (and hosted databases).
+    public var extensions = ExtensionAllowlist()
 
     /// Every setting the file and the environment accept, with its documented default.
     public static let settings: [(key: String, defaultValue: String, help: String)] = [
@@ -64,6 +66,7 @@ public struct TenureConfiguration: Sendable {
         ("TENURE_UPLOAD_MAX_RATIO", "100", "most an upload may expand when decompressed (checked past 16 MiB)"),
         ("TENURE_UPLOAD_STATEMENT_TIMEOUT", "15m", "longest one statement of an upload or upgrade script may run (COPY data excepted)"),
         ("TENURE_UPLOAD_MAX_OBJECTS", "100000", "most objects (tables, functions, ...) an upload may create"),
+        ("TENURE_EXTENSIONS", "", "extensions Tenure creates on a customer's behalf (comma-separated; trusted extensions need no listing)"),
         ("TENURE_UPLOAD_MAX_STATEMENT_BYTES", "268435456", "longest one statement of an upload or upgrade script may be, in bytes (held whole so the policy judges all of it)"),
         ("TENURE_PG_RESTORE", "$TENURE_PG_BIN/pg_restore", "the pg_restore that converts uploaded custom-format archives to SQL"),
     ]
@@ -143,6 +146,7 @@ public struct TenureConfiguration: Sendable {
         upgradeScriptsDirectory = values["TENURE_UPGRADE_SCRIPTS"].flatMap { $0.isEmpty ? nil : $0 } ?? "sql/upgrade"
         uploadDirectory = values["TENURE_UPLOAD_DIR"].flatMap { $0.isEmpty ? nil : $0 } ?? (home + "/uploads")
         pgRestorePath = values["TENURE_PG_RESTORE"].flatMap { $0.isEmpty ? nil : $0 } ?? (postgresBinDirectory + "/pg_restore")
+        extensions = try ExtensionAllowlist.parse(values["TENURE_EXTENSIONS"] ?? "")
         let levels = ["trace", "debug", "info", "notice", "warning", "error", "critical"]
         guard levels.contains(logLevel) else {
             throw TenureError(.invalidConfiguration, "TENURE_LOG_LEVEL='\(printable(logLevel))' must be one of \(levels.joined(separator: ", "))")

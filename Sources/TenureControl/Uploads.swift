@@ -55,9 +55,11 @@ extension Controller {
             try admin.execute("GRANT CONNECT, TEMPORARY ON DATABASE \(database) TO \(role)")
             try reassertPublicSchema(server, database: record.postgresDatabase!)
             watchdog = try RoleWatchdog(parameters: try adminParameters(server), role: record.postgresRole, limit: configuration.uploadLimits.statementTimeout, logger: logger)
-            let importer = UploadImporter(
+            var importer = UploadImporter(
                 target: try roleParameters(server, database: record.postgresDatabase!, role: record.postgresRole, password: password),
                 jobs: configuration.engineJobs, limits: configuration.uploadLimits, pgRestorePath: configuration.pgRestorePath)
+            importer.extensions = configuration.extensions
+            importer.extensionAdmin = try adminParameters(server, database: record.postgresDatabase!)
             let summary = try importer.run(source: source, progress: progress)
             watchdog?.stop()
             watchdog = nil

@@ -154,6 +154,12 @@ public final class StatementRunner {
     var copyRows = 0
     var inCopy = false
     var copyLine = 0
+    /// Called with an extension's name and the statement for every `CREATE EXTENSION`:
+    /// true when it was created elsewhere (by Tenure, from the allowlist), false to run it
+    /// as the upload's role; throws to refuse it.
+    public var createExtension: ((String, String) throws(TenureError) -> Bool)?
+    /// Extensions `createExtension` made.
+    var createdExtensions = Set<String>()
 
     public init(connection: PostgresConnection, lexer: SQLLexer, limits: UploadLimits, policy: Bool = true) {
         self.connection = connection
@@ -188,6 +194,26 @@ public final class StatementRunner {
                 skipped += 1
             case .run:
                 statements += 1
+                if policy, let createExtension, let name = UploadStatementPolicy.extensionName(text) {
+                    do {
+                        if try createExtension(name, text) {
+                            createdExtensions.insert(name)
+                            return
+                        }
+                    } catch {
+                        throw TenureError(error.code == .uploadRejected ? .uploadRejected : error.code, "line \(line): \(error.message)", context: ["line": String(line)])
+                    }
+                }
+                // pg_dump comments on every extension; on one Tenure created, only its owner
+                // (Tenure) may, and the comment is the extension's own: skipped.
+                let words = UploadStatementPolicy.tokens(text, limit: 4)
+                if words.count == 4, words[0] == "COMMENT", words[1] == "ON", words[2] == "EXTENSION",
+                    createdExtensions.contains(words[3].lowercased()) || createdExtensions.contains(words[3].trimmingCharacters(in: CharacterSet(charactersIn: "\"")))
+                {
+                    statements -= 1
+                    skipped += 1
+                    return
+                }
                 if UploadStatementPolicy.tokens(text, limit: 1).first == "CREATE" {
                     creates += 1
                     if creates > limits.maximumObjects {
@@ -221,6 +247,11 @@ public struct UploadImporter {
     public var jobs: Int
     public var limits: UploadLimits
     public var pgRestorePath: String
+
+    /// Extensions Tenure creates on the upload's behalf (`TENURE_EXTENSIONS`), with a
+    /// superuser session into the upload's database (`extensionAdmin`).
+    public var extensions = ExtensionAllowlist()
+    public var extensionAdmin: ConnectionParameters?
 
     public init(target: ConnectionParameters, jobs: Int, limits: UploadLimits, pgRestorePath: String) {
         self.target = target
@@ -268,6 +299,17 @@ public struct UploadImporter {
             defer { connection.close() }
             let lexer = SQLLexer(maximumStatementBytes: limits.maximumStatementBytes)
             let runner = StatementRunner(connection: connection, lexer: lexer, limits: limits)
+            var extensionSession: PostgresConnection?
+            defer { extensionSession?.close() }
+            let role = target["user"] ?? ""
+            runner.createExtension = { [extensions, extensionAdmin] (name, statement) throws(TenureError) in
+                try extensions.check(name, trusted: try Self.isTrusted(name, on: connection))
+                guard extensions.contains(name) else { return false }
+                guard let extensionAdmin else { throw TenureError(.internal, "no administrator session to create extension \(name)") }
+                if extensionSession == nil { extensionSession = try PostgresConnection(extensionAdmin, applicationName: "tenure-upload-extension") }
+                try ExtensionAllowlist.create(statement: statement, name: name, owner: role, on: extensionSession!)
+                return true
+            }
             let emit: (SQLEvent) throws(TenureError) -> Void = { event throws(TenureError) in try runner.handle(event) }
             var produced: Int64 = 0
             let text: (UnsafeRawBufferPointer) throws(TenureError) -> Void = { bytes throws(TenureError) in
@@ -321,6 +363,13 @@ public struct UploadImporter {
         summary.byteCount = source.byteCount
         progress.compressedBytes.store(source.byteCount, ordering: .relaxed)
         return summary
+    }
+
+    /// Whether the server marks the extension trusted (its owner may create it).
+    static func isTrusted(_ name: String, on connection: PostgresConnection) throws(TenureError) -> Bool {
+        let rows = try connection.query(
+            "SELECT bool_or(trusted)::text AS trusted FROM pg_catalog.pg_available_extension_versions WHERE name = $1", [name])
+        return rows.rows.first?[0] == "true"
     }
 
     /// Reads `source` to its end in 256 KiB pieces.

@@ -117,6 +117,20 @@ public enum UploadStatementPolicy {
         }
     }
 
+    /// The extension a `CREATE EXTENSION [IF NOT EXISTS] name ...` statement creates, as
+    /// PostgreSQL folds it; nil for any other statement.
+    public static func extensionName(_ statement: String) -> String? {
+        var raw: [String] = []
+        scan(statement) { token in
+            raw.append(token)
+            return raw.count < 6
+        }
+        guard raw.count >= 3, raw[0] == "CREATE", raw[1] == "EXTENSION" else { return nil }
+        let name = raw.count >= 6 && raw[2] == "IF" && raw[3] == "NOT" && raw[4] == "EXISTS" ? raw[5] : raw[2]
+        if name.hasPrefix("\""), name.hasSuffix("\""), name.count >= 2 { return String(name.dropFirst().dropLast()).replacingOccurrences(of: "\"\"", with: "\"") }
+        return name.lowercased()
+    }
+
     public static func decide(_ statement: String) -> Decision {
         let summary = Summary(statement)
         let words = summary.first

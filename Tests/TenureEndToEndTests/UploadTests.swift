@@ -265,7 +265,7 @@ import TenureTestSupport
         try sql("create-role", "CREATE ROLE evil SUPERUSER LOGIN PASSWORD 'x';\n", "CREATE ROLE is not allowed")
         try sql("untrusted-language", "CREATE LANGUAGE plpython3u;\n", "untrusted languages")
         try sql("c-function", "CREATE FUNCTION evil() RETURNS int LANGUAGE c AS '/lib/x86_64-linux-gnu/libc.so.6', 'system';\n", "permission denied for language c")
-        try sql("untrusted-extension", "CREATE EXTENSION plperlu;\n", "PostgreSQL refused")
+        try sql("untrusted-extension", "CREATE EXTENSION plperlu;\n", "neither trusted nor in TENURE_EXTENSIONS (none is listed)")
         try sql("alter-system", "ALTER SYSTEM SET log_statement = 'none';\n", "ALTER SYSTEM is not allowed")
         try sql("lo-import", "SELECT lo_import('/etc/passwd');\n", "lo_import")
         try sql("lo-export", "SELECT lo_from_bytea(4242, 'x');\nSELECT lo_export(4242, '\(marker)');\n", "lo_export")
@@ -349,6 +349,56 @@ import TenureTestSupport
         // Too big: refused at the limit, also rejected and clean.
         let big = try world.tenure(["upload", "create", directory + "/good.tenure"], environment: ["TENURE_UPLOAD_MAX_BYTES": "4096"])
         #expect(big.status != 0 && big.stderr.contains("TENURE_UPLOAD_MAX_BYTES"), "\(big)")
+    }
+
+    /// An extension the upload's role may not create (not trusted) is created by Tenure when
+    /// TENURE_EXTENSIONS lists it, its tables handed to the role, its configuration rows from
+    /// the dump loaded after it; unlisted, it is refused with the list.
+    @Test func allowlistedExtensionsAreCreatedByTenure() throws {
+        try installTestExtension()
+        let directory = scratch()
+        let world = try Fixture(["TENURE_EXTENSIONS": "tenure_config_test, pg_stat_statements"])
+        let source = "ext_" + String(UUID().uuidString.prefix(8)).lowercased()
+        let admin = try world.server.connect()
+        try admin.execute("CREATE DATABASE \(source)")
+        admin.close()
+        let connection = try world.server.connect(database: source)
+        try connection.execute(
+            """
+            CREATE EXTENSION tenure_config_test;
+            CREATE EXTENSION citext;
+            INSERT INTO tenure_settings VALUES ('mine', 'user value', false);
+            CREATE TABLE notes (id int PRIMARY KEY, body citext, setting text DEFAULT tenure_setting('mine'));
+            INSERT INTO notes (id, body) VALUES (1, 'Hello');
+            """)
+        connection.close()
+        for (file, command) in [
+            ("ext.sql", "\(Self.bin)/pg_dump '\(url(world, source))' > \(directory)/ext.sql"),
+            ("ext.dump", "\(Self.bin)/pg_dump -Fc '\(url(world, source))' > \(directory)/ext.dump"),
+        ] {
+            let made = try shell(command)
+            try #require(made.status == 0, "\(made)")
+            let upload = try world.tenure("upload", "create", directory + "/" + file, "--json")
+            try #require(upload.status == 0, "\(file): \(upload)")
+            let id = try #require(upload.json["id"] as? String)
+            let database = id + "_g0"
+            #expect(try world.server.rows("SELECT key FROM tenure_settings ORDER BY key", database: database) == [["builtin"], ["mine"]], "\(file)")
+            #expect(try world.server.rows("SELECT setting FROM notes", database: database) == [["user value"]], "\(file)")
+            #expect(
+                try world.server.rows("SELECT pg_get_userbyid(relowner) FROM pg_class WHERE relname = 'tenure_settings'", database: database) == [[id + "_owner"]],
+                "\(file): the extension's tables belong to the upload's role")
+            #expect(try world.server.rows("SELECT extname FROM pg_extension WHERE extname IN ('tenure_config_test', 'citext') ORDER BY 1", database: database)
+                == [["citext"], ["tenure_config_test"]])
+        }
+        // Not listed: refused with the list, nothing left.
+        let strict = try Fixture(["TENURE_EXTENSIONS": "pg_stat_statements"])
+        let refused = try strict.tenure("upload", "create", directory + "/ext.sql", "--json")
+        let message = refused.stderr + refused.stdout
+        #expect(refused.status != 0 && message.contains("tenure_config_test") && message.contains("listed: pg_stat_statements"), "\(refused)")
+        if let range = message.range(of: "up_[0-9a-z]{20}", options: .regularExpression) {
+            #expect(try leftovers(strict, String(message[range])).isEmpty)
+        }
+        #expect(try strict.tenure(["config"], environment: ["TENURE_EXTENSIONS": "Bad Name"]).status != 0)
     }
 
     /// Hold, release, deletion request and the sweep.

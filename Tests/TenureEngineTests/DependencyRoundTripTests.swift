@@ -59,22 +59,6 @@ INSERT INTO tenure_journal VALUES (1, 'user note', 'mine'), (2, 'about a shipped
 SELECT setval('tenure_journal_id', 42);
 """#
 
-/// Installs the test extension (`Tests/Fixtures/extension`) into the server's extension
-/// directory when it is not there; that takes root, as `make test` runs.
-func installTestExtension() throws {
-    let directory = "/usr/share/postgresql/15/extension"
-    let fixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("Fixtures/extension")
-    for name in ["tenure_config_test.control", "tenure_config_test--1.0.sql"] {
-        let target = directory + "/" + name
-        let source = fixtures.appendingPathComponent(name).path
-        if FileManager.default.contentsEqual(atPath: source, andPath: target) { continue }
-        try? FileManager.default.removeItem(atPath: target)
-        do { try FileManager.default.copyItem(atPath: source, toPath: target) } catch {
-            throw TenureError(.internal, "cannot install the test extension into \(directory) (run the tests as root, as make test does): \(error)")
-        }
-    }
-}
-
 func createDependencyCases(_ server: TestServer) throws -> String {
     try installTestExtension()
     let name = newDatabaseName("graph")
