@@ -274,8 +274,19 @@ public struct UploadImporter {
             var engineLimits = EngineLimits()
             engineLimits.maximumMemberCount = min(engineLimits.maximumMemberCount, max(limits.maximumObjects * 4, 1000))
             options.limits = engineLimits
+            let (extensions, extensionAdmin, role) = (self.extensions, self.extensionAdmin, target["user"] ?? "")
             options.schemaFilter = { script, section throws(TenureError) in
-                let result = try UploadStatementPolicy.filterScript(script, section: section)
+                // Listed extensions are created by Tenure before the rest of the pre-data runs.
+                var session: PostgresConnection?
+                defer { session?.close() }
+                let result = try UploadStatementPolicy.filterScript(script, section: section) { (name, statement) throws(TenureError) in
+                    guard let extensionAdmin else { return false }
+                    if session == nil { session = try PostgresConnection(extensionAdmin, applicationName: "tenure-upload-extension") }
+                    try extensions.check(name, trusted: try Self.isTrusted(name, on: session!))
+                    guard extensions.contains(name) else { return false }
+                    try ExtensionAllowlist.create(statement: statement, name: name, owner: role, on: session!)
+                    return true
+                }
                 counter.withLock {
                     $0.statements += Int64(result.statements - result.skipped)
                     $0.skipped += Int64(result.skipped)

@@ -211,19 +211,42 @@ public enum UploadStatementPolicy {
     /// Rewrites a schema script (a Tenure archive's pre- or post-data) under the policy:
     /// refused statements fail the upload, skipped ones are removed, the rest is kept with its
     /// comments (which the restore uses to split the post-data into entries).
-    public static func filterScript(_ script: String, section: String) throws(TenureError) -> (script: String, statements: Int, skipped: Int) {
+    /// `createExtension` (see `StatementRunner.createExtension`) sees every `CREATE EXTENSION`:
+    /// one it created is left out of the script, and so is the dump's comment on it.
+    public static func filterScript(
+        _ script: String, section: String, createExtension: ((String, String) throws(TenureError) -> Bool)? = nil
+    ) throws(TenureError) -> (script: String, statements: Int, skipped: Int) {
         let lexer = SQLLexer()
         var output = ""
         var statements = 0
         var skipped = 0
         var failure: TenureError?
+        var created = Set<String>()
         let handle: (SQLEvent) throws(TenureError) -> Void = { (event) throws(TenureError) in
             guard case .statement(let text, let line) = event else {
                 throw TenureError(.uploadRejected, "the \(section) contains COPY data; data belongs in data members")
             }
             statements += 1
             switch decide(text) {
-            case .run: output += text
+            case .run:
+                if let createExtension, let name = extensionName(text) {
+                    do throws(TenureError) {
+                        if try createExtension(name, text) {
+                            created.insert(name)
+                            skipped += 1
+                            return
+                        }
+                    } catch {
+                        failure = TenureError(.uploadRejected, "the \(section), line \(line): \(error.message)")
+                        throw failure!
+                    }
+                }
+                let words = tokens(text, limit: 4)
+                if words.count == 4, words[0] == "COMMENT", words[1] == "ON", words[2] == "EXTENSION", created.contains(words[3].lowercased()) {
+                    skipped += 1
+                    return
+                }
+                output += text
             case .skip: skipped += 1
             case .copyIn:
                 failure = TenureError(.uploadRejected, "the \(section), line \(line): COPY belongs in data members, not in the schema")

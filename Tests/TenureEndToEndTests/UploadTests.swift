@@ -375,6 +375,7 @@ import TenureTestSupport
         for (file, command) in [
             ("ext.sql", "\(Self.bin)/pg_dump '\(url(world, source))' > \(directory)/ext.sql"),
             ("ext.dump", "\(Self.bin)/pg_dump -Fc '\(url(world, source))' > \(directory)/ext.dump"),
+            ("ext.tenure", "TENURE_HOME=\(world.home) \(tenureExecutable()) backup --url '\(url(world, source))' -o \(directory)/ext.tenure"),
         ] {
             let made = try shell(command)
             try #require(made.status == 0, "\(made)")
