@@ -44,6 +44,7 @@ struct Routes: Sendable {
         v1.delete("databases/:id/legal-hold") { request, context in try await transition(.release, request, context) }
         v1.get("databases/:id/audit") { request, context in try await audit(request, context) }
         v1.get("databases/:id/backups") { request, context in try await listBackups(request, context) }
+        v1.post("databases/:id/extensions") { request, context in try await addExtension(request, context) }
         v1.post("databases/:id/backups") { request, context in try await startBackup(request, context) }
         v1.get("databases/:id/backups/:backup") { request, context in try await showBackup(request, context) }
         v1.get("databases/:id/backups/:backup/download") { request, context in try await download(request, context) }
@@ -130,6 +131,22 @@ struct Routes: Sendable {
         let id = try context.id("id", as: DatabaseID.self)
         let record = try await pool.withCatalog { (catalog) throws(TenureError) in try catalog.database(id) }
         return jsonResponse(databaseDocument(record), headers: [.eTag: etag(record)])
+    }
+
+    /// `POST /v1/databases/{id}/extensions` `{"name": …}`: 201 when created, 200 when the
+    /// database already had it.
+    func addExtension(_ request: Request, _ context: APIContext) async throws(TenureError) -> Response {
+        try context.require(.write)
+        _ = try Query(request, allowed: [])
+        let id = try context.id("id", as: DatabaseID.self)
+        let body = try await JSONBody.read(request, context: context, allowed: ["name"], maximumByteCount: maximumBody)
+        let name = try body.string("name", required: true)!
+        let added = try await pool.withController(actor: context.actor) { (controller) throws(TenureError) in
+            try controller.addExtension(id, name: name)
+        }
+        return jsonResponse(
+            ["database_id": id.rawValue, "extension": added.name, "version": added.version, "created": added.created],
+            status: added.created ? .created : .ok)
     }
 
     func etag(_ record: DatabaseRecord) -> String { "\"\(record.version)\"" }

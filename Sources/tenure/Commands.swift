@@ -112,8 +112,33 @@ struct DatabaseCommand: ParsableCommand {
         commandName: "db", abstract: "Create hosted databases and move them through their lifecycle.",
         subcommands: [
             Create.self, List.self, Show.self, Subscribe.self, Cancel.self, Reactivate.self, Destroy.self, Hold.self, Release.self,
-            Backup.self, Backups.self, Export.self, RestoreBackup.self,
+            Backup.self, Backups.self, Export.self, RestoreBackup.self, Extension.self,
         ])
+
+    struct Extension: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Extensions of a hosted database.", subcommands: [Add.self])
+
+        struct Add: ParsableCommand {
+            static let configuration = CommandConfiguration(
+                abstract: "Create an extension in a trial or active database: a trusted one, or one TENURE_EXTENSIONS lists (its tables go to the database's owner). Audited; idempotent.")
+            @OptionGroup var options: GlobalOptions
+            @Argument(help: "Database id (db_…).") var id: String
+            @Argument(help: "Extension name, as PostgreSQL spells it (postgis, pg_trgm, …).") var name: String
+
+            func run() {
+                runCommand(json: options.json) { (output) throws(TenureError) in
+                    let id = try DatabaseID(parsing: id)
+                    try Session.with(options) { (session) throws(TenureError) in
+                        let added = try session.controller.addExtension(id, name: name)
+                        output.emit(json: ["database_id": id.rawValue, "extension": added.name, "version": added.version, "created": added.created]) {
+                            added.created ? "extension \(added.name) \(added.version) created in \(id)" : "\(id) already has extension \(added.name) \(added.version)"
+                        }
+                    }
+                }
+            }
+        }
+    }
 
     struct Create: ParsableCommand {
         static let configuration = CommandConfiguration(

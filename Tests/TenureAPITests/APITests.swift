@@ -267,6 +267,34 @@ import Glibc
         #expect(events.count == all.filter { $0 == 200 }.count, "\(events) \(all) \(final)")
     }
 
+    /// POST /v1/databases/{id}/extensions: a listed untrusted extension is created (201),
+    /// again is 200 and changes nothing, a trusted one needs no listing, an unlisted untrusted
+    /// one and an unknown one are 400, a deactivated database is 409; every one audited.
+    @Test func extensionsOfAHostedDatabase() throws {
+        try installTestExtension()
+        let api = try APIFixture(["TENURE_EXTENSIONS": "tenure_config_test"])
+        let id = try api.create("ext-shop")["id"] as! String
+        let created = try api.call("POST", "/v1/databases/\(id)/extensions", json: ["name": "tenure_config_test"])
+        #expect(created.status == 201 && created.json["created"] as? Bool == true && created.json["version"] as? String == "1.0", "\(created.json)")
+        let again = try api.call("POST", "/v1/databases/\(id)/extensions", json: ["name": "tenure_config_test"])
+        #expect(again.status == 200 && again.json["created"] as? Bool == false)
+        #expect(try api.call("POST", "/v1/databases/\(id)/extensions", json: ["name": "citext"]).status == 201)
+        let refused = try api.call("POST", "/v1/databases/\(id)/extensions", json: ["name": "pageinspect"])
+        #expect(refused.status == 400 && (refused.json["detail"] as? String ?? "").contains("listed: tenure_config_test"), "\(refused.json)")
+        #expect(try api.call("POST", "/v1/databases/\(id)/extensions", json: ["name": "no_such_extension"]).status == 400)
+        #expect(try api.call("POST", "/v1/databases/\(id)/extensions", json: ["name": "Bad Name"]).status == 400)
+        #expect(try api.call("POST", "/v1/databases/\(id)/extensions", json: [:]).status == 400)
+        let database = try api.server.rows("SELECT pg_database, pg_role FROM databases WHERE id = $1", [id], database: api.catalogName)
+        if let row = database.first, let name = row[0], let role = row[1] {
+            #expect(try api.server.rows("SELECT pg_get_userbyid(relowner) FROM pg_class WHERE relname = 'tenure_settings'", database: name) == [[role]])
+        }
+        let actions = (try api.call("GET", "/v1/databases/\(id)/audit").json["events"] as! [[String: Any]]).map { $0["action"] as! String }
+        #expect(actions.filter { $0 == "extension_added" }.count == 2, "\(actions)")
+        _ = try api.call("POST", "/v1/databases/\(id)/subscribe")
+        _ = try api.call("POST", "/v1/databases/\(id)/cancel")
+        #expect(try api.call("POST", "/v1/databases/\(id)/extensions", json: ["name": "citext"]).status == 409)
+    }
+
     @Test func servedDocumentIsTheRepositoryOne() throws {
         let api = try APIFixture()
         let served = try api.call("GET", "/openapi.json", key: "")

@@ -391,6 +391,16 @@ import TenureTestSupport
             #expect(try world.server.rows("SELECT extname FROM pg_extension WHERE extname IN ('tenure_config_test', 'citext') ORDER BY 1", database: database)
                 == [["citext"], ["tenure_config_test"]])
         }
+        // Hosted databases: tenure db extension add.
+        let hosted = try world.tenure("db", "create", "ext-cli", "--json")
+        let hostedID = try #require(hosted.json["id"] as? String)
+        let added = try world.tenure("db", "extension", "add", hostedID, "tenure_config_test", "--json")
+        #expect(added.status == 0 && added.json["created"] as? Bool == true, "\(added)")
+        #expect(try world.tenure("db", "extension", "add", hostedID, "tenure_config_test", "--json").json["created"] as? Bool == false)
+        let unlisted = try world.tenure("db", "extension", "add", hostedID, "pageinspect")
+        #expect(unlisted.status != 0 && unlisted.stderr.contains("TENURE_EXTENSIONS"), "\(unlisted)")
+        #expect(try world.tenure("db", "extension", "add", "up_00000000000000000000", "citext").status != 0)
+
         // Not listed: refused with the list, nothing left.
         let strict = try Fixture(["TENURE_EXTENSIONS": "pg_stat_statements"])
         let refused = try strict.tenure("upload", "create", directory + "/ext.sql", "--json")
