@@ -26,7 +26,10 @@ import TenureTestSupport
     /// A source database with the usual suspects: types with NULLs and odd text, a sequence
     /// with a set value, a large object, a function, a view, an index, a foreign key, a
     /// trigger, a grant to a role that exists only there, and a comment.
-    func makeSource(_ world: Fixture) throws -> String {
+    /// `large` adds what real customer databases have and the issue lists: 63-byte names, a
+    /// function body of megabytes, a thousand small tables and a 50 MB TOASTed value (only the
+    /// all-formats round trip uses it: it takes minutes).
+    func makeSource(_ world: Fixture, large: Bool = false) throws -> String {
         let name = "src_" + String(UUID().uuidString.prefix(8)).lowercased()
         let admin = try world.server.connect()
         defer { admin.close() }
@@ -60,6 +63,30 @@ import TenureTestSupport
             END $$;
             INSERT INTO wide (c1, c100, c200) VALUES (1, 100, 200), (2, NULL, 400);
             INSERT INTO widest (column_1, column_1600) VALUES (1, 1600);
+            """)
+        guard large else { return name }
+        try source.execute(
+            """
+            -- 63-byte identifiers (PostgreSQL's longest), quoted and plain.
+            CREATE TABLE "Ünïcode table name that is exactly sixty-three bytes long ....." (id int);
+            CREATE TABLE this_plain_identifier_is_exactly_sixty_three_bytes_long_abcdefg (
+                this_column_identifier_is_exactly_sixty_three_bytes_long_abcdef int);
+            INSERT INTO this_plain_identifier_is_exactly_sixty_three_bytes_long_abcdefg VALUES (63);
+            -- A function body of several megabytes.
+            DO $$ BEGIN
+                EXECUTE 'CREATE FUNCTION big_body() RETURNS int LANGUAGE sql IMMUTABLE AS $f$ SELECT 1 '
+                    || repeat('/* padding padding padding padding padding padding padding padding */ ', 60000) || ' $f$';
+            END $$;
+            -- A thousand small tables.
+            DO $$ BEGIN
+                FOR i IN 1..1000 LOOP
+                    EXECUTE format('CREATE TABLE small_%s (id int PRIMARY KEY, v text)', i);
+                    EXECUTE format('INSERT INTO small_%s VALUES (%s, %L)', i, i, 'row ' || i);
+                END LOOP;
+            END $$;
+            -- A TOASTed value of 50 MB (random, so it does not compress away).
+            CREATE TABLE toasted (id int PRIMARY KEY, big text);
+            INSERT INTO toasted SELECT 1, string_agg(md5(random()::text), '') FROM generate_series(1, 1600000);
             """)
         return name
     }
@@ -108,7 +135,7 @@ import TenureTestSupport
         let directory = scratch()
         var world = try Fixture()
         world.environment["TENURE_UPGRADE_SCRIPTS"] = try scripts(directory)
-        let source = try makeSource(world)
+        let source = try makeSource(world, large: true)
         // The expected result: the scripts applied to a copy of the source.
         let expected = source + "_expected"
         let admin = try world.server.connect()
