@@ -7,7 +7,10 @@ indexes and a foreign key), then times each tool in one run with N = cores and p
 seconds, output bytes, peak RSS and the ratios against the targets of issue 4. Then the
 HTTP API (issue 5): `tenure serve` on the same server, a managed copy of the benchmark
 database exported over HTTP (curl) against `tenure backup` to a file, and wrk on
-GET /v1/databases/{id}. BENCH_PARTS=http runs only the HTTP part (with its backup baseline).
+GET /v1/databases/{id}. Then uploads (issue 18): a plain-SQL and a custom-format dump of the
+benchmark database through `tenure upload create`, against psql -f and pg_restore -j N.
+BENCH_PARTS=http runs only the HTTP part (with its backup baseline); BENCH_PARTS=upload the
+HTTP part and the uploads.
 Never part of `make test`.
 """
 import json, os, re, shutil, subprocess, sys, time, urllib.request
@@ -188,10 +191,12 @@ def main():
             print(f"  {key}: {seconds:.1f} s, {rss / 1024:.0f} MiB", flush=True)
 
         parts = os.environ.get("BENCH_PARTS", "all")
-        if parts == "http":
+        if parts in ("http", "upload"):
             timed("warm", f"{pg}/pg_dump {conn} -Fc -Z0 bench > /dev/null")
             http = http_bench(results, JOBS)
             print_http(results, http)
+            if parts == "upload":
+                upload_bench(JOBS)
             return
         # Warm the cache once so the first tool is not penalised.
         timed("warm", f"{pg}/pg_dump {conn} -Fc -Z0 bench > /dev/null")
@@ -252,10 +257,67 @@ def main():
         print(f"| tenure peak RSS (MiB) | {tenure_rss:.0f} | ≤ 200 | {'ok' if tenure_rss <= 200 else 'MISSED'} |")
         http = http_bench(results, JOBS)
         print_http(results, http)
+        uploads = upload_bench(JOBS)
         with open(os.path.join(WORK, "results.json"), "w") as f:
-            json.dump({"runs": results, "http": http}, f, indent=2)
+            json.dump({"runs": results, "http": http, "uploads": uploads}, f, indent=2)
     finally:
         stop_server()
+
+
+def upload_bench(jobs):
+    """Issue 18: uploads of a plain-SQL and a custom-format dump of the benchmark database
+    against psql -f and createdb + pg_restore -j N of the same files into an empty database.
+    Runs after http_bench (it uses the catalog that made)."""
+    home = os.path.join(WORK, "home")
+    env = dict(os.environ, TENURE_HOME=home, TENURE_CATALOG_URL=url("tenure_catalog"), TENURE_JOBS=str(jobs), TENURE_LOG_LEVEL="warning",
+               TENURE_PG_DUMP=PG_BIN + "/pg_dump", TENURE_PG_RESTORE=PG_BIN + "/pg_restore")
+    pg = PG_BIN
+    conn = f"-h {SOCKET} -p {PORT} -U postgres"
+    timed("plain dump", f"{pg}/pg_dump {conn} bench > {OUT}/plain.sql")
+    timed("custom dump", f"{pg}/pg_dump {conn} -Fc bench > {OUT}/b.dump")
+    results = {}
+
+    def upload(name, path):
+        psql("postgres", "CHECKPOINT")
+        start = time.monotonic()
+        done = subprocess.run(["/usr/bin/time", "-f", "%M", TENURE, "upload", "create", path, "--json"], env=env, capture_output=True, text=True)
+        seconds = time.monotonic() - start
+        if done.returncode != 0:
+            sys.exit(f"{name} failed:\n{done.stdout}\n{done.stderr}")
+        upload_id = json.loads(done.stdout)["id"]
+        subprocess.run([TENURE, "upload", "delete", upload_id, "--confirm", upload_id], env=env, capture_output=True, check=True)
+        results[name] = {"seconds": seconds, "rss_kib": int(done.stderr.strip().split("\n")[-1])}
+        print(f"  {name}: {seconds:.1f} s", flush=True)
+
+    def baseline(name, database, shell):
+        psql("postgres", f"DROP DATABASE IF EXISTS {database}")
+        psql("postgres", "CHECKPOINT")
+        s, r = timed(name, f"{pg}/createdb {conn} {database} && {shell}")
+        results[name] = {"seconds": s, "rss_kib": r}
+        psql("postgres", f"DROP DATABASE {database}")
+        print(f"  {name}: {s:.1f} s", flush=True)
+
+    baseline("createdb + psql -f (plain SQL)", "u_psql", f"{pg}/psql {conn} -X -q -v ON_ERROR_STOP=1 -d u_psql -f {OUT}/plain.sql > /dev/null")
+    upload("tenure upload (plain SQL)", f"{OUT}/plain.sql")
+    baseline("createdb + pg_restore -j N (custom)", "u_pgr", f"{pg}/pg_restore {conn} -j {jobs} --no-owner -d u_pgr {OUT}/b.dump")
+    upload("tenure upload (custom)", f"{OUT}/b.dump")
+    print()
+    print("| upload (issue 18) | seconds | peak RSS MiB |")
+    print("|---|---:|---:|")
+    for key, value in results.items():
+        print(f"| {key} | {value['seconds']:.1f} | {value['rss_kib'] / 1024:.0f} |")
+    rows = [
+        ("upload plain SQL vs psql -f", results["tenure upload (plain SQL)"]["seconds"] / results["createdb + psql -f (plain SQL)"]["seconds"], 1.2),
+        ("upload custom vs pg_restore -j N", results["tenure upload (custom)"]["seconds"] / results["createdb + pg_restore -j N (custom)"]["seconds"], 1.0),
+    ]
+    print()
+    print("| ratio | measured | target | |")
+    print("|---|---:|---:|---|")
+    for name, value, target in rows:
+        print(f"| {name} | {value:.2f} | ≤ {target} | {'ok' if value <= target else 'MISSED'} |")
+    rss = max(results[k]["rss_kib"] for k in results if k.startswith("tenure")) / 1024
+    print(f"| tenure upload peak RSS (MiB) | {rss:.0f} | ≤ 200 | {'ok' if rss <= 200 else 'MISSED'} |")
+    return results
 
 
 def print_http(results, http):
