@@ -166,8 +166,12 @@ import TenureEngine
         #expect(try UploadFormat.detect(Array("--\n-- dump\nCREATE TABLE t (x int);\n".utf8)) == .sql)
         var tar = [UInt8](repeating: 0, count: 512)
         tar.replaceSubrange(257..<262, with: Array("ustar".utf8))
+        tar.replaceSubrange(0..<11, with: Array("header.json".utf8))
         #expect(try UploadFormat.detect(tar) == .tenure)
-        #expect(throws: TenureError.self) { try UploadFormat.detect([0x1F, 0x8B, 8, 0]) }
+        tar.replaceSubrange(0..<11, with: Array("toc.dat".utf8) + [0, 0, 0, 0])
+        #expect(try UploadFormat.detect(tar) == .pgDumpTar)
+        #expect(try UploadFormat.detect([0x1F, 0x8B, 8, 0]) == .sqlGz)
+        #expect(try UploadFormat.detect(Array("PK\u{3}\u{4}".utf8) + [20, 0]) == .zip)
         #expect(throws: TenureError.self) { try UploadFormat.detect([]) }
         var generator = SystemRandomNumberGenerator()
         let garbage = (0..<512).map { _ in UInt8.random(in: 0...255, using: &generator) | 0x80 }
