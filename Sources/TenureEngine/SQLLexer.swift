@@ -66,7 +66,36 @@ public final class SQLLexer {
 
     /// Feeds bytes; `emit` receives every event completed by them.
     public func feed(_ bytes: UnsafeRawBufferPointer, emit: (SQLEvent) throws(TenureError) -> Void) throws(TenureError) {
-        for byte in bytes {
+        var index = 0
+        while index < bytes.count {
+            // COPY data, whole lines at a time: most of a dump's bytes, so they skip the
+            // byte-by-byte state machine (same checks: UTF-8, no NUL, the \. line).
+            if mode == .copyData, !skippingToLineEnd, copyLine.isEmpty, utf8Pending == 0,
+                let end = try copyLineEnd(bytes, from: index)
+            {
+                let count = end + 1 - index
+                let text = UnsafeRawBufferPointer(rebasing: bytes[index...end])
+                byteCount += Int64(count)
+                if (count == 3 && text[0] == 0x5C && text[1] == 0x2E) || (count == 4 && text[0] == 0x5C && text[1] == 0x2E && text[2] == 0x0D) {
+                    if !copyBuffer.isEmpty { try emit(.copyData(copyBuffer)) }
+                    copyBuffer.removeAll(keepingCapacity: true)
+                    try emit(.copyEnd)
+                    mode = .normal
+                    statementLine = line + 1
+                } else {
+                    copyBuffer.append(contentsOf: text)
+                    if copyBuffer.count >= 1 << 20 {
+                        try emit(.copyData(copyBuffer))
+                        copyBuffer.removeAll(keepingCapacity: true)
+                    }
+                }
+                line += 1
+                previous = 0x0A
+                index = end + 1
+                continue
+            }
+            let byte = bytes[index]
+            index += 1
             byteCount += 1
             try checkEncoding(byte)
             keepPrevious = false
@@ -95,6 +124,29 @@ public final class SQLLexer {
         case .backslashLine: try endBackslashLine()
         case .copyData: throw reject("the input ends inside COPY data, before its \\. line (truncated)")
         }
+    }
+
+    /// The position of the newline ending the COPY data line that starts at `start`, once
+    /// the line is checked (no NUL, valid UTF-8; ASCII runs eight bytes at a time); nil when
+    /// the line does not end within `bytes` (the byte-by-byte path takes it).
+    private func copyLineEnd(_ bytes: UnsafeRawBufferPointer, from start: Int) throws(TenureError) -> Int? {
+        let base = bytes.baseAddress!
+        guard let found = memchr(base + start, 0x0A, bytes.count - start) else { return nil }
+        let end = UnsafeRawPointer(found) - base
+        var position = start
+        while position + 8 <= end {
+            let word = (base + position).loadUnaligned(as: UInt64.self)
+            // A high bit (non-ASCII) or a zero byte: check this run byte by byte.
+            let zero = (word &- 0x0101_0101_0101_0101) & ~word & 0x8080_8080_8080_8080
+            if word & 0x8080_8080_8080_8080 != 0 || zero != 0 { break }
+            position += 8
+        }
+        while position < end {
+            try checkEncoding(bytes[position])
+            position += 1
+        }
+        guard utf8Pending == 0 else { throw reject("invalid UTF-8; this is not a UTF-8 SQL text file") }
+        return end
     }
 
     private func checkEncoding(_ byte: UInt8) throws(TenureError) {
