@@ -50,13 +50,9 @@ public struct ExtensionAllowlist: Sendable, Equatable {
         func after(_ word: String) -> String? {
             tokens.firstIndex(of: word).flatMap { $0 + 1 < tokens.count ? tokens[$0 + 1] : nil }
         }
-        func identifier(_ token: String) -> String {
-            token.hasPrefix("\"") && token.hasSuffix("\"") && token.count >= 2
-                ? String(token.dropFirst().dropLast()).replacingOccurrences(of: "\"\"", with: "\"") : token.lowercased()
-        }
         var sql = "CREATE EXTENSION IF NOT EXISTS \(quoteIdentifier(name))"
-        if let schema = after("SCHEMA") { sql += " SCHEMA \(quoteIdentifier(identifier(schema)))" }
-        if let version = after("VERSION") { sql += " VERSION \(quoteLiteral(identifier(version.hasPrefix("'") ? String(version.dropFirst().dropLast()) : version)))" }
+        if let schema = after("SCHEMA") { sql += " SCHEMA \(quoteIdentifier(UploadStatementPolicy.folded(schema)))" }
+        if let version = after("VERSION") { sql += " VERSION \(quoteLiteral(UploadStatementPolicy.folded(version.hasPrefix("'") ? String(version.dropFirst().dropLast()) : version)))" }
         do {
             try session.execute("SET search_path = pg_catalog")
             try session.execute(sql)

@@ -73,22 +73,8 @@ public final class SQLLexer {
             if mode == .copyData, !skippingToLineEnd, copyLine.isEmpty, utf8Pending == 0,
                 let end = try copyLineEnd(bytes, from: index)
             {
-                let count = end + 1 - index
-                let text = UnsafeRawBufferPointer(rebasing: bytes[index...end])
-                byteCount += Int64(count)
-                if (count == 3 && text[0] == 0x5C && text[1] == 0x2E) || (count == 4 && text[0] == 0x5C && text[1] == 0x2E && text[2] == 0x0D) {
-                    if !copyBuffer.isEmpty { try emit(.copyData(copyBuffer)) }
-                    copyBuffer.removeAll(keepingCapacity: true)
-                    try emit(.copyEnd)
-                    mode = .normal
-                    statementLine = line + 1
-                } else {
-                    copyBuffer.append(contentsOf: text)
-                    if copyBuffer.count >= 1 << 20 {
-                        try emit(.copyData(copyBuffer))
-                        copyBuffer.removeAll(keepingCapacity: true)
-                    }
-                }
+                byteCount += Int64(end + 1 - index)
+                try endCopyLine(UnsafeRawBufferPointer(rebasing: bytes[index...end]), emit: emit)
                 line += 1
                 previous = 0x0A
                 index = end + 1
@@ -123,6 +109,25 @@ public final class SQLLexer {
         case .blockComment: throw reject("the input ends inside a /* comment */ (truncated)")
         case .backslashLine: try endBackslashLine()
         case .copyData: throw reject("the input ends inside COPY data, before its \\. line (truncated)")
+        }
+    }
+
+    /// A whole COPY data line (its newline included): the `\.` line ends the data, any other
+    /// line joins the buffer handed on in pieces of about 1 MiB.
+    private func endCopyLine(_ text: UnsafeRawBufferPointer, emit: (SQLEvent) throws(TenureError) -> Void) throws(TenureError) {
+        let count = text.count
+        if (count == 3 || count == 4 && text[2] == 0x0D) && text[0] == 0x5C && text[1] == 0x2E {
+            if !copyBuffer.isEmpty { try emit(.copyData(copyBuffer)) }
+            copyBuffer.removeAll(keepingCapacity: true)
+            try emit(.copyEnd)
+            mode = .normal
+            statementLine = line + 1
+            return
+        }
+        copyBuffer.append(contentsOf: text)
+        if copyBuffer.count >= 1 << 20 {
+            try emit(.copyData(copyBuffer))
+            copyBuffer.removeAll(keepingCapacity: true)
         }
     }
 
@@ -190,17 +195,9 @@ public final class SQLLexer {
             }
             copyLine.append(byte)
             guard byte == 0x0A else { return }
-            if copyLine == [0x5C, 0x2E, 0x0A] || copyLine == [0x5C, 0x2E, 0x0D, 0x0A] {
-                if !copyBuffer.isEmpty { try emit(.copyData(copyBuffer)) }
-                copyBuffer.removeAll(keepingCapacity: true)
-                copyLine.removeAll(keepingCapacity: true)
-                try emit(.copyEnd)
-                mode = .normal
-                statementLine = line + 1
-            } else {
-                copyBuffer.append(contentsOf: copyLine)
-                copyLine.removeAll(keepingCapacity: true)
-            }
+            let completed = copyLine
+            copyLine.removeAll(keepingCapacity: true)
+            try completed.withBytes { (text) throws(TenureError) in try endCopyLine(text, emit: emit) }
         case .backslashLine:
             if byte == 0x0A {
                 try endBackslashLine()

@@ -206,10 +206,7 @@ public final class StatementRunner {
                 }
                 // pg_dump comments on every extension; on one Tenure created, only its owner
                 // (Tenure) may, and the comment is the extension's own: skipped.
-                let words = UploadStatementPolicy.tokens(text, limit: 4)
-                if words.count == 4, words[0] == "COMMENT", words[1] == "ON", words[2] == "EXTENSION",
-                    createdExtensions.contains(words[3].lowercased()) || createdExtensions.contains(words[3].trimmingCharacters(in: CharacterSet(charactersIn: "\"")))
-                {
+                if let name = UploadStatementPolicy.commentedExtension(text), createdExtensions.contains(name) {
                     statements -= 1
                     skipped += 1
                     return
@@ -242,7 +239,7 @@ public final class StatementRunner {
 /// statement policy on its schema; pg_dump custom format turned into SQL by `pg_restore -f -`
 /// (a converter that connects nowhere) and then run like plain SQL; plain SQL, optionally
 /// zstd-compressed, split by `SQLLexer`. Every statement runs through libpq, never psql.
-public struct UploadImporter {
+public struct UploadImporter: Sendable {
     public var target: ConnectionParameters
     public var jobs: Int
     public var limits: UploadLimits
@@ -274,18 +271,13 @@ public struct UploadImporter {
             var engineLimits = EngineLimits()
             engineLimits.maximumMemberCount = min(engineLimits.maximumMemberCount, max(limits.maximumObjects * 4, 1000))
             options.limits = engineLimits
-            let (extensions, extensionAdmin, role) = (self.extensions, self.extensionAdmin, target["user"] ?? "")
+            let importer = self
             options.schemaFilter = { script, section throws(TenureError) in
                 // Listed extensions are created by Tenure before the rest of the pre-data runs.
                 var session: PostgresConnection?
                 defer { session?.close() }
                 let result = try UploadStatementPolicy.filterScript(script, section: section) { (name, statement) throws(TenureError) in
-                    guard let extensionAdmin else { return false }
-                    if session == nil { session = try PostgresConnection(extensionAdmin, applicationName: "tenure-upload-extension") }
-                    try extensions.check(name, trusted: try Self.isTrusted(name, on: session!))
-                    guard extensions.contains(name) else { return false }
-                    try ExtensionAllowlist.create(statement: statement, name: name, owner: role, on: session!)
-                    return true
+                    try importer.createListedExtension(name, statement, session: &session)
                 }
                 counter.withLock {
                     $0.statements += Int64(result.statements - result.skipped)
@@ -312,14 +304,8 @@ public struct UploadImporter {
             let runner = StatementRunner(connection: connection, lexer: lexer, limits: limits)
             var extensionSession: PostgresConnection?
             defer { extensionSession?.close() }
-            let role = target["user"] ?? ""
-            runner.createExtension = { [extensions, extensionAdmin] (name, statement) throws(TenureError) in
-                try extensions.check(name, trusted: try Self.isTrusted(name, on: connection))
-                guard extensions.contains(name) else { return false }
-                guard let extensionAdmin else { throw TenureError(.internal, "no administrator session to create extension \(name)") }
-                if extensionSession == nil { extensionSession = try PostgresConnection(extensionAdmin, applicationName: "tenure-upload-extension") }
-                try ExtensionAllowlist.create(statement: statement, name: name, owner: role, on: extensionSession!)
-                return true
+            runner.createExtension = { [self] (name, statement) throws(TenureError) in
+                try createListedExtension(name, statement, session: &extensionSession)
             }
             let emit: (SQLEvent) throws(TenureError) -> Void = { event throws(TenureError) in try runner.handle(event) }
             var produced: Int64 = 0
@@ -374,6 +360,19 @@ public struct UploadImporter {
         summary.byteCount = source.byteCount
         progress.compressedBytes.store(source.byteCount, ordering: .relaxed)
         return summary
+    }
+
+    /// The one decision both upload paths take for a `CREATE EXTENSION`: refused when neither
+    /// trusted nor listed (naming the list); created by Tenure in `session` (an administrator
+    /// session into the upload's database, opened on first use) when listed, then true; false
+    /// when the upload's role creates it itself.
+    func createListedExtension(_ name: String, _ statement: String, session: inout PostgresConnection?) throws(TenureError) -> Bool {
+        guard let extensionAdmin else { return false }
+        if session == nil { session = try PostgresConnection(extensionAdmin, applicationName: "tenure-upload-extension") }
+        try extensions.check(name, trusted: try Self.isTrusted(name, on: session!))
+        guard extensions.contains(name) else { return false }
+        try ExtensionAllowlist.create(statement: statement, name: name, owner: target["user"] ?? "", on: session!)
+        return true
     }
 
     /// Whether the server marks the extension trusted (its owner may create it).

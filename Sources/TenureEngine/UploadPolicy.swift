@@ -120,15 +120,23 @@ public enum UploadStatementPolicy {
     /// The extension a `CREATE EXTENSION [IF NOT EXISTS] name ...` statement creates, as
     /// PostgreSQL folds it; nil for any other statement.
     public static func extensionName(_ statement: String) -> String? {
-        var raw: [String] = []
-        scan(statement) { token in
-            raw.append(token)
-            return raw.count < 6
-        }
+        let raw = tokens(statement, limit: 6)
         guard raw.count >= 3, raw[0] == "CREATE", raw[1] == "EXTENSION" else { return nil }
-        let name = raw.count >= 6 && raw[2] == "IF" && raw[3] == "NOT" && raw[4] == "EXISTS" ? raw[5] : raw[2]
-        if name.hasPrefix("\""), name.hasSuffix("\""), name.count >= 2 { return String(name.dropFirst().dropLast()).replacingOccurrences(of: "\"\"", with: "\"") }
-        return name.lowercased()
+        return folded(raw.count >= 6 && raw[2] == "IF" && raw[3] == "NOT" && raw[4] == "EXISTS" ? raw[5] : raw[2])
+    }
+
+    /// The extension a `COMMENT ON EXTENSION name IS ...` statement comments on (folded);
+    /// nil for any other statement.
+    public static func commentedExtension(_ statement: String) -> String? {
+        let raw = tokens(statement, limit: 4)
+        guard raw.count == 4, raw[0] == "COMMENT", raw[1] == "ON", raw[2] == "EXTENSION" else { return nil }
+        return folded(raw[3])
+    }
+
+    /// A name token as PostgreSQL folds it: quoted names as written, others in lower case.
+    static func folded(_ token: String) -> String {
+        if token.hasPrefix("\""), token.hasSuffix("\""), token.count >= 2 { return String(token.dropFirst().dropLast()).replacingOccurrences(of: "\"\"", with: "\"") }
+        return token.lowercased()
     }
 
     public static func decide(_ statement: String) -> Decision {
@@ -241,8 +249,7 @@ public enum UploadStatementPolicy {
                         throw failure!
                     }
                 }
-                let words = tokens(text, limit: 4)
-                if words.count == 4, words[0] == "COMMENT", words[1] == "ON", words[2] == "EXTENSION", created.contains(words[3].lowercased()) {
+                if let name = commentedExtension(text), created.contains(name) {
                     skipped += 1
                     return
                 }
