@@ -410,7 +410,74 @@ final class Restore {
             mark("post-data without dependencies: \(entries.count) entries in order")
             return try runInOrder(entries, preamble: preamble)
         }
-        let preDataIDs = Set(preData.compactMap(\.dumpID))
+        var sizes: [String: Int64] = [:]
+        for table in tables { sizes[table.schema + "\u{0}" + table.name] = table.byteCount }
+        let plan = try PostDataPlan(entries, preData: preData, earlierIDs: Set(preData.compactMap(\.dumpID)), sizes: sizes)
+        try buildPooled(plan.schedule, preamble: preamble)
+        try runInOrder(plan.last, preamble: preamble)
+    }
+
+    /// Entries one after another on one session, in the order given.
+    func runInOrder(_ entries: [SchemaEntry], preamble: String) throws(TenureError) {
+        guard !entries.isEmpty else { return }
+        let connection = try connect()
+        defer { connection.close() }
+        try connection.execute(preamble)
+        for entry in entries {
+            do throws(TenureError) { try connection.execute(entry.sql) } catch {
+                throw TenureError(error.code, "restoring \(entry.describe) failed: \(error.message)", sqlState: error.sqlState)
+            }
+        }
+    }
+
+    /// The scheduled post-data entries, on up to `jobs` sessions, each taking the next entry
+    /// the schedule allows.
+    func buildPooled(_ schedule: PostDataSchedule, preamble: String) throws(TenureError) {
+        guard schedule.count > 0 else { return }
+        mark("post-data pool of \(schedule.count) entries")
+        let parameters = self.parameters
+        // Commits need not wait for their WAL flush: the rename that publishes the database
+        // commits synchronously and flushes all earlier WAL with it.
+        var settings = "SET maintenance_work_mem = '\(options.maintenanceWorkMemory)'; SET synchronous_commit = off"
+        if let workers = options.indexBuildWorkers { settings += "; SET max_parallel_maintenance_workers = \(workers)" }
+        let timing = self.timing
+        let started = self.started
+        try runPostDataPool(schedule, jobs: options.jobs, name: "tenure-post-data") { [settings] () throws(TenureError) in
+            let connection = try PostgresConnection(parameters, applicationName: "tenure-restore-worker")
+            do throws(TenureError) {
+                try connection.execute(settings)
+                try connection.execute(preamble)
+            } catch {
+                connection.close()
+                throw error
+            }
+            return PostDataSession(close: { connection.close() }) { (entry) throws(TenureError) in
+                let entryStart = Date()
+                try connection.execute(entry.sql)
+                let took = Date().timeIntervalSince(entryStart)
+                if timing && took > 0.1 {
+                    FileHandle.standardError.write(
+                        Data(String(format: "restore %.2f s: %@ took %.2f s\n", Date().timeIntervalSince(started), entry.describe, took).utf8))
+                }
+            }
+        }
+    }
+}
+
+/// What the post-data's planning decides from pg_dump's table of contents: the entries the
+/// lock-aware schedule runs in parallel, and the last pass run after them in order (privileges,
+/// event triggers, materialized-view refreshes and whatever depends on them).
+struct PostDataPlan {
+    let schedule: PostDataSchedule
+    let last: [SchemaEntry]
+
+    /// - Parameters:
+    ///   - entries: the post-data entries, every one with its dump id.
+    ///   - preData: the pre-data entries (their tables, partition attachments and inheritance
+    ///     give the lock groups; only type, schema, name, dump id and dependencies are read).
+    ///   - earlierIDs: the dump ids of every entry done before the post-data starts.
+    ///   - sizes: table data sizes by "schema\0name", to start the biggest tables' chains first.
+    init(_ entries: [SchemaEntry], preData: [SchemaEntry], earlierIDs: Set<Int>, sizes: [String: Int64]) throws(TenureError) {
         let postDataIDs = Set(entries.compactMap(\.dumpID))
         var last = Set<Int>()
         var grew = true
@@ -418,7 +485,7 @@ final class Restore {
             grew = false
             for entry in entries where !last.contains(entry.dumpID!) {
                 let lastPass =
-                    Self.lastPassTypes.contains(entry.type) || (entry.type == "COMMENT" && entry.name.hasPrefix("EVENT TRIGGER "))
+                    Restore.lastPassTypes.contains(entry.type) || (entry.type == "COMMENT" && entry.name.hasPrefix("EVENT TRIGGER "))
                     || entry.dependencies.contains(where: last.contains)
                 if lastPass {
                     last.insert(entry.dumpID!)
@@ -427,14 +494,12 @@ final class Restore {
             }
         }
         for entry in entries where last.contains(entry.dumpID!) {
-            if let missing = entry.dependencies.first(where: { !preDataIDs.contains($0) && !postDataIDs.contains($0) }) {
+            if let missing = entry.dependencies.first(where: { !earlierIDs.contains($0) && !postDataIDs.contains($0) }) {
                 throw TenureError(
                     .invalidRequest,
                     "the archive's post-data entry \(entry.describe) depends on entry \(missing), which the archive does not carry; nothing was restored")
             }
         }
-        var sizes: [String: Int64] = [:]
-        for table in tables { sizes[table.schema + "\u{0}" + table.name] = table.byteCount }
         let relations = preData.filter { ($0.type == "TABLE" || $0.type == "MATERIALIZED VIEW") && $0.dumpID != nil }
         let relationIDs = Set(relations.map { $0.dumpID! })
         // Lock groups: tables joined by a partition attachment or by inheritance (a table
@@ -456,75 +521,53 @@ final class Restore {
             locked[id] = PostDataSchedule.Table(
                 name: entry.schema + "." + entry.name, byteCount: sizes[entry.schema + "\u{0}" + entry.name] ?? 0, lockGroup: root(id))
         }
-        let schedule = try PostDataSchedule(entries.filter { !last.contains($0.dumpID!) }, tables: locked, preDataIDs: preDataIDs)
-        try buildPooled(schedule, preamble: preamble)
-        try runInOrder(entries.filter { last.contains($0.dumpID!) }, preamble: preamble)
+        schedule = try PostDataSchedule(entries.filter { !last.contains($0.dumpID!) }, tables: locked, preDataIDs: earlierIDs)
+        self.last = entries.filter { last.contains($0.dumpID!) }
     }
+}
 
-    /// Entries one after another on one session, in the order given.
-    func runInOrder(_ entries: [SchemaEntry], preamble: String) throws(TenureError) {
-        guard !entries.isEmpty else { return }
-        let connection = try connect()
-        defer { connection.close() }
-        try connection.execute(preamble)
-        for entry in entries {
-            do throws(TenureError) { try connection.execute(entry.sql) } catch {
-                throw TenureError(error.code, "restoring \(entry.describe) failed: \(error.message)", sqlState: error.sqlState)
-            }
-        }
-    }
+/// One session of the post-data pool: runs an entry, and is closed when the pool is done.
+struct PostDataSession {
+    let close: () -> Void
+    let run: (SchemaEntry) throws(TenureError) -> Void
+}
 
-    /// The scheduled post-data entries, on up to `jobs` sessions, each taking the next entry
-    /// the schedule allows.
-    func buildPooled(_ schedule: PostDataSchedule, preamble: String) throws(TenureError) {
-        let count = schedule.count
-        guard count > 0 else { return }
-        mark("post-data pool of \(count) entries")
-        let pool = PostDataPool(schedule)
-        let parameters = self.parameters
-        // Commits need not wait for their WAL flush: the rename that publishes the database
-        // commits synchronously and flushes all earlier WAL with it.
-        var settings = "SET maintenance_work_mem = '\(options.maintenanceWorkMemory)'; SET synchronous_commit = off"
-        if let workers = options.indexBuildWorkers { settings += "; SET max_parallel_maintenance_workers = \(workers)" }
-        let timing = self.timing
-        let started = self.started
-        runThreads(count: min(options.jobs, count), name: "tenure-post-data") { [settings] _ in
-            do throws(TenureError) {
-                let connection = try PostgresConnection(parameters, applicationName: "tenure-restore-worker")
-                defer { connection.close() }
-                try connection.execute(settings)
-                try connection.execute(preamble)
-                while let (id, entry) = pool.take() {
-                    let entryStart = Date()
-                    // A deadlock the server broke rolled the whole entry back (it runs as one
-                    // implicit transaction), so it runs again; the lock groups make this rare.
-                    var attempt = 1
-                    while true {
-                        do throws(TenureError) {
-                            try connection.execute(entry.sql)
-                            break
-                        } catch {
-                            if error.sqlState == "40P01" && attempt < 5 {
-                                attempt += 1
-                                Thread.sleep(forTimeInterval: 0.05 * Double(attempt))
-                                continue
-                            }
-                            throw TenureError(error.code, "restoring \(entry.describe) failed: \(error.message)", sqlState: error.sqlState)
+/// Runs a schedule's entries on up to `jobs` sessions (made by `open`, one per thread), each
+/// taking the next entry the schedule allows. A deadlock the server broke rolled the entry
+/// back, so it runs again (up to 5 times; the lock groups make this rare). The first failure
+/// stops the other sessions after their current entry and is thrown.
+func runPostDataPool(
+    _ schedule: PostDataSchedule, jobs: Int, name: String, open: @escaping @Sendable () throws(TenureError) -> PostDataSession
+) throws(TenureError) {
+    let count = schedule.count
+    guard count > 0 else { return }
+    let pool = PostDataPool(schedule)
+    runThreads(count: min(max(jobs, 1), count), name: name) { _ in
+        do throws(TenureError) {
+            let session = try open()
+            defer { session.close() }
+            while let (id, entry) = pool.take() {
+                var attempt = 1
+                while true {
+                    do throws(TenureError) {
+                        try session.run(entry)
+                        break
+                    } catch {
+                        if error.sqlState == "40P01" && attempt < 5 {
+                            attempt += 1
+                            Thread.sleep(forTimeInterval: 0.05 * Double(attempt))
+                            continue
                         }
-                    }
-                    pool.finished(id)
-                    let took = Date().timeIntervalSince(entryStart)
-                    if timing && took > 0.1 {
-                        FileHandle.standardError.write(
-                            Data(String(format: "restore %.2f s: %@ took %.2f s\n", Date().timeIntervalSince(started), entry.describe, took).utf8))
+                        throw TenureError(error.code, "restoring \(entry.describe) failed: \(error.message)", context: error.context, sqlState: error.sqlState)
                     }
                 }
-            } catch {
-                pool.fail(error)
+                pool.finished(id)
             }
+        } catch {
+            pool.fail(error)
         }
-        if let error = pool.failure.error { throw error }
     }
+    if let error = pool.failure.error { throw error }
 }
 
 /// The post-data's scheduled entries shared by the sessions building them.

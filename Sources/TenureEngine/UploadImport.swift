@@ -25,6 +25,21 @@ public struct UploadLimits: Sendable, Equatable {
     public var maximumStatementBytes = 256 << 20
 
     public init() {}
+
+    /// Refuses an upload that decompressed (`produced` bytes from `received`) past the limit
+    /// or past the ratio of a decompression bomb.
+    func checkDecompressed(_ produced: Int64, received: Int64) throws(TenureError) {
+        if produced > maximumDecompressedBytes {
+            throw TenureError(
+                .uploadRejected, "the upload decompresses to more than the limit of \(maximumDecompressedBytes) bytes (TENURE_UPLOAD_MAX_DECOMPRESSED_BYTES)")
+        }
+        if produced > 16 << 20, Double(produced) > Double(max(received, 1)) * maximumRatio {
+            throw TenureError(
+                .uploadRejected,
+                "the upload decompresses more than \(Int(maximumRatio)) times its size (\(received) bytes in, \(produced) out; TENURE_UPLOAD_MAX_RATIO): refused as a decompression bomb"
+            )
+        }
+    }
 }
 
 /// The formats an upload may have, told apart by their first bytes.
@@ -127,17 +142,7 @@ final class UploadSource: ByteSource {
     }
 
     func checkDecompressed() throws(TenureError) {
-        let produced = decompressed()
-        if produced > limits.maximumDecompressedBytes {
-            throw TenureError(
-                .uploadRejected, "the upload decompresses to more than the limit of \(limits.maximumDecompressedBytes) bytes (TENURE_UPLOAD_MAX_DECOMPRESSED_BYTES)")
-        }
-        if produced > 16 << 20, Double(produced) > Double(max(byteCount, 1)) * limits.maximumRatio {
-            throw TenureError(
-                .uploadRejected,
-                "the upload decompresses more than \(Int(limits.maximumRatio)) times its size (\(byteCount) bytes in, \(produced) out; TENURE_UPLOAD_MAX_RATIO): refused as a decompression bomb"
-            )
-        }
+        try limits.checkDecompressed(decompressed(), received: byteCount)
     }
 }
 
@@ -150,7 +155,8 @@ public final class StatementRunner {
     let policy: Bool
     var statements: Int64 = 0
     var skipped: Int64 = 0
-    var creates = 0
+    /// CREATE statements so far, shared by every runner of one upload (parallel sessions).
+    let creates: Locked<Int>
     var copyRows = 0
     var inCopy = false
     var copyLine = 0
@@ -161,11 +167,16 @@ public final class StatementRunner {
     /// Extensions `createExtension` made.
     var createdExtensions = Set<String>()
 
-    public init(connection: PostgresConnection, lexer: SQLLexer, limits: UploadLimits, policy: Bool = true) {
+    public convenience init(connection: PostgresConnection, lexer: SQLLexer, limits: UploadLimits, policy: Bool = true) {
+        self.init(connection: connection, lexer: lexer, limits: limits, policy: policy, creates: Locked(0))
+    }
+
+    init(connection: PostgresConnection, lexer: SQLLexer, limits: UploadLimits, policy: Bool, creates: Locked<Int>) {
         self.connection = connection
         self.lexer = lexer
         self.limits = limits
         self.policy = policy
+        self.creates = creates
     }
 
     func failure(_ error: TenureError, line: Int) -> TenureError {
@@ -212,8 +223,7 @@ public final class StatementRunner {
                     return
                 }
                 if UploadStatementPolicy.tokens(text, limit: 1).first == "CREATE" {
-                    creates += 1
-                    if creates > limits.maximumObjects {
+                    if creates.withLock({ $0 += 1; return $0 }) > limits.maximumObjects {
                         throw TenureError(.uploadRejected, "the upload creates more than \(limits.maximumObjects) objects (TENURE_UPLOAD_MAX_OBJECTS)")
                     }
                 }
@@ -297,6 +307,12 @@ public struct UploadImporter: Sendable {
             summary.statementCount = counts.statements
             summary.skippedCount = counts.skipped
             summary.decompressedByteCount = progress.rawBytes.load(ordering: .relaxed)
+        case .pgDumpCustom where jobs > 1:
+            // Staged on disk and loaded on `jobs` sessions, as pg_restore -j does.
+            let outcome = try ParallelCustomUpload(importer: self, progress: progress).run(source: source)
+            summary.statementCount = outcome.statements
+            summary.skippedCount = outcome.skipped
+            summary.decompressedByteCount = outcome.produced
         case .sql, .sqlZst, .pgDumpCustom, .pgDumpTar, .sqlGz, .zip:
             let connection = try PostgresConnection(target, applicationName: "tenure-upload")
             defer { connection.close() }
@@ -403,13 +419,18 @@ public struct UploadImporter: Sendable {
     }
 }
 
-/// `pg_restore -f -`: turns a custom-format archive (read from stdin, as it arrives) into a
-/// SQL script on stdout. It connects to no server; its script goes through the lexer and
-/// the statement policy like any uploaded SQL.
+/// `pg_restore -f -`: turns a custom-format archive (read from stdin, as it arrives, or from
+/// a staged file named in `arguments`) into a SQL script on stdout. It connects to no server;
+/// its script goes through the lexer and the statement policy like any uploaded SQL.
 struct PgRestoreConverter {
     let path: String
 
-    func convert(source: any ByteSource, output: (UnsafeRawBufferPointer) throws(TenureError) -> Void) throws(TenureError) {
+    /// - Parameters:
+    ///   - source: the archive, written to pg_restore's stdin; nil when `arguments` name a file.
+    ///   - arguments: more arguments (a section, a `--use-list` file, the archive's path).
+    func convert(source: (any ByteSource)?, arguments more: [String] = [], output: (UnsafeRawBufferPointer) throws(TenureError) -> Void)
+        throws(TenureError)
+    {
         signal(SIGPIPE, SIG_IGN)
         var input: [Int32] = [0, 0]
         var stdoutPipe: [Int32] = [0, 0]
@@ -424,7 +445,7 @@ struct PgRestoreConverter {
         for descriptor in input + stdoutPipe + stderrPipe { posix_spawn_file_actions_addclose(&actions, descriptor) }
         let arguments = [
             path, "--no-owner", "--no-privileges", "--no-tablespaces", "--no-security-labels", "--no-subscriptions", "--no-publications", "--file=-",
-        ]
+        ] + more
         let argv = arguments.map { strdup($0) } + [nil]
         let environment = ["PATH=/usr/bin:/bin", "LC_ALL=C.UTF-8"]
         let envp = environment.map { strdup($0) } + [nil]
@@ -448,8 +469,9 @@ struct PgRestoreConverter {
         let writeFailure = Locked<TenureError?>(nil)
         let writerDone = DispatchSemaphore(value: 0)
         let writeDescriptor = input[1]
-        let box = SourceBox(source)
-        Thread {
+        if let source {
+            let box = SourceBox(source)
+            Thread {
             var buffer = [UInt8](repeating: 0, count: 256 << 10)
             defer {
                 close(writeDescriptor)
@@ -472,7 +494,11 @@ struct PgRestoreConverter {
             } catch {
                 writeFailure.withLock { $0 = error }
             }
-        }.start()
+            }.start()
+        } else {
+            close(writeDescriptor)
+            writerDone.signal()
+        }
         let (status, errors, failure) = drainChild(pid, stdout: stdoutPipe[0], stderr: stderrPipe[0], errorLimit: 16_384, output: output)
         close(stdoutPipe[0])
         close(stderrPipe[0])

@@ -1,0 +1,285 @@
+import Foundation
+import TenureCore
+import TenurePQ
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A pg_dump custom-format upload loaded on `jobs` sessions of the upload's role, as
+/// `pg_restore -j` loads it: the archive is staged in a private directory (it needs a file
+/// to seek in), then
+/// 1. the pre-data runs on one session (`pg_restore --section=pre-data`);
+/// 2. the table data on `jobs` sessions, biggest tables first (sizes from the archive's
+///    table of contents), each session running `pg_restore --use-list` for one big table
+///    or a batch of small ones; sequence values and large objects as one more item;
+/// 3. the post-data (`pg_restore --verbose --section=post-data`, so every entry carries its
+///    dump id and dependencies) on `jobs` sessions by `PostDataSchedule`, as a Tenure
+///    restore runs it, then the last pass in order.
+///
+/// Every script pg_restore renders goes through the lexer and the statement policy, as in
+/// the serial path; the table of contents read here only plans. Any archive it cannot plan
+/// (another version, data without offsets) runs as one stream from the staged file.
+struct ParallelCustomUpload: Sendable {
+    let importer: UploadImporter
+    let progress: TransferProgress
+
+    /// Small tables are loaded in batches of about this many bytes of archive data.
+    static let batchBytes: Int64 = 8 << 20
+    static let batchEntries = 64
+
+    struct Outcome {
+        var statements: Int64 = 0
+        var skipped: Int64 = 0
+        var produced: Int64 = 0
+    }
+
+    /// Shared by the sessions of one upload: counts, the decompressed-bytes limit, the first
+    /// failure (which stops the others at their next chunk).
+    final class Shared: @unchecked Sendable {
+        let counts = Locked<(statements: Int64, skipped: Int64, produced: Int64)>((0, 0, 0))
+        let creates = Locked(0)
+        let failure = FirstFailure()
+        /// Bytes of the staged upload, for the decompression ratio.
+        let stagedBytes: Int64
+        init(stagedBytes: Int64) { self.stagedBytes = stagedBytes }
+    }
+
+    func run(source: UploadSource) throws(TenureError) -> Outcome {
+        let directory = NSTemporaryDirectory() + "tenure-upload-\(getpid())-\(UInt64.random(in: 0...UInt64.max))"
+        guard mkdir(directory, 0o700) == 0 else {
+            throw TenureError(.internal, "cannot create a private directory to stage the upload: \(String(cString: strerror(errno)))")
+        }
+        let archive = directory + "/upload.dump"
+        defer {
+            if let names = try? FileManager.default.contentsOfDirectory(atPath: directory) {
+                for name in names { unlink(directory + "/" + name) }
+            }
+            rmdir(directory)
+        }
+        try stage(source, to: archive)
+        let shared = Shared(stagedBytes: source.byteCount)
+        guard let plan = CustomArchiveTOC.read(path: archive), plan.hasDataOffsets, try listsSameEntries(plan, archive: archive) else {
+            // Not plannable: one stream, as before, from the staged file.
+            try runScript(arguments: [archive], connection: nil, shared: shared, extensions: true)
+            return outcome(shared)
+        }
+        try runScript(arguments: ["--section=pre-data", archive], connection: nil, shared: shared, extensions: true)
+        try loadData(plan, archive: archive, directory: directory, shared: shared)
+        try runPostData(plan, archive: archive, shared: shared)
+        return outcome(shared)
+    }
+
+    func outcome(_ shared: Shared) -> Outcome {
+        let counts = shared.counts.withLock { $0 }
+        return Outcome(statements: counts.statements, skipped: counts.skipped, produced: counts.produced)
+    }
+
+    /// Writes the upload to `path` (mode 0600) as it arrives, under the upload's byte limits.
+    func stage(_ source: UploadSource, to path: String) throws(TenureError) {
+        let descriptor = open(path, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0o600)
+        guard descriptor >= 0 else { throw TenureError(.internal, "cannot stage the upload: \(String(cString: strerror(errno)))") }
+        defer { close(descriptor) }
+        try importer.pump(source) { (bytes) throws(TenureError) in
+            var offset = 0
+            while offset < bytes.count {
+                let written = write(descriptor, bytes.baseAddress! + offset, bytes.count - offset)
+                if written < 0 {
+                    if errno == EINTR { continue }
+                    throw TenureError(.internal, "cannot stage the upload: \(String(cString: strerror(errno)))")
+                }
+                offset += written
+            }
+            progress.compressedBytes.store(source.byteCount, ordering: .relaxed)
+            if progress.isCancelled { throw TenureError(.cancelled, "the upload was cancelled; nothing was kept") }
+        }
+    }
+
+    /// Whether every entry `pg_restore --list` shows is in the table of contents read here,
+    /// with the same type: a guard against this reader and pg_restore ever disagreeing, which
+    /// could lose data. (The listing leaves out the archive's settings entries, ENCODING and
+    /// the like, and what the converter's options exclude.)
+    func listsSameEntries(_ plan: CustomArchiveTOC, archive: String) throws(TenureError) -> Bool {
+        var listing: [UInt8] = []
+        try PgRestoreConverter(path: importer.pgRestorePath).convert(source: nil, arguments: ["--list", archive]) { bytes throws(TenureError) in
+            guard listing.count + bytes.count <= 256 << 20 else { throw TenureError(.uploadRejected, "the archive's table of contents is too large") }
+            listing.append(contentsOf: bytes)
+        }
+        var types: [Int: String] = [:]
+        for entry in plan.entries { types[entry.dumpID] = entry.desc }
+        for line in listing.split(separator: UInt8(ascii: "\n")) where line.first != UInt8(ascii: ";") {
+            // "3360; 0 76191 TABLE DATA public a owner"
+            let fields = String(decoding: line, as: UTF8.self).split(separator: " ", maxSplits: 3)
+            guard fields.count == 4, fields[0].hasSuffix(";"), let id = Int(fields[0].dropLast()), let type = types[id], fields[3].hasPrefix(type + " ")
+            else { return false }
+        }
+        return true
+    }
+
+    /// Renders the archive with `arguments` and runs the script on `connection` (a new
+    /// session of the upload's role when nil) through the lexer and the policy.
+    func runScript(arguments: [String], connection given: PostgresConnection?, shared: Shared, extensions: Bool) throws(TenureError) {
+        let connection: PostgresConnection
+        if let given { connection = given } else { connection = try PostgresConnection(importer.target, applicationName: "tenure-upload") }
+        defer { if given == nil { connection.close() } }
+        let lexer = SQLLexer(maximumStatementBytes: importer.limits.maximumStatementBytes)
+        let runner = StatementRunner(connection: connection, lexer: lexer, limits: importer.limits, policy: true, creates: shared.creates)
+        var extensionSession: PostgresConnection?
+        defer { extensionSession?.close() }
+        if extensions {
+            runner.createExtension = { [importer] (name, statement) throws(TenureError) in
+                try importer.createListedExtension(name, statement, session: &extensionSession)
+            }
+        }
+        defer {
+            shared.counts.withLock {
+                $0.statements += runner.statements
+                $0.skipped += runner.skipped
+            }
+        }
+        let emit: (SQLEvent) throws(TenureError) -> Void = { event throws(TenureError) in try runner.handle(event) }
+        try PgRestoreConverter(path: importer.pgRestorePath).convert(source: nil, arguments: arguments) { bytes throws(TenureError) in
+            try account(bytes.count, shared: shared)
+            try lexer.feed(bytes, emit: emit)
+        }
+        try lexer.finish(emit: emit)
+    }
+
+    /// Counts rendered bytes against the decompression limits; stops when the upload was
+    /// cancelled or another session failed.
+    func account(_ count: Int, shared: Shared) throws(TenureError) {
+        let produced = shared.counts.withLock { $0.produced += Int64(count); return $0.produced }
+        progress.rawBytes.add(Int64(count), ordering: .relaxed)
+        try importer.limits.checkDecompressed(produced, received: shared.stagedBytes)
+        if progress.isCancelled { throw TenureError(.cancelled, "the upload was cancelled; nothing was kept") }
+        if let failure = shared.failure.error { throw failure }
+    }
+
+    /// The data section on `jobs` sessions: one item per big table, batches of small ones,
+    /// biggest first; everything else of the data section (sequence values, large objects)
+    /// and the extensions' configuration data are one item each, first.
+    func loadData(_ plan: CustomArchiveTOC, archive: String, directory: String, shared: Shared) throws(TenureError) {
+        let tableIDs = Set(plan.entries.filter { $0.desc == "TABLE DATA" }.map(\.dumpID))
+        var items: [[Int]] = []
+        if plan.entries.contains(where: { $0.section == CustomArchiveTOC.dataSection && !tableIDs.contains($0.dumpID) }) {
+            items.append(plan.entries.map(\.dumpID).filter { !tableIDs.contains($0) })
+        }
+        // An extension's configuration tables are not in the archive as tables (the extension
+        // creates them, with their foreign keys), and the archive records no order among their
+        // data but its own: pg_dump sorted them by their foreign keys. They are one item, in
+        // that order.
+        let dumpedTables = Set(plan.entries.filter { $0.desc == "TABLE" }.map(\.dumpID))
+        let linked = Set(plan.entries.filter { tableIDs.contains($0.dumpID) && !$0.dependencies.contains(where: dumpedTables.contains) }.map(\.dumpID))
+        if !linked.isEmpty { items.append(plan.entries.map(\.dumpID).filter(linked.contains)) }
+        let tables = plan.entries.filter { tableIDs.contains($0.dumpID) && !linked.contains($0.dumpID) }.sorted { $0.dataBytes > $1.dataBytes }
+        var batch: [Int] = []
+        var batchBytes: Int64 = 0
+        for table in tables {
+            if table.dataBytes >= Self.batchBytes {
+                items.append([table.dumpID])
+                continue
+            }
+            batch.append(table.dumpID)
+            batchBytes += table.dataBytes
+            if batchBytes >= Self.batchBytes || batch.count >= Self.batchEntries {
+                items.append(batch)
+                batch = []
+                batchBytes = 0
+            }
+        }
+        if !batch.isEmpty { items.append(batch) }
+        guard !items.isEmpty else { return }
+        let queue = items
+        let next = Locked(0)
+        let upload = self
+        runThreads(count: min(max(importer.jobs, 1), items.count), name: "tenure-upload-data") { worker in
+            do throws(TenureError) {
+                let connection = try PostgresConnection(upload.importer.target, applicationName: "tenure-upload-data")
+                defer { connection.close() }
+                while shared.failure.error == nil {
+                    let index = next.withLock { (value: inout Int) -> Int in
+                        value += 1
+                        return value - 1
+                    }
+                    guard index < queue.count else { return }
+                    let list = directory + "/data-\(worker).list"
+                    let text = queue[index].map { "\($0)\n" }.joined()
+                    guard FileManager.default.createFile(atPath: list, contents: Data(text.utf8), attributes: [.posixPermissions: 0o600]) else {
+                        throw TenureError(.internal, "cannot write pg_restore's list file for the upload")
+                    }
+                    try upload.runScript(
+                        arguments: ["--section=data", "--use-list=\(list)", archive], connection: connection, shared: shared, extensions: false)
+                }
+            } catch {
+                shared.failure.record(error)
+            }
+        }
+        if let error = shared.failure.error { throw error }
+    }
+
+    /// The post-data, scheduled from the dependencies pg_restore renders, on `jobs` sessions.
+    func runPostData(_ plan: CustomArchiveTOC, archive: String, shared: Shared) throws(TenureError) {
+        var rendered: [UInt8] = []
+        try PgRestoreConverter(path: importer.pgRestorePath).convert(source: nil, arguments: ["--verbose", "--section=post-data", archive]) {
+            bytes throws(TenureError) in
+            try account(bytes.count, shared: shared)
+            rendered.append(contentsOf: bytes)
+        }
+        let ids = Set(plan.entries.map(\.dumpID))
+        let (preamble, entries) = splitSchemaEntries(keepDependencies(String(decoding: rendered, as: UTF8.self), on: ids))
+        rendered = []
+        guard !entries.isEmpty, entries.allSatisfy({ $0.dumpID != nil }) else {
+            // No table of contents in the rendering: the script as it is, on one session.
+            return try runScript(arguments: ["--section=post-data", archive], connection: nil, shared: shared, extensions: false)
+        }
+        let postDataIDs = Set(entries.compactMap(\.dumpID))
+        let preData = plan.entries.filter { $0.section != CustomArchiveTOC.postDataSection }.map {
+            SchemaEntry(type: $0.desc, name: $0.tag, schema: $0.namespace, sql: "", dumpID: $0.dumpID, dependencies: $0.dependencies)
+        }
+        var sizes: [String: Int64] = [:]
+        for entry in plan.entries where entry.desc == "TABLE DATA" { sizes[entry.namespace + "\u{0}" + entry.tag] = entry.dataBytes }
+        let schedule: PostDataPlan
+        do { schedule = try PostDataPlan(entries, preData: preData, earlierIDs: ids.subtracting(postDataIDs), sizes: sizes) } catch {
+            throw TenureError(.uploadRejected, error.message)
+        }
+        let upload = self
+        let settings = "SET maintenance_work_mem = '\(RestoreOptions(target: importer.target, jobs: 1).maintenanceWorkMemory)'"
+        try runPostDataPool(schedule.schedule, jobs: importer.jobs, name: "tenure-upload-post-data") { () throws(TenureError) in
+            let connection = try PostgresConnection(upload.importer.target, applicationName: "tenure-upload-post-data")
+            do throws(TenureError) {
+                try connection.execute(settings)
+                try upload.runText(preamble, on: connection, shared: shared)
+            } catch {
+                connection.close()
+                throw error
+            }
+            return PostDataSession(close: { connection.close() }) { (entry) throws(TenureError) in
+                try upload.runText(entry.sql, on: connection, shared: shared)
+            }
+        }
+        guard !schedule.last.isEmpty else { return }
+        let connection = try PostgresConnection(importer.target, applicationName: "tenure-upload-post-data")
+        defer { connection.close() }
+        try runText(preamble, on: connection, shared: shared)
+        for entry in schedule.last {
+            do throws(TenureError) { try runText(entry.sql, on: connection, shared: shared) } catch {
+                throw TenureError(error.code, "restoring \(entry.describe) failed: \(error.message)", context: error.context, sqlState: error.sqlState)
+            }
+        }
+    }
+
+    /// Runs rendered SQL text on `connection` through the lexer and the policy.
+    func runText(_ text: String, on connection: PostgresConnection, shared: Shared) throws(TenureError) {
+        let lexer = SQLLexer(maximumStatementBytes: importer.limits.maximumStatementBytes)
+        let runner = StatementRunner(connection: connection, lexer: lexer, limits: importer.limits, policy: true, creates: shared.creates)
+        defer {
+            shared.counts.withLock {
+                $0.statements += runner.statements
+                $0.skipped += runner.skipped
+            }
+        }
+        let emit: (SQLEvent) throws(TenureError) -> Void = { event throws(TenureError) in try runner.handle(event) }
+        try Array((text + "\n").utf8).withBytes { (bytes) throws(TenureError) in try lexer.feed(bytes, emit: emit) }
+        try lexer.finish(emit: emit)
+    }
+}

@@ -1,0 +1,90 @@
+import Foundation
+import Testing
+import TenureCore
+import TenurePQ
+import TenureTestSupport
+
+@testable import TenureEngine
+
+/// A pg_dump custom-format upload loaded on several sessions: its table of contents read as
+/// pg_restore reads it, and the dependency cases (attached partition keys referenced by
+/// foreign keys, detached partitions, an extension's configuration rows) loaded alike with
+/// 1, 2 and 4 sessions, and from a dump written through a pipe (no data offsets).
+@Suite struct ParallelUploadTests {
+    func shell(_ command: String, _ environment: [String: String] = [:]) throws -> ChildProcess.Outcome {
+        try ChildProcess(["/bin/sh", "-c", command], environment: ["PATH": "/usr/lib/postgresql/15/bin:/usr/bin:/bin"].merging(environment) { $1 }).wait()
+    }
+
+    @Test func tableOfContentsMatchesPgRestore() throws {
+        let server = try TestServer.shared()
+        let source = try createDependencyCases(server)
+        _ = try server.rows("CREATE TABLE big AS SELECT g AS id, md5(g::text) AS t FROM generate_series(1, 200000) g", database: source)
+        let archive = temporaryFile(".dump")
+        let piped = temporaryFile(".dump")
+        defer {
+            try? FileManager.default.removeItem(atPath: archive)
+            try? FileManager.default.removeItem(atPath: piped)
+        }
+        #expect(try shell("pg_dump -Fc '\(url(server, source))' > \(archive) && pg_dump -Fc '\(url(server, source))' | cat > \(piped)").status == 0)
+        let toc = try #require(CustomArchiveTOC.read(path: archive))
+        #expect(toc.hasDataOffsets)
+        let listing = try shell("pg_restore --list \(archive) | grep -v '^;'")
+        var listed: [Int: String] = [:]
+        for line in listing.stdout.split(separator: "\n") {
+            let fields = line.split(separator: " ")
+            listed[Int(fields[0].dropLast())!] = fields[3...].joined(separator: " ")
+        }
+        // pg_restore lists every entry but the archive's settings (ENCODING and the like).
+        #expect(Set(listed.keys).isSubset(of: Set(toc.entries.map(\.dumpID))))
+        for entry in toc.entries where !["ENCODING", "STDSTRINGS", "SEARCHPATH", "DATABASE"].contains(entry.desc) {
+            #expect(listed[entry.dumpID]?.hasPrefix(entry.desc + " ") == true, "\(entry.dumpID) \(entry.desc)")
+        }
+        let upload = ParallelCustomUpload(
+            importer: UploadImporter(target: server.parameters(), jobs: 2, limits: UploadLimits(), pgRestorePath: "/usr/lib/postgresql/15/bin/pg_restore"),
+            progress: TransferProgress())
+        #expect(try upload.listsSameEntries(toc, archive: archive))
+        let data = toc.entries.filter { $0.desc == "TABLE DATA" }
+        #expect(data.count > 10 && data.allSatisfy { $0.dataBytes > 0 })
+        // The big table's data is the biggest block, and the blocks add up to less than the file.
+        #expect(data.max { $0.dataBytes < $1.dataBytes }?.tag == "big")
+        let fileSize = try FileManager.default.attributesOfItem(atPath: archive)[.size] as! Int
+        #expect(data.reduce(0) { $0 + $1.dataBytes } < fileSize)
+        let attach = try #require(toc.entries.first { $0.desc == "TABLE ATTACH" })
+        #expect(!attach.dependencies.isEmpty)
+
+        let pipedTOC = try #require(CustomArchiveTOC.read(path: piped))
+        #expect(!pipedTOC.hasDataOffsets)
+        #expect(CustomArchiveTOC.read(path: "/etc/passwd") == nil)
+    }
+
+    @Test func dependencyCasesLoadOnAnyNumberOfSessions() throws {
+        let server = try TestServer.shared()
+        let source = try createDependencyCases(server)
+        let archive = temporaryFile(".dump")
+        let piped = temporaryFile(".dump")
+        defer {
+            try? FileManager.default.removeItem(atPath: archive)
+            try? FileManager.default.removeItem(atPath: piped)
+        }
+        #expect(try shell("pg_dump -Fc '\(url(server, source))' > \(archive) && pg_dump -Fc '\(url(server, source))' | cat > \(piped)").status == 0)
+        let want = try fingerprint(server, source)
+        let wantSchema = try schemaDump(server, source)
+        for (file, jobs) in [(archive, 1), (archive, 2), (archive, 4), (piped, 2)] {
+            let target = newDatabaseName("upload_jobs")
+            _ = try server.rows("CREATE DATABASE \(target) TEMPLATE template0")
+            let importer = UploadImporter(target: server.parameters(database: target), jobs: jobs, limits: UploadLimits(), pgRestorePath: "/usr/lib/postgresql/15/bin/pg_restore")
+            let summary: UploadImportSummary
+            do { summary = try importer.run(source: try DescriptorSource(path: file)) } catch {
+                Issue.record("jobs \(jobs), \(file == piped ? "piped" : "seekable"): \(error)")
+                continue
+            }
+            #expect(summary.format == .pgDumpCustom && summary.statementCount > 50, "\(summary)")
+            #expect(try fingerprint(server, target) == want, "jobs \(jobs)")
+            #expect(try schemaDump(server, target) == wantSchema, "jobs \(jobs)")
+            #expect(try server.rows("SELECT key FROM tenure_settings ORDER BY key", database: target) == [["builtin"], ["mine"], ["theirs"]])
+        }
+        // Nothing staged is left behind.
+        let staged = try FileManager.default.contentsOfDirectory(atPath: NSTemporaryDirectory()).filter { $0.hasPrefix("tenure-upload-\(getpid())-") }
+        #expect(staged.isEmpty, "\(staged)")
+    }
+}
