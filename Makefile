@@ -5,7 +5,7 @@
 #   make fidelity  the regression database round trip against pg_dump | pg_restore (needs ../shared)
 
 SWIFT        ?= swift
-APT_PACKAGES := postgresql-15 postgresql-contrib libpq-dev libzstd-dev zlib1g-dev pkg-config zstd time
+APT_PACKAGES := postgresql-15 postgresql-contrib postgresql-15-postgis-3 libpq-dev libzstd-dev zlib1g-dev pkg-config zstd time
 PG_BIN       ?= /usr/lib/postgresql/15/bin
 TENURE_HOME  ?= $(CURDIR)/var
 export TENURE_HOME

@@ -41,7 +41,7 @@ extension Controller {
         }
         let existing = try session.query("SELECT extversion FROM pg_catalog.pg_extension WHERE extname = $1", [name])
         if let version = existing.rows.first?[0] {
-            return AddedExtension(name: name, version: version ?? "", created: false)
+            return AddedExtension(name: name, version: version, created: false)
         }
         do { try ExtensionAllowlist.create(statement: "CREATE EXTENSION \(quoteIdentifier(name))", name: name, owner: record.postgresRole, on: session) } catch {
             throw TenureError(.invalidRequest, error.message, context: ["extension": name], sqlState: error.sqlState)

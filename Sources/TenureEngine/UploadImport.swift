@@ -97,6 +97,8 @@ public struct UploadImportSummary: Sendable {
     public var skippedCount: Int64
     /// A zip's members other than its dump.sql, read past and not used.
     public var ignoredMembers: [String] = []
+    /// Tables whose COPY data was converted to binary on the client.
+    public var binaryTableCount = 0
 }
 
 /// Replays the first bytes read for format detection, then counts and limits the rest.
@@ -166,6 +168,19 @@ public final class StatementRunner {
     public var createExtension: ((String, String) throws(TenureError) -> Bool)?
     /// Extensions `createExtension` made.
     var createdExtensions = Set<String>()
+    /// Converts pg_dump's `COPY ... FROM stdin` data to COPY's binary format on the client
+    /// when every column has a built-in type `BinaryCopyEncoder` knows (the server's text
+    /// parsing is most of a load's CPU). A value it does not convert fails the COPY with
+    /// `binaryFallback` in the error's context: the caller reruns the same script as text.
+    var binaryCopy = false
+    private var encoder: EncoderBox?
+    private(set) var binaryTables = 0
+    static let binaryFallback = "binary_fallback"
+
+    final class EncoderBox {
+        var encoder: BinaryCopyEncoder
+        init(_ columns: [BinaryColumn]) { encoder = BinaryCopyEncoder(columns: columns) }
+    }
 
     public convenience init(connection: PostgresConnection, lexer: SQLLexer, limits: UploadLimits, policy: Bool = true) {
         self.init(connection: connection, lexer: lexer, limits: limits, policy: policy, creates: Locked(0))
@@ -230,16 +245,133 @@ public final class StatementRunner {
                 do { try connection.query(text) } catch { throw failure(error, line: line) }
             case .copyIn:
                 statements += 1
-                do { try connection.beginCopyIn(text) } catch { throw failure(error, line: line) }
+                if binaryCopy, let (statement, columns) = try binaryStatement(text) {
+                    do { try connection.beginCopyIn(statement) } catch { throw failure(error, line: line) }
+                    encoder = EncoderBox(columns)
+                } else {
+                    do { try connection.beginCopyIn(text) } catch { throw failure(error, line: line) }
+                }
                 lexer.expectCopyData()
                 inCopy = true
                 copyLine = line
             }
         case .copyData(let bytes):
+            if let encoder {
+                let converted = bytes.withUnsafeBytes { encoder.encoder.feed($0) }
+                guard converted else { throw abandonBinary() }
+                do { try encoder.encoder.take { (raw) throws(TenureError) in try connection.copyData(raw) } } catch { throw failure(error, line: copyLine) }
+                return
+            }
             do { try bytes.withBytes { (raw) throws(TenureError) in try connection.copyData(raw) } } catch { throw failure(error, line: copyLine) }
         case .copyEnd:
             inCopy = false
+            if let encoder {
+                guard encoder.encoder.finish() else { throw abandonBinary() }
+                self.encoder = nil
+                do throws(TenureError) {
+                    try encoder.encoder.take { (raw) throws(TenureError) in try connection.copyData(raw) }
+                    let rows = try connection.endCopy()
+                    guard rows == encoder.encoder.rows else {
+                        throw TenureError(.internal, "the server stored \(rows) rows of the \(encoder.encoder.rows) sent")
+                    }
+                    copyRows += rows
+                    binaryTables += 1
+                } catch { throw failure(error, line: copyLine) }
+                return
+            }
             do { copyRows += try connection.endCopy() } catch { throw failure(error, line: copyLine) }
+        }
+    }
+
+    /// Ends a binary COPY whose data has a value the encoder does not convert (the server
+    /// rolls the COPY back) and says so to the caller, which runs the script again as text.
+    func abandonBinary() -> TenureError {
+        encoder = nil
+        _ = try? connection.endCopy(failWith: "tenure: loading this table as text instead")
+        return TenureError(.internal, "a value of this table's COPY data loads as text", context: [Self.binaryFallback: "1"])
+    }
+
+    /// The binary form of pg_dump's `COPY schema.table (columns) FROM stdin;` when every
+    /// named column has a type the encoder converts; nil for anything else (it runs as text).
+    func binaryStatement(_ text: String) throws(TenureError) -> (String, [BinaryColumn])? {
+        let text = Self.withoutLeadingComments(text)
+        guard let (schema, table, columns) = Self.parseCopyFromStdin(text), !columns.isEmpty else { return nil }
+        let result = try connection.query(
+            """
+            SELECT a.attname, a.atttypid::pg_catalog.int8
+            FROM pg_catalog.pg_attribute a
+            JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
+            JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+            WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p') AND a.attnum > 0 AND NOT a.attisdropped
+            """, [schema, table])
+        var types: [String: UInt32] = [:]
+        for row in result.rows {
+            if let name = row[0], let oid = row[1].flatMap({ UInt32($0) }) { types[name] = oid }
+        }
+        let binary = columns.compactMap { types[$0].flatMap(BinaryColumn.init(typeOID:)) }
+        guard binary.count == columns.count else { return nil }
+        return (String(text.dropLast(" FROM stdin;".count)) + " FROM STDIN (FORMAT binary)", binary)
+    }
+
+    /// A statement as the lexer hands it (with the blank lines and `--` comments before it)
+    /// from its first keyword on, without trailing white space.
+    static func withoutLeadingComments(_ text: String) -> Substring {
+        var rest = Substring(text)
+        while true {
+            rest = rest.drop { $0 == " " || $0 == "\n" || $0 == "\t" || $0 == "\r" }
+            guard rest.hasPrefix("--") else { break }
+            guard let newline = rest.firstIndex(of: "\n") else { return "" }
+            rest = rest[rest.index(after: newline)...]
+        }
+        while let last = rest.last, last == " " || last == "\n" || last == "\t" || last == "\r" { rest = rest.dropLast() }
+        return rest
+    }
+
+    /// Schema, table and column names of exactly `COPY schema.table (c1, c2) FROM stdin;` as
+    /// pg_dump writes it (names plain or double-quoted); nil for any other statement.
+    static func parseCopyFromStdin(_ text: Substring) -> (schema: String, table: String, columns: [String])? {
+        var rest = text
+        guard rest.hasPrefix("COPY "), rest.hasSuffix(") FROM stdin;") else { return nil }
+        rest = rest.dropFirst(5)
+        func identifier() -> String? {
+            if rest.first == "\"" {
+                var name = ""
+                var index = rest.index(after: rest.startIndex)
+                while index < rest.endIndex {
+                    if rest[index] == "\"" {
+                        let next = rest.index(after: index)
+                        if next < rest.endIndex && rest[next] == "\"" {
+                            name.append("\"")
+                            index = rest.index(after: next)
+                            continue
+                        }
+                        rest = rest[next...]
+                        return name
+                    }
+                    name.append(rest[index])
+                    index = rest.index(after: index)
+                }
+                return nil
+            }
+            let name = rest.prefix { $0 == "_" || ("a"..."z").contains($0) || ("0"..."9").contains($0) || $0 == "$" }
+            guard let first = name.first, first == "_" || ("a"..."z").contains(first) else { return nil }
+            rest = rest.dropFirst(name.count)
+            return String(name)
+        }
+        guard let schema = identifier(), rest.first == "." else { return nil }
+        rest = rest.dropFirst()
+        guard let table = identifier(), rest.hasPrefix(" (") else { return nil }
+        rest = rest.dropFirst(2)
+        var columns: [String] = []
+        while true {
+            guard let column = identifier() else { return nil }
+            columns.append(column)
+            if rest.hasPrefix(", ") {
+                rest = rest.dropFirst(2)
+                continue
+            }
+            guard rest == ") FROM stdin;" else { return nil }
+            return (schema, table, columns)
         }
     }
 }
@@ -313,6 +445,7 @@ public struct UploadImporter: Sendable {
             summary.statementCount = outcome.statements
             summary.skippedCount = outcome.skipped
             summary.decompressedByteCount = outcome.produced
+            summary.binaryTableCount = outcome.binaryTables
         case .sql, .sqlZst, .pgDumpCustom, .pgDumpTar, .sqlGz, .zip:
             let connection = try PostgresConnection(target, applicationName: "tenure-upload")
             defer { connection.close() }

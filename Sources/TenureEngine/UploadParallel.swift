@@ -24,6 +24,10 @@ struct ParallelCustomUpload: Sendable {
     let importer: UploadImporter
     let progress: TransferProgress
 
+    /// Whether tables loaded alone convert their COPY data to binary on the client
+    /// (`TENURE_UPLOAD_BINARY=0` keeps text, for comparison).
+    var binary = ProcessInfo.processInfo.environment["TENURE_UPLOAD_BINARY"] != "0"
+
     /// Small tables are loaded in batches of about this many bytes of archive data.
     static let batchBytes: Int64 = 8 << 20
     static let batchEntries = 64
@@ -32,12 +36,13 @@ struct ParallelCustomUpload: Sendable {
         var statements: Int64 = 0
         var skipped: Int64 = 0
         var produced: Int64 = 0
+        var binaryTables = 0
     }
 
     /// Shared by the sessions of one upload: counts, the decompressed-bytes limit, the first
     /// failure (which stops the others at their next chunk).
     final class Shared: @unchecked Sendable {
-        let counts = Locked<(statements: Int64, skipped: Int64, produced: Int64)>((0, 0, 0))
+        let counts = Locked<(statements: Int64, skipped: Int64, produced: Int64, binaryTables: Int)>((0, 0, 0, 0))
         let creates = Locked(0)
         let failure = FirstFailure()
         /// Bytes of the staged upload, for the decompression ratio.
@@ -72,7 +77,7 @@ struct ParallelCustomUpload: Sendable {
 
     func outcome(_ shared: Shared) -> Outcome {
         let counts = shared.counts.withLock { $0 }
-        return Outcome(statements: counts.statements, skipped: counts.skipped, produced: counts.produced)
+        return Outcome(statements: counts.statements, skipped: counts.skipped, produced: counts.produced, binaryTables: counts.binaryTables)
     }
 
     /// Writes the upload to `path` (mode 0600) as it arrives, under the upload's byte limits.
@@ -118,12 +123,13 @@ struct ParallelCustomUpload: Sendable {
 
     /// Renders the archive with `arguments` and runs the script on `connection` (a new
     /// session of the upload's role when nil) through the lexer and the policy.
-    func runScript(arguments: [String], connection given: PostgresConnection?, shared: Shared, extensions: Bool) throws(TenureError) {
+    func runScript(arguments: [String], connection given: PostgresConnection?, shared: Shared, extensions: Bool, binary: Bool = false) throws(TenureError) {
         let connection: PostgresConnection
         if let given { connection = given } else { connection = try PostgresConnection(importer.target, applicationName: "tenure-upload") }
         defer { if given == nil { connection.close() } }
         let lexer = SQLLexer(maximumStatementBytes: importer.limits.maximumStatementBytes)
         let runner = StatementRunner(connection: connection, lexer: lexer, limits: importer.limits, policy: true, creates: shared.creates)
+        runner.binaryCopy = binary
         var extensionSession: PostgresConnection?
         defer { extensionSession?.close() }
         if extensions {
@@ -135,6 +141,7 @@ struct ParallelCustomUpload: Sendable {
             shared.counts.withLock {
                 $0.statements += runner.statements
                 $0.skipped += runner.skipped
+                $0.binaryTables += runner.binaryTables
             }
         }
         let emit: (SQLEvent) throws(TenureError) -> Void = { event throws(TenureError) in try runner.handle(event) }
@@ -174,8 +181,10 @@ struct ParallelCustomUpload: Sendable {
         let tables = plan.entries.filter { tableIDs.contains($0.dumpID) && !linked.contains($0.dumpID) }.sorted { $0.dataBytes > $1.dataBytes }
         var batch: [Int] = []
         var batchBytes: Int64 = 0
+        var singles = Set<Int>()
         for table in tables {
             if table.dataBytes >= Self.batchBytes {
+                singles.insert(items.count)
                 items.append([table.dumpID])
                 continue
             }
@@ -190,6 +199,7 @@ struct ParallelCustomUpload: Sendable {
         if !batch.isEmpty { items.append(batch) }
         guard !items.isEmpty else { return }
         let queue = items
+        let singleItems = singles
         let next = Locked(0)
         let upload = self
         runThreads(count: min(max(importer.jobs, 1), items.count), name: "tenure-upload-data") { worker in
@@ -207,8 +217,18 @@ struct ParallelCustomUpload: Sendable {
                     guard FileManager.default.createFile(atPath: list, contents: Data(text.utf8), attributes: [.posixPermissions: 0o600]) else {
                         throw TenureError(.internal, "cannot write pg_restore's list file for the upload")
                     }
-                    try upload.runScript(
-                        arguments: ["--section=data", "--use-list=\(list)", archive], connection: connection, shared: shared, extensions: false)
+                    let arguments = ["--section=data", "--use-list=\(list)", archive]
+                    // A table of its own loads in binary; if a value does not convert, its
+                    // COPY was rolled back and the table loads again as text.
+                    if singleItems.contains(index) && upload.binary {
+                        do throws(TenureError) {
+                            try upload.runScript(arguments: arguments, connection: connection, shared: shared, extensions: false, binary: true)
+                            continue
+                        } catch {
+                            guard error.context[StatementRunner.binaryFallback] != nil else { throw error }
+                        }
+                    }
+                    try upload.runScript(arguments: arguments, connection: connection, shared: shared, extensions: false)
                 }
             } catch {
                 shared.failure.record(error)

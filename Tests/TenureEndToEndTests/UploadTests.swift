@@ -27,8 +27,10 @@ import TenureTestSupport
     /// with a set value, a large object, a function, a view, an index, a foreign key, a
     /// trigger, a grant to a role that exists only there, and a comment.
     /// `large` adds what real customer databases have and the issue lists: 63-byte names, a
-    /// function body of megabytes, a thousand small tables and a 50 MB TOASTed value (only the
-    /// all-formats round trip uses it: it takes minutes).
+    /// function body of megabytes, a thousand small tables, PostGIS (not trusted: the world
+    /// must list it in TENURE_EXTENSIONS) with a row of the customer's in `spatial_ref_sys`, a
+    /// trusted extension (citext), and a 50 MB TOASTed value (only the all-formats round trip
+    /// uses it: it takes minutes).
     func makeSource(_ world: Fixture, large: Bool = false) throws -> String {
         let name = "src_" + String(UUID().uuidString.prefix(8)).lowercased()
         let admin = try world.server.connect()
@@ -84,6 +86,16 @@ import TenureTestSupport
                     EXECUTE format('INSERT INTO small_%s VALUES (%s, %L)', i, i, 'row ' || i);
                 END LOOP;
             END $$;
+            -- An extension that is not trusted (PostGIS, created by Tenure from TENURE_EXTENSIONS)
+            -- with a row of the customer's own in its configuration table, and a trusted one.
+            CREATE EXTENSION postgis;
+            CREATE EXTENSION citext;
+            INSERT INTO spatial_ref_sys (srid, auth_name, auth_srid, srtext, proj4text)
+                VALUES (910001, 'tenure', 910001, '', '+proj=longlat +datum=WGS84 +no_defs');
+            CREATE TABLE places (id int PRIMARY KEY, name citext, geom geometry(Point, 4326), area geometry(Polygon, 910001));
+            INSERT INTO places SELECT g, 'Place ' || g, ST_SetSRID(ST_MakePoint(g / 10.0, g / 20.0), 4326),
+                ST_SetSRID(ST_Buffer(ST_MakePoint(g, g), 1, 4), 910001) FROM generate_series(1, 500) g;
+            CREATE INDEX places_geom ON places USING gist (geom);
             -- A TOASTed value of 50 MB (random, so it does not compress away).
             CREATE TABLE toasted (id int PRIMARY KEY, big text);
             INSERT INTO toasted SELECT 1, string_agg(md5(random()::text), '') FROM generate_series(1, 1600000);
@@ -113,7 +125,7 @@ import TenureTestSupport
         var lines = [schema.stdout]
         let connection = try world.server.connect(database: database)
         defer { connection.close() }
-        for table in ["customers", "orders", "audit_log"] {
+        for table in ["customers", "orders", "audit_log", "places", "spatial_ref_sys"] {
             let exists = try connection.query("SELECT to_regclass($1) IS NOT NULL AS e", ["public." + table])[0, "e"] == "t"
             guard exists else { continue }
             let sql = "SELECT count(*) || ':' || md5(coalesce(string_agg(t::text, '|' ORDER BY t::text), '')) AS f FROM public.\(table) t"
@@ -133,7 +145,7 @@ import TenureTestSupport
     /// the scripts' changes; the original is deleted after the first success.
     @Test func eachFormatRoundTrips() throws {
         let directory = scratch()
-        var world = try Fixture()
+        var world = try Fixture(["TENURE_EXTENSIONS": "postgis"])
         world.environment["TENURE_UPGRADE_SCRIPTS"] = try scripts(directory)
         let source = try makeSource(world, large: true)
         // The expected result: the scripts applied to a copy of the source.
