@@ -63,6 +63,7 @@ struct ParallelCustomUpload: Sendable {
             rmdir(directory)
         }
         try stage(source, to: archive)
+        mark("staged \(source.byteCount) bytes")
         let shared = Shared(stagedBytes: source.byteCount)
         guard let plan = CustomArchiveTOC.read(path: archive), plan.hasDataOffsets, try listsSameEntries(plan, archive: archive) else {
             // Not plannable: one stream, as before, from the staged file.
@@ -70,9 +71,19 @@ struct ParallelCustomUpload: Sendable {
             return outcome(shared)
         }
         try runScript(arguments: ["--section=pre-data", archive], connection: nil, shared: shared, extensions: true)
+        mark("pre-data done")
         try loadData(plan, archive: archive, directory: directory, shared: shared)
+        mark("data done")
         try runPostData(plan, archive: archive, shared: shared)
+        mark("post-data done")
         return outcome(shared)
+    }
+
+    /// `TENURE_TIMING=1`: phases on stderr, as the restore prints them.
+    static let timing = ProcessInfo.processInfo.environment["TENURE_TIMING"] == "1"
+    let started = Date()
+    func mark(_ phase: String) {
+        if Self.timing { FileHandle.standardError.write(Data(String(format: "upload %.2f s: %@\n", Date().timeIntervalSince(started), phase).utf8)) }
     }
 
     func outcome(_ shared: Shared) -> Outcome {
