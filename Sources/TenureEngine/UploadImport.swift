@@ -173,7 +173,10 @@ public final class StatementRunner {
     /// parsing is most of a load's CPU). A value it does not convert fails the COPY with
     /// `binaryFallback` in the error's context: the caller reruns the same script as text.
     var binaryCopy = false
+    /// More sessions (of the same role, in the same database) a binary COPY is split over.
+    var partConnections: [PostgresConnection] = []
     private var encoder: EncoderBox?
+    private var split: SplitBinaryCopy?
     private(set) var binaryTables = 0
     static let binaryFallback = "binary_fallback"
 
@@ -246,8 +249,14 @@ public final class StatementRunner {
             case .copyIn:
                 statements += 1
                 if binaryCopy, let (statement, columns) = try binaryStatement(text) {
-                    do { try connection.beginCopyIn(statement) } catch { throw failure(error, line: line) }
-                    encoder = EncoderBox(columns)
+                    if partConnections.isEmpty {
+                        do { try connection.beginCopyIn(statement) } catch { throw failure(error, line: line) }
+                        encoder = EncoderBox(columns)
+                    } else {
+                        do { split = try SplitBinaryCopy(statement: statement, columns: columns, connections: [connection] + partConnections) } catch {
+                            throw failure(error, line: line)
+                        }
+                    }
                 } else {
                     do { try connection.beginCopyIn(text) } catch { throw failure(error, line: line) }
                 }
@@ -256,6 +265,17 @@ public final class StatementRunner {
                 copyLine = line
             }
         case .copyData(let bytes):
+            if let split {
+                guard split.feed(bytes) else {
+                    // A part stopped: a value it does not convert (text instead) or a failure.
+                    self.split = nil
+                    let rows: Int?
+                    do throws(TenureError) { rows = try split.finish() } catch { throw failure(error, line: copyLine) }
+                    guard rows != nil else { throw abandonBinary(endingCopy: false) }
+                    throw TenureError(.internal, "a part of the split COPY stopped")
+                }
+                return
+            }
             if let encoder {
                 let converted = bytes.withUnsafeBytes { encoder.encoder.feed($0) }
                 guard converted else { throw abandonBinary() }
@@ -265,6 +285,15 @@ public final class StatementRunner {
             do { try bytes.withBytes { (raw) throws(TenureError) in try connection.copyData(raw) } } catch { throw failure(error, line: copyLine) }
         case .copyEnd:
             inCopy = false
+            if let split {
+                self.split = nil
+                let rows: Int?
+                do { rows = try split.finish() } catch { throw failure(error, line: copyLine) }
+                guard let rows else { throw abandonBinary(endingCopy: false) }
+                copyRows += rows
+                binaryTables += 1
+                return
+            }
             if let encoder {
                 guard encoder.encoder.finish() else { throw abandonBinary() }
                 self.encoder = nil
@@ -285,10 +314,16 @@ public final class StatementRunner {
 
     /// Ends a binary COPY whose data has a value the encoder does not convert (the server
     /// rolls the COPY back) and says so to the caller, which runs the script again as text.
-    func abandonBinary() -> TenureError {
+    func abandonBinary(endingCopy: Bool = true) -> TenureError {
         encoder = nil
-        _ = try? connection.endCopy(failWith: "tenure: loading this table as text instead")
+        if endingCopy { _ = try? connection.endCopy(failWith: "tenure: loading this table as text instead") }
         return TenureError(.internal, "a value of this table's COPY data loads as text", context: [Self.binaryFallback: "1"])
+    }
+
+    /// Ends a split COPY still open because an error stopped the script.
+    func abandonSplit() {
+        split?.abandon()
+        split = nil
     }
 
     /// The binary form of pg_dump's `COPY schema.table (columns) FROM stdin;` when every

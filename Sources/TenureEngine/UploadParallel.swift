@@ -134,13 +134,18 @@ struct ParallelCustomUpload: Sendable {
 
     /// Renders the archive with `arguments` and runs the script on `connection` (a new
     /// session of the upload's role when nil) through the lexer and the policy.
-    func runScript(arguments: [String], connection given: PostgresConnection?, shared: Shared, extensions: Bool, binary: Bool = false) throws(TenureError) {
+    func runScript(
+        arguments: [String], connection given: PostgresConnection?, shared: Shared, extensions: Bool, binary: Bool = false,
+        parts: [PostgresConnection] = []
+    ) throws(TenureError) {
         let connection: PostgresConnection
         if let given { connection = given } else { connection = try PostgresConnection(importer.target, applicationName: "tenure-upload") }
         defer { if given == nil { connection.close() } }
         let lexer = SQLLexer(maximumStatementBytes: importer.limits.maximumStatementBytes)
         let runner = StatementRunner(connection: connection, lexer: lexer, limits: importer.limits, policy: true, creates: shared.creates)
         runner.binaryCopy = binary
+        runner.partConnections = parts
+        defer { runner.abandonSplit() }
         var extensionSession: PostgresConnection?
         defer { extensionSession?.close() }
         if extensions {
@@ -217,6 +222,9 @@ struct ParallelCustomUpload: Sendable {
             do throws(TenureError) {
                 let connection = try PostgresConnection(upload.importer.target, applicationName: "tenure-upload-data")
                 defer { connection.close() }
+                // A table loaded alone is split over this session and `jobs - 1` more.
+                var parts: [PostgresConnection] = []
+                defer { parts.forEach { $0.close() } }
                 while shared.failure.error == nil {
                     let index = next.withLock { (value: inout Int) -> Int in
                         value += 1
@@ -233,7 +241,10 @@ struct ParallelCustomUpload: Sendable {
                     // COPY was rolled back and the table loads again as text.
                     if singleItems.contains(index) && upload.binary {
                         do throws(TenureError) {
-                            try upload.runScript(arguments: arguments, connection: connection, shared: shared, extensions: false, binary: true)
+                            while parts.count < upload.importer.jobs - 1 {
+                                parts.append(try PostgresConnection(upload.importer.target, applicationName: "tenure-upload-data"))
+                            }
+                            try upload.runScript(arguments: arguments, connection: connection, shared: shared, extensions: false, binary: true, parts: parts)
                             continue
                         } catch {
                             guard error.context[StatementRunner.binaryFallback] != nil else { throw error }
@@ -312,5 +323,98 @@ struct ParallelCustomUpload: Sendable {
         let emit: (SQLEvent) throws(TenureError) -> Void = { event throws(TenureError) in try runner.handle(event) }
         try Array((text + "\n").utf8).withBytes { (bytes) throws(TenureError) in try lexer.feed(bytes, emit: emit) }
         try lexer.finish(emit: emit)
+    }
+}
+
+/// One table's binary COPY split over several sessions, so a big table's load is not one
+/// server process's work: the lexer's chunks (whole lines) go round-robin to one thread per
+/// session, each converting its share with its own `BinaryCopyEncoder`. Nothing is committed
+/// unless every part converts: a value one encoder refuses ends every part's COPY with an
+/// error (the server rolls each back), and the caller loads the table again as text.
+final class SplitBinaryCopy: @unchecked Sendable {
+    let connections: [PostgresConnection]
+    private let queues: [BoundedQueue<[UInt8]>]
+    private let group = DispatchGroup()
+    private let failure = FirstFailure()
+    /// Rows each part's encoder sent, and whether every part converted all of its share.
+    private let parts: Locked<(rows: Int, refused: Bool)>
+    private var next = 0
+
+    init(statement: String, columns: [BinaryColumn], connections: [PostgresConnection]) throws(TenureError) {
+        self.connections = connections
+        queues = connections.map { _ in BoundedQueue<[UInt8]>(capacity: 4) }
+        parts = Locked((0, false))
+        var begun = 0
+        do throws(TenureError) {
+            for connection in connections {
+                try connection.beginCopyIn(statement)
+                begun += 1
+            }
+        } catch {
+            for connection in connections.prefix(begun) { _ = try? connection.endCopy(failWith: "tenure: the load stopped") }
+            throw error
+        }
+        for index in connections.indices {
+            group.enter()
+            let queue = queues[index]
+            // Each session is used by its part's thread alone until `finish` joins them.
+            let thread = Thread { [self] in
+                defer { group.leave() }
+                let connection = self.connections[index]
+                var encoder = BinaryCopyEncoder(columns: columns)
+                do throws(TenureError) {
+                    while let chunk = queue.pop() {
+                        guard chunk.withUnsafeBytes({ encoder.feed($0) }) else { return refuse() }
+                        try encoder.take { (bytes) throws(TenureError) in try connection.copyData(bytes) }
+                    }
+                    guard failure.error == nil, !parts.withLock({ $0.refused }) else { return }
+                    guard encoder.finish() else { return refuse() }
+                    try encoder.take { (bytes) throws(TenureError) in try connection.copyData(bytes) }
+                    let rows = encoder.rows
+                    parts.withLock { $0.rows += rows }
+                } catch {
+                    failure.record(error)
+                    queues.forEach { $0.fail() }
+                }
+            }
+            thread.name = "tenure-upload-copy-part-\(index)"
+            thread.stackSize = 1 << 20
+            thread.start()
+        }
+    }
+
+    private func refuse() {
+        parts.withLock { $0.refused = true }
+        queues.forEach { $0.fail() }
+    }
+
+    /// Hands a chunk of whole lines to the next part; false once a part stopped (call `finish`).
+    func feed(_ chunk: [UInt8]) -> Bool {
+        defer { next += 1 }
+        return queues[next % queues.count].push(chunk)
+    }
+
+    /// Waits for every part and ends the COPYs. Returns the rows stored; nil when a value did
+    /// not convert (every part rolled back); throws the first failure (every part rolled back).
+    func finish() throws(TenureError) -> Int? {
+        queues.forEach { $0.close() }
+        group.wait()
+        let (rows, refused) = parts.withLock { $0 }
+        if refused || failure.error != nil {
+            for connection in connections { _ = try? connection.endCopy(failWith: "tenure: loading this table as text instead") }
+            if let error = failure.error { throw error }
+            return nil
+        }
+        var stored = 0
+        for connection in connections { stored += try connection.endCopy() }
+        guard stored == rows else { throw TenureError(.internal, "the server stored \(stored) rows of the \(rows) sent") }
+        return stored
+    }
+
+    /// Stops every part (an error elsewhere): their COPYs end with an error.
+    func abandon() {
+        queues.forEach { $0.fail() }
+        group.wait()
+        for connection in connections { _ = try? connection.endCopy(failWith: "tenure: the load stopped") }
     }
 }
