@@ -441,7 +441,8 @@ public struct UploadImporter: Sendable {
         switch format {
         case .tenure:
             let counter = Locked<(statements: Int64, skipped: Int64)>((0, 0))
-            var options = RestoreOptions(target: target, jobs: jobs)
+            // The role may hold 16 sessions (its CONNECTION LIMIT); the restore keeps to 12.
+            var options = RestoreOptions(target: target, jobs: min(jobs, ParallelCustomUpload.maximumDataSessions))
             options.grantPublicConnect = false
             // No server-side statement_timeout: it would also cut long COPY loads; the
             // controller's watchdog cancels statements past the limit instead.

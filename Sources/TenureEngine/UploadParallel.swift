@@ -31,6 +31,8 @@ struct ParallelCustomUpload: Sendable {
     /// Small tables are loaded in batches of about this many bytes of archive data.
     static let batchBytes: Int64 = 8 << 20
     static let batchEntries = 64
+    /// Most sessions the data load opens at once.
+    static let maximumDataSessions = 12
 
     struct Outcome {
         var statements: Int64 = 0
@@ -218,7 +220,11 @@ struct ParallelCustomUpload: Sendable {
         let singleItems = singles
         let next = Locked(0)
         let upload = self
-        runThreads(count: min(max(importer.jobs, 1), items.count), name: "tenure-upload-data") { worker in
+        // The upload's role may hold 16 sessions (its CONNECTION LIMIT); the data load keeps
+        // to `maximumDataSessions` of them, workers times parts.
+        let workers = min(max(importer.jobs, 1), Self.maximumDataSessions / 2, items.count)
+        let extraParts = max(1, min(importer.jobs, Self.maximumDataSessions / workers)) - 1
+        runThreads(count: workers, name: "tenure-upload-data") { worker in
             do throws(TenureError) {
                 let connection = try PostgresConnection(upload.importer.target, applicationName: "tenure-upload-data")
                 defer { connection.close() }
@@ -241,7 +247,7 @@ struct ParallelCustomUpload: Sendable {
                     // COPY was rolled back and the table loads again as text.
                     if singleItems.contains(index) && upload.binary {
                         do throws(TenureError) {
-                            while parts.count < upload.importer.jobs - 1 {
+                            while parts.count < extraParts {
                                 parts.append(try PostgresConnection(upload.importer.target, applicationName: "tenure-upload-data"))
                             }
                             try upload.runScript(arguments: arguments, connection: connection, shared: shared, extensions: false, binary: true, parts: parts)
@@ -286,7 +292,7 @@ struct ParallelCustomUpload: Sendable {
         }
         let upload = self
         let settings = "SET maintenance_work_mem = '\(RestoreOptions(target: importer.target, jobs: 1).maintenanceWorkMemory)'"
-        try runPostDataPool(schedule.schedule, jobs: importer.jobs, name: "tenure-upload-post-data") { () throws(TenureError) in
+        try runPostDataPool(schedule.schedule, jobs: min(importer.jobs, Self.maximumDataSessions), name: "tenure-upload-post-data") { () throws(TenureError) in
             let connection = try PostgresConnection(upload.importer.target, applicationName: "tenure-upload-post-data")
             do throws(TenureError) {
                 try connection.execute(settings)
