@@ -69,7 +69,7 @@ extension Controller {
             Failpoint.uploadBeforeFinish.hit()
             let finished = clock.now()
             var next = record
-            next.state = .uploaded
+            next.state = try UploadLifecycle.next(record.state, on: .restored, id: record.id.rawValue)
             next.format = summary.format.rawValue
             next.byteCount = summary.byteCount
             next.statementCount = summary.statementCount
@@ -119,7 +119,7 @@ extension Controller {
         let current = try catalog.upload(id)
         let now = clock.now()
         var next = current
-        next.state = .rejected
+        next.state = try UploadLifecycle.next(current.state, on: .reject, id: id.rawValue)
         next.rejectReason = String(reason.prefix(2000))
         next.cleanupPending = true
         next.postgresDatabase = nil
@@ -226,13 +226,7 @@ extension Controller {
     public func upgradeUpload(_ id: UploadID, progress: TransferProgress = TransferProgress()) throws(TenureError) -> UploadRecord {
         let scripts = try upgradeScripts()
         let current = try catalog.upload(id)
-        switch current.state {
-        case .uploaded, .upgraded, .upgradeFailed: break
-        case .uploading, .upgrading:
-            throw TenureError(.lifecycleConflict, "upload \(id) is \(current.state.rawValue); wait until it finishes", context: ["upload_id": id.rawValue])
-        case .rejected, .destroyed:
-            throw TenureError(.lifecycleConflict, "a \(current.state.rawValue) upload cannot be upgraded", context: ["upload_id": id.rawValue])
-        }
+        let upgrading = try UploadLifecycle.next(current.state, on: .upgradeStart, id: id.rawValue)
         guard let source = current.postgresDatabase else { throw TenureError(.internal, "upload \(id) has no database") }
         guard try catalog.tryLock(key: current.lockKey) else {
             throw TenureError(.lifecycleConflict, "upload \(id) is busy (another process works on it); retry shortly", context: ["upload_id": id.rawValue])
@@ -240,7 +234,7 @@ extension Controller {
         defer { try? catalog.unlock(key: current.lockKey) }
         let started = clock.now()
         var running = current
-        running.state = .upgrading
+        running.state = upgrading
         running.lastRunAt = started
         running.generation = current.generation + 1
         try catalog.transaction { () throws(TenureError) in
@@ -291,7 +285,7 @@ extension Controller {
             let message = error.context["postgres_message"] ?? error.message
             let failed = clock.now()
             var next = running
-            next.state = .upgradeFailed
+            next.state = (try? UploadLifecycle.next(running.state, on: .upgradeFail)) ?? .upgradeFailed
             next.failedScript = failedScript
             next.failedError = String(message.prefix(2000))
             next.failedSQLState = error.sqlState
@@ -313,7 +307,7 @@ extension Controller {
         }
         let finished = clock.now()
         var next = running
-        next.state = .upgraded
+        next.state = try UploadLifecycle.next(running.state, on: .upgradeSucceed, id: id.rawValue)
         next.postgresDatabase = copy
         next.lastUpgradedAt = finished
         next.upgradeCount += 1
@@ -437,16 +431,11 @@ extension Controller {
         if let expectedVersion, expectedVersion != current.version {
             throw TenureError(.concurrentModification, "upload \(id) changed since the sweep planned it; skipped", context: ["upload_id": id.rawValue])
         }
-        switch current.state {
-        case .uploaded, .upgraded, .upgradeFailed, .rejected: break
-        case .uploading, .upgrading:
-            throw TenureError(
-                .lifecycleConflict, "upload \(id) is \(current.state.rawValue); cancel the job or retry when it finishes; nothing was destroyed",
-                context: ["upload_id": id.rawValue])
-        case .destroyed:
+        if current.state == .destroyed {
             if current.cleanupPending { try finishUploadCleanup(current) }
             return try catalog.upload(id)
         }
+        _ = try UploadLifecycle.next(current.state, on: .destroy, id: id.rawValue)
         let now = clock.now()
         try catalog.transaction { () throws(TenureError) in
             let locked = try catalog.upload(id, forUpdate: true)
@@ -454,7 +443,7 @@ extension Controller {
                 throw TenureError(.legalHold, "upload \(id) is under a legal hold (\(hold)); nothing was destroyed", context: ["upload_id": id.rawValue])
             }
             var next = locked
-            next.state = .destroyed
+            next.state = try UploadLifecycle.next(locked.state, on: .destroy, id: id.rawValue)
             next.destroyedAt = now
             next.destroyedBy = actor
             next.destroyReason = reason
@@ -566,7 +555,7 @@ extension Controller {
                     if copy != fresh.postgresDatabase { try admin.execute("DROP DATABASE IF EXISTS \(quoteIdentifier(copy)) WITH (FORCE)") }
                     let now = clock.now()
                     var next = fresh
-                    next.state = .upgradeFailed
+                    next.state = try UploadLifecycle.next(fresh.state, on: .upgradeFail, id: fresh.id.rawValue)
                     next.failedError = "interrupted (Tenure stopped during the upgrade)"
                     next.failedScript = nil
                     next.failedSQLState = nil

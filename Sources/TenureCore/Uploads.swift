@@ -19,6 +19,62 @@ public enum UploadState: String, Sendable, CaseIterable, Codable {
     }
 }
 
+/// Events that move an upload through its life.
+public enum UploadEvent: String, Sendable, CaseIterable {
+    /// The dump restored and passed the post-checks.
+    case restored
+    /// The dump was refused, or the restore failed or was interrupted.
+    case reject
+    case upgradeStart = "upgrade_start"
+    case upgradeSucceed = "upgrade_succeed"
+    /// A script failed, or the upgrade was cancelled or interrupted.
+    case upgradeFail = "upgrade_fail"
+    case destroy
+}
+
+/// The upgrade service's state machine as a pure function: no I/O, no clock. Every
+/// transition the controller makes goes through `next`, which either answers the new state
+/// or throws `lifecycle.conflict` naming the state and what was asked.
+///
+///     uploading --restored--> uploaded --upgrade_start--> upgrading --upgrade_succeed--> upgraded
+///         |                      |                            '--upgrade_fail--> upgrade-failed
+///         '--reject--> rejected  '--destroy--> destroyed    (upgraded and upgrade-failed: as uploaded)
+public enum UploadLifecycle {
+    public static func next(_ state: UploadState, on event: UploadEvent, id: String = "") throws(TenureError) -> UploadState {
+        let upload = id.isEmpty ? "the upload" : "upload \(id)"
+        func conflict(_ message: String) -> TenureError {
+            TenureError(.lifecycleConflict, message, context: id.isEmpty ? [:] : ["upload_id": id])
+        }
+        switch event {
+        case .restored, .reject:
+            switch state {
+            case .uploading: return event == .restored ? .uploaded : .rejected
+            case .uploaded, .rejected, .upgrading, .upgraded, .upgradeFailed, .destroyed:
+                throw conflict("\(upload) is \(state.rawValue), not uploading: it cannot be \(event == .restored ? "marked uploaded" : "rejected")")
+            }
+        case .upgradeStart:
+            switch state {
+            case .uploaded, .upgraded, .upgradeFailed: return .upgrading
+            case .uploading, .upgrading: throw conflict("\(upload) is \(state.rawValue); wait until it finishes")
+            case .rejected, .destroyed: throw conflict("a \(state.rawValue) upload cannot be upgraded")
+            }
+        case .upgradeSucceed, .upgradeFail:
+            switch state {
+            case .upgrading: return event == .upgradeSucceed ? .upgraded : .upgradeFailed
+            case .uploading, .uploaded, .rejected, .upgraded, .upgradeFailed, .destroyed:
+                throw conflict("\(upload) is \(state.rawValue), not upgrading: no upgrade can finish")
+            }
+        case .destroy:
+            switch state {
+            case .uploaded, .upgraded, .upgradeFailed, .rejected: return .destroyed
+            case .uploading, .upgrading:
+                throw conflict("\(upload) is \(state.rawValue); cancel the job or retry when it finishes; nothing was destroyed")
+            case .destroyed: throw conflict("\(upload) is already destroyed")
+            }
+        }
+    }
+}
+
 /// How long an upload's result is kept: calendar months in UTC, clamped to the month's end
 /// (31 Oct + 4 months = the last day of February), or a fixed duration (for tests and
 /// operators who want one). Default: 4 calendar months.
