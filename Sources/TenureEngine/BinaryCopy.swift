@@ -28,6 +28,13 @@ enum BinaryColumn: Equatable, Sendable {
         default: return nil
         }
     }
+
+    /// The binary types of `columns` (by name, in COPY order) from the table's column types
+    /// by name; nil unless every column has one.
+    static func plan(_ columns: [String], types: [String: UInt32]) -> [BinaryColumn]? {
+        let binary = columns.compactMap { types[$0].flatMap(BinaryColumn.init(typeOID:)) }
+        return binary.count == columns.count ? binary : nil
+    }
 }
 
 /// Converts a table's COPY text rows into COPY binary rows, byte for byte the values the

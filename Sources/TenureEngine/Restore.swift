@@ -318,8 +318,7 @@ final class Restore {
         var plan: [Int: [BinaryColumn]] = [:]
         for table in tables where !table.columns.isEmpty {
             guard let columnTypes = types[table.schema + "\u{0}" + table.name] else { continue }
-            let columns = table.columns.compactMap { columnTypes[$0].flatMap(BinaryColumn.init(typeOID:)) }
-            if columns.count == table.columns.count { plan[table.index] = columns }
+            if let columns = BinaryColumn.plan(table.columns, types: columnTypes) { plan[table.index] = columns }
         }
         return plan
     }

@@ -175,15 +175,9 @@ public final class StatementRunner {
     var binaryCopy = false
     /// More sessions (of the same role, in the same database) a binary COPY is split over.
     var partConnections: [PostgresConnection] = []
-    private var encoder: EncoderBox?
     private var split: SplitBinaryCopy?
     private(set) var binaryTables = 0
     static let binaryFallback = "binary_fallback"
-
-    final class EncoderBox {
-        var encoder: BinaryCopyEncoder
-        init(_ columns: [BinaryColumn]) { encoder = BinaryCopyEncoder(columns: columns) }
-    }
 
     public convenience init(connection: PostgresConnection, lexer: SQLLexer, limits: UploadLimits, policy: Bool = true) {
         self.init(connection: connection, lexer: lexer, limits: limits, policy: policy, creates: Locked(0))
@@ -249,13 +243,8 @@ public final class StatementRunner {
             case .copyIn:
                 statements += 1
                 if binaryCopy, let (statement, columns) = try binaryStatement(text) {
-                    if partConnections.isEmpty {
-                        do { try connection.beginCopyIn(statement) } catch { throw failure(error, line: line) }
-                        encoder = EncoderBox(columns)
-                    } else {
-                        do { split = try SplitBinaryCopy(statement: statement, columns: columns, connections: [connection] + partConnections) } catch {
-                            throw failure(error, line: line)
-                        }
+                    do { split = try SplitBinaryCopy(statement: statement, columns: columns, connections: [connection] + partConnections) } catch {
+                        throw failure(error, line: line)
                     }
                 } else {
                     do { try connection.beginCopyIn(text) } catch { throw failure(error, line: line) }
@@ -271,15 +260,9 @@ public final class StatementRunner {
                     self.split = nil
                     let rows: Int?
                     do throws(TenureError) { rows = try split.finish() } catch { throw failure(error, line: copyLine) }
-                    guard rows != nil else { throw abandonBinary(endingCopy: false) }
+                    guard rows != nil else { throw Self.textInstead }
                     throw TenureError(.internal, "a part of the split COPY stopped")
                 }
-                return
-            }
-            if let encoder {
-                let converted = bytes.withUnsafeBytes { encoder.encoder.feed($0) }
-                guard converted else { throw abandonBinary() }
-                do { try encoder.encoder.take { (raw) throws(TenureError) in try connection.copyData(raw) } } catch { throw failure(error, line: copyLine) }
                 return
             }
             do { try bytes.withBytes { (raw) throws(TenureError) in try connection.copyData(raw) } } catch { throw failure(error, line: copyLine) }
@@ -289,36 +272,18 @@ public final class StatementRunner {
                 self.split = nil
                 let rows: Int?
                 do { rows = try split.finish() } catch { throw failure(error, line: copyLine) }
-                guard let rows else { throw abandonBinary(endingCopy: false) }
+                guard let rows else { throw Self.textInstead }
                 copyRows += rows
                 binaryTables += 1
-                return
-            }
-            if let encoder {
-                guard encoder.encoder.finish() else { throw abandonBinary() }
-                self.encoder = nil
-                do throws(TenureError) {
-                    try encoder.encoder.take { (raw) throws(TenureError) in try connection.copyData(raw) }
-                    let rows = try connection.endCopy()
-                    guard rows == encoder.encoder.rows else {
-                        throw TenureError(.internal, "the server stored \(rows) rows of the \(encoder.encoder.rows) sent")
-                    }
-                    copyRows += rows
-                    binaryTables += 1
-                } catch { throw failure(error, line: copyLine) }
                 return
             }
             do { copyRows += try connection.endCopy() } catch { throw failure(error, line: copyLine) }
         }
     }
 
-    /// Ends a binary COPY whose data has a value the encoder does not convert (the server
-    /// rolls the COPY back) and says so to the caller, which runs the script again as text.
-    func abandonBinary(endingCopy: Bool = true) -> TenureError {
-        encoder = nil
-        if endingCopy { _ = try? connection.endCopy(failWith: "tenure: loading this table as text instead") }
-        return TenureError(.internal, "a value of this table's COPY data loads as text", context: [Self.binaryFallback: "1"])
-    }
+    /// A binary COPY had a value the encoder does not convert (every part was rolled back):
+    /// the caller runs the script again as text.
+    static let textInstead = TenureError(.internal, "a value of this table's COPY data loads as text", context: [binaryFallback: "1"])
 
     /// Ends a split COPY still open because an error stopped the script.
     func abandonSplit() {
@@ -343,8 +308,7 @@ public final class StatementRunner {
         for row in result.rows {
             if let name = row[0], let oid = row[1].flatMap({ UInt32($0) }) { types[name] = oid }
         }
-        let binary = columns.compactMap { types[$0].flatMap(BinaryColumn.init(typeOID:)) }
-        guard binary.count == columns.count else { return nil }
+        guard let binary = BinaryColumn.plan(columns, types: types) else { return nil }
         return (String(text.dropLast(" FROM stdin;".count)) + " FROM STDIN (FORMAT binary)", binary)
     }
 

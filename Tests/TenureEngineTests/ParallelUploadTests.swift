@@ -15,17 +15,23 @@ import TenureTestSupport
         try ChildProcess(["/bin/sh", "-c", command], environment: ["PATH": "/usr/lib/postgresql/15/bin:/usr/bin:/bin"].merging(environment) { $1 }).wait()
     }
 
+    /// `pg_dump -Fc` of `source` to a file (with data offsets) and through a pipe (without).
+    func dumps(_ server: TestServer, _ source: String) throws -> (archive: String, piped: String) {
+        let archive = temporaryFile(".dump")
+        let piped = temporaryFile(".dump")
+        #expect(try shell("pg_dump -Fc '\(url(server, source))' > \(archive) && pg_dump -Fc '\(url(server, source))' | cat > \(piped)").status == 0)
+        return (archive, piped)
+    }
+
     @Test func tableOfContentsMatchesPgRestore() throws {
         let server = try TestServer.shared()
         let source = try createDependencyCases(server)
         _ = try server.rows("CREATE TABLE big AS SELECT g AS id, md5(g::text) AS t FROM generate_series(1, 200000) g", database: source)
-        let archive = temporaryFile(".dump")
-        let piped = temporaryFile(".dump")
+        let (archive, piped) = try dumps(server, source)
         defer {
             try? FileManager.default.removeItem(atPath: archive)
             try? FileManager.default.removeItem(atPath: piped)
         }
-        #expect(try shell("pg_dump -Fc '\(url(server, source))' > \(archive) && pg_dump -Fc '\(url(server, source))' | cat > \(piped)").status == 0)
         let toc = try #require(CustomArchiveTOC.read(path: archive))
         #expect(toc.hasDataOffsets)
         let listing = try shell("pg_restore --list \(archive) | grep -v '^;'")
@@ -60,13 +66,11 @@ import TenureTestSupport
     @Test func dependencyCasesLoadOnAnyNumberOfSessions() throws {
         let server = try TestServer.shared()
         let source = try createDependencyCases(server)
-        let archive = temporaryFile(".dump")
-        let piped = temporaryFile(".dump")
+        let (archive, piped) = try dumps(server, source)
         defer {
             try? FileManager.default.removeItem(atPath: archive)
             try? FileManager.default.removeItem(atPath: piped)
         }
-        #expect(try shell("pg_dump -Fc '\(url(server, source))' > \(archive) && pg_dump -Fc '\(url(server, source))' | cat > \(piped)").status == 0)
         let want = try fingerprint(server, source)
         let wantSchema = try schemaDump(server, source)
         for (file, jobs) in [(archive, 1), (archive, 2), (archive, 4), (piped, 2)] {
