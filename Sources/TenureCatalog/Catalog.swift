@@ -10,6 +10,10 @@ import TenurePQ
 public final class Catalog {
     public let connection: PostgresConnection
     public let parameters: ConnectionParameters
+    /// Set while this catalog serves one attempt of a durable job: every transaction then
+    /// checks, just before it commits, that the attempt still owns the job, so a worker that
+    /// lost its lease (paused past it, or taken over) cannot publish anything.
+    public var fence: JobFence?
 
     /// Opens the catalog, creating its database on the server if it does not exist yet.
     public init(parameters: ConnectionParameters) throws(TenureError) {
@@ -35,7 +39,11 @@ public final class Catalog {
     public func close() { connection.close() }
 
     public func transaction<T>(_ body: () throws(TenureError) -> T) throws(TenureError) -> T {
-        try connection.transaction(body)
+        try connection.transaction { () throws(TenureError) -> T in
+            let value = try body()
+            if let fence { try checkFence(fence) }
+            return value
+        }
     }
 
     // MARK: - Migrations

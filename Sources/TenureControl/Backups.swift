@@ -70,12 +70,19 @@ extension Controller {
             let size = (try? FileManager.default.attributesOfItem(atPath: backupPath(record))[.size] as? Int64) ?? nil
             let finished = clock.now()
             let previous = try catalog.backups(databaseID: id, state: "verified").last
-            try catalog.transaction { () throws(TenureError) in
-                try catalog.finishBackup(
-                    backupID, state: "verified", byteCount: size, rowCount: summary.rowCount, tableCount: summary.tableCount, error: nil, now: finished)
-                try catalog.audit(
-                    at: finished, databaseID: id.rawValue, actor: actor, action: "backup", from: nil, to: nil, reason: nil,
-                    detail: ["backup_id": backupID.rawValue, "bytes": String(size ?? 0), "rows": String(summary.rowCount)])
+            do throws(TenureError) {
+                try catalog.transaction { () throws(TenureError) in
+                    try catalog.finishBackup(
+                        backupID, state: "verified", byteCount: size, rowCount: summary.rowCount, tableCount: summary.tableCount, error: nil, now: finished)
+                    try catalog.audit(
+                        at: finished, databaseID: id.rawValue, actor: actor, action: "backup", from: nil, to: nil, reason: nil,
+                        detail: ["backup_id": backupID.rawValue, "bytes": String(size ?? 0), "rows": String(summary.rowCount)])
+                }
+            } catch {
+                // Not recorded (the catalog failed, or this job attempt lost its lease): a file
+                // no row calls verified must not stay in the store.
+                unlink(backupPath(record))
+                throw error
             }
             record = try catalog.backup(backupID)
             var warning: String?
@@ -175,6 +182,8 @@ extension Controller {
             try fresh.execute("ALTER SCHEMA public OWNER TO pg_database_owner; REVOKE CREATE ON SCHEMA public FROM PUBLIC")
             fresh.close()
             Failpoint.restoreAfterLoad.hit()
+            // The swap cannot be undone: only an attempt that still owns its job may start it.
+            try catalog.assertFence()
         } catch {
             try? admin.execute("DROP DATABASE IF EXISTS \(quoteIdentifier(newName)) WITH (FORCE)")
             try? catalog.finishIntent(intent.id, status: "rolled_back", now: clock.now())

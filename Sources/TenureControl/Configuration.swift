@@ -35,6 +35,10 @@ public struct TenureConfiguration: Sendable {
     public var pgRestorePath: String
     /// `TENURE_EXTENSIONS`: extensions Tenure creates for uploads (and hosted databases).
     public var extensions = ExtensionAllowlist()
+    /// Durable jobs: leases, retries, retention, this replica's name.
+    public var jobs: JobSettings
+    /// Deadlines of sessions to tenant servers.
+    public var serverDeadlines = ServerDeadlines()
 
     /// Every setting the file and the environment accept, with its documented default.
     public static let settings: [(key: String, defaultValue: String, help: String)] = [
@@ -69,6 +73,15 @@ public struct TenureConfiguration: Sendable {
         ("TENURE_EXTENSIONS", "", "extensions Tenure creates on a customer's behalf (comma-separated; trusted extensions need no listing)"),
         ("TENURE_UPLOAD_MAX_STATEMENT_BYTES", "268435456", "longest one statement of an upload or upgrade script may be, in bytes (held whole so the policy judges all of it)"),
         ("TENURE_PG_RESTORE", "$TENURE_PG_BIN/pg_restore", "the pg_restore that converts uploaded custom-format archives to SQL"),
+        ("TENURE_JOB_LEASE", "30s", "a job's lease: renewed while it runs; a job whose lease expired is taken over by any replica"),
+        ("TENURE_JOB_MAX_ATTEMPTS", "3", "attempts of a job that fails transiently or whose process dies"),
+        ("TENURE_JOB_BACKOFF", "10s", "wait before a job's second attempt (doubled for each further one, at most 5m)"),
+        ("TENURE_JOB_RETENTION", "30d", "how long finished jobs are kept"),
+        ("TENURE_EXPORT_WAIT", "30s", "how long an export over HTTP waits for the database's running job (409 after)"),
+        ("TENURE_REPLICA_ID", "(host:pid)", "this process's name in job leases and /readyz"),
+        ("TENURE_SERVER_CONNECT_TIMEOUT", "10s", "longest wait to connect to a tenant server"),
+        ("TENURE_SERVER_STATEMENT_TIMEOUT", "60s", "longest a control statement on a tenant server may run (the client gives up 15 s later)"),
+        ("TENURE_SERVER_LOCK_TIMEOUT", "10s", "longest a control statement on a tenant server waits for a lock"),
     ]
 
     public static func load(environment: [String: String] = ProcessInfo.processInfo.environment) throws(TenureError) -> TenureConfiguration {
@@ -147,6 +160,16 @@ public struct TenureConfiguration: Sendable {
         uploadDirectory = values["TENURE_UPLOAD_DIR"].flatMap { $0.isEmpty ? nil : $0 } ?? (home + "/uploads")
         pgRestorePath = values["TENURE_PG_RESTORE"].flatMap { $0.isEmpty ? nil : $0 } ?? (postgresBinDirectory + "/pg_restore")
         extensions = try ExtensionAllowlist.parse(values["TENURE_EXTENSIONS"] ?? "")
+        jobs = try JobSettings(values: values)
+        for (key, path) in [
+            ("TENURE_SERVER_CONNECT_TIMEOUT", \ServerDeadlines.connect), ("TENURE_SERVER_STATEMENT_TIMEOUT", \ServerDeadlines.statement),
+            ("TENURE_SERVER_LOCK_TIMEOUT", \ServerDeadlines.lock),
+        ] {
+            guard let text = values[key] else { continue }
+            let value = try PolicyDuration.parse(text, setting: key)
+            guard value >= .seconds(1) else { throw TenureError(.invalidConfiguration, "\(key) must be at least 1s") }
+            serverDeadlines[keyPath: path] = value
+        }
         let levels = ["trace", "debug", "info", "notice", "warning", "error", "critical"]
         guard levels.contains(logLevel) else {
             throw TenureError(.invalidConfiguration, "TENURE_LOG_LEVEL='\(printable(logLevel))' must be one of \(levels.joined(separator: ", "))")
@@ -217,13 +240,55 @@ public struct HTTPSettings: Sendable {
     }
 }
 
+/// Deadlines of sessions to tenant servers, with their documented defaults.
+public struct ServerDeadlines: Sendable {
+    public var connect: Duration = .seconds(10)
+    public var statement: Duration = .seconds(60)
+    public var lock: Duration = .seconds(10)
+}
+
+/// Settings of durable jobs, with their documented defaults.
+public struct JobSettings: Sendable {
+    public var lease: Duration = .seconds(30)
+    public var retry = JobRetryPolicy()
+    public var retention: Duration = .seconds(30 * 86_400)
+    public var exportWait: Duration = .seconds(30)
+    /// The lease owner this process writes: unique per process.
+    public var replicaID: String
+
+    init(values: [String: String]) throws(TenureError) {
+        func duration(_ key: String) throws(TenureError) -> Duration? {
+            try values[key].map { (text) throws(TenureError) in try PolicyDuration.parse(text, setting: key) }
+        }
+        lease = try duration("TENURE_JOB_LEASE") ?? lease
+        guard lease >= .seconds(2) else { throw TenureError(.invalidConfiguration, "TENURE_JOB_LEASE must be at least 2s") }
+        if let text = values["TENURE_JOB_MAX_ATTEMPTS"] {
+            guard let value = Int(text), (1...100).contains(value) else {
+                throw TenureError(.invalidConfiguration, "TENURE_JOB_MAX_ATTEMPTS='\(printable(text))' must be a whole number from 1 to 100")
+            }
+            retry.maxAttempts = value
+        }
+        retry.baseDelay = try duration("TENURE_JOB_BACKOFF") ?? retry.baseDelay
+        retention = try duration("TENURE_JOB_RETENTION") ?? retention
+        exportWait = try duration("TENURE_EXPORT_WAIT") ?? exportWait
+        let host = ProcessInfo.processInfo.hostName
+        let given = values["TENURE_REPLICA_ID"].flatMap { $0.isEmpty ? nil : $0 }
+        if let given, !(given.utf8.count <= 100 && given.unicodeScalars.allSatisfy({ $0.value > 0x20 && $0.value < 0x7F })) {
+            throw TenureError(.invalidConfiguration, "TENURE_REPLICA_ID='\(printable(given))' must be 1 to 100 printable ASCII characters without spaces")
+        }
+        // The process id keeps two replicas started with one name apart.
+        replicaID = (given ?? String(host.prefix(60))) + ":" + String(getpid())
+    }
+}
+
 public enum EmbeddedDefaults {
     public static let postgresBinDirectory = "/usr/lib/postgresql/15/bin"
     public static let catalogDatabase = "tenure"
 }
 
 /// Named crash points. With `TENURE_FAILPOINT=<name>` the process kills itself with SIGKILL
-/// when it reaches that step, so tests can prove the next start finishes or rolls back.
+/// when it reaches that step, so tests can prove the next start finishes or rolls back; with
+/// `<name>:stop` it stops itself (SIGSTOP), as a paused replica would.
 public enum Failpoint: String, CaseIterable, Sendable {
     case createAfterIntent = "create.after_intent"
     case createAfterRole = "create.after_role"
@@ -244,6 +309,9 @@ public enum Failpoint: String, CaseIterable, Sendable {
     public func hit() {
         if Self.armed == rawValue {
             kill(getpid(), SIGKILL)
+        } else if Self.armed == rawValue + ":stop" {
+            // The process stops itself here (a paused replica); SIGCONT resumes it.
+            kill(getpid(), SIGSTOP)
         }
     }
 }

@@ -54,13 +54,31 @@ public final class Controller {
         parameters["dbname"] = database
         // Controller sessions never resolve unqualified names through a tenant's search_path.
         parameters["options"] = "-c search_path=pg_catalog"
+        // A host that vanished is noticed by TCP keepalives; connecting has its own deadline.
+        let deadlines = configuration.serverDeadlines
+        if parameters["connect_timeout"] == nil { parameters["connect_timeout"] = String(deadlines.connect.components.seconds) }
+        if parameters["keepalives"] == nil {
+            parameters["keepalives"] = "1"
+            parameters["keepalives_idle"] = "30"
+            parameters["keepalives_interval"] = "10"
+            parameters["keepalives_count"] = "3"
+        }
         return parameters
     }
 
+    /// A control session on a tenant server: every statement has the server's
+    /// `statement_timeout` and `lock_timeout` and a client-side deadline a little longer, so a
+    /// server that stops answering fails the operation, with its name, instead of holding it.
     func connectAdmin(_ server: ServerRecord, database: String = "postgres") throws(TenureError) -> PostgresConnection {
+        let deadlines = configuration.serverDeadlines
         do {
-            return try PostgresConnection(try adminParameters(server, database: database), applicationName: "tenure-controller")
-        } catch where error.code == .serverUnreachable && database == "postgres" {
+            var parameters = try adminParameters(server, database: database)
+            parameters["options"] = (parameters["options"] ?? "")
+                + " -c statement_timeout=\(deadlines.statement.components.seconds * 1000) -c lock_timeout=\(deadlines.lock.components.seconds * 1000)"
+            let connection = try PostgresConnection(parameters, applicationName: "tenure-controller")
+            connection.deadline = deadlines.statement + .seconds(15)
+            return connection
+        } catch where error.code == .serverUnreachable {
             throw TenureError(
                 .serverUnreachable, "tenant server '\(server.name)' is unreachable: \(error.message)", context: ["server": server.name.rawValue])
         }
@@ -345,6 +363,9 @@ public final class Controller {
                     .concurrentModification, "database \(current.id) was changed by someone else at the same time; nothing was destroyed",
                     context: ["database_id": current.id.rawValue])
             }
+            // Its backups and restores, queued or running, are cancelled first (a running
+            // backup stops at its next lease renewal; the store is deleted once it has).
+            try catalog.cancelJobs(subject: current.id.rawValue, kinds: [.backup, .restore], now: now)
             try catalog.insertIntent(intent)
             try catalog.audit(
                 at: now, databaseID: current.id.rawValue, actor: actor, action: event.rawValue, from: current.state.rawValue,

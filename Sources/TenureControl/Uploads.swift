@@ -256,7 +256,12 @@ extension Controller {
         do throws(TenureError) {
             try endRoleAccess(admin, role: current.postgresRole)
             try admin.query("SELECT count(pg_terminate_backend(pid, 10000)) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()", [source])
+            // Copying a big database takes as long as it takes: no control-statement deadline.
+            try admin.execute("SET statement_timeout = 0")
+            admin.deadline = nil
             try admin.execute("CREATE DATABASE \(quoteIdentifier(copy)) TEMPLATE \(quoteIdentifier(source)) OWNER \(role)")
+            admin.deadline = configuration.serverDeadlines.statement + .seconds(15)
+            try admin.execute("RESET statement_timeout")
             Failpoint.upgradeAfterCopy.hit()
             try admin.execute("REVOKE ALL ON DATABASE \(quoteIdentifier(copy)) FROM PUBLIC")
             try admin.execute("GRANT CONNECT, TEMPORARY ON DATABASE \(quoteIdentifier(copy)) TO \(role)")
@@ -317,6 +322,7 @@ extension Controller {
         next.failedSQLState = nil
         let firstSuccess = next.originalDeletedAt == nil
         if firstSuccess { next.originalDeletedAt = finished }
+        do throws(TenureError) {
         try catalog.transaction { () throws(TenureError) in
             guard try catalog.updateUpload(next, expectedVersion: running.version, now: finished) else {
                 throw TenureError(.concurrentModification, "upload \(id) changed during its upgrade")
@@ -329,6 +335,12 @@ extension Controller {
                     at: finished, databaseID: id.rawValue, actor: actor, action: "original_deleted", from: nil, to: nil,
                     reason: "the original upload is deleted after the first successful upgrade")
             }
+        }
+        } catch {
+            // Not recorded (the catalog failed, or this job attempt lost its lease): the copy
+            // goes, the previous data stays; recovery marks the run failed.
+            try? admin.execute("DROP DATABASE IF EXISTS \(quoteIdentifier(copy)) WITH (FORCE)")
+            throw error
         }
         // The previous data (the original or the last result) is no longer needed.
         try admin.execute("DROP DATABASE IF EXISTS \(quoteIdentifier(source)) WITH (FORCE)")
@@ -452,6 +464,7 @@ extension Controller {
             guard try catalog.updateUpload(next, expectedVersion: current.version, now: now) else {
                 throw TenureError(.concurrentModification, "upload \(id) was changed by someone else at the same time; nothing was destroyed")
             }
+            try catalog.cancelJobs(subject: id.rawValue, kinds: [.upgrade], now: now)
             try catalog.audit(
                 at: now, databaseID: id.rawValue, actor: actor, action: "upload_destroyed", from: current.state.rawValue, to: UploadState.destroyed.rawValue,
                 reason: reason)

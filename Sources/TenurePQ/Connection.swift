@@ -83,6 +83,11 @@ public struct QueryResult: Sendable {
 public final class PostgresConnection {
     private var handle: OpaquePointer?
     public let parameters: ConnectionParameters
+    /// When set, `query` and `execute` wait at most this long for the server's answer (a
+    /// client-side deadline: it holds even when the server is stopped and cannot enforce its
+    /// own `statement_timeout`). Past it the connection is closed and the call fails with
+    /// `.serverUnreachable` naming the server.
+    public var deadline: Duration?
 
     /// Connects, failing with `.serverUnreachable` (and the server's reason) if it cannot.
     /// Thread: any thread that may block.
@@ -137,6 +142,12 @@ public final class PostgresConnection {
         let copies = parameters.map { $0.map { strdup($0) } ?? nil }
         defer { copies.forEach { free($0) } }
         let pointers: [UnsafePointer<CChar>?] = copies.map { $0.map { UnsafePointer($0) } }
+        if let deadline {
+            let sent = pointers.withUnsafeBufferPointer { buffer in
+                PQsendQueryParams(handle, sql, Int32(parameters.count), nil, buffer.baseAddress, nil, nil, 0)
+            }
+            return try consume(try awaitResult(sent == 1, deadline: deadline), sql: sql)
+        }
         let result = pointers.withUnsafeBufferPointer { buffer in
             PQexecParams(handle, sql, Int32(parameters.count), nil, buffer.baseAddress, nil, nil, 0)
         }
@@ -146,8 +157,50 @@ public final class PostgresConnection {
     /// Runs one or more statements without parameters (simple protocol). For DDL.
     public func execute(_ sql: String) throws(TenureError) {
         guard let handle else { preconditionFailure("execute on a closed connection") }
+        if let deadline {
+            _ = try consume(try awaitResult(PQsendQuery(handle, sql) == 1, deadline: deadline), sql: sql)
+            return
+        }
         let result = PQexec(handle, sql)
         _ = try consume(result, sql: sql)
+    }
+
+    /// Waits for the answer to a query just sent, up to `deadline`, and returns its last result
+    /// (or its first error), as PQexec would. Past the deadline the connection is closed.
+    private func awaitResult(_ sent: Bool, deadline: Duration) throws(TenureError) -> OpaquePointer? {
+        guard let handle else { preconditionFailure("query on a closed connection") }
+        guard sent else { return nil }
+        let end = ContinuousClock.now + deadline
+        var last: OpaquePointer?
+        while true {
+            while PQisBusy(handle) == 1 {
+                let remaining = end - ContinuousClock.now
+                let milliseconds = remaining.components.seconds * 1000 + remaining.components.attoseconds / 1_000_000_000_000_000
+                if milliseconds <= 0 {
+                    if let last { PQclear(last) }
+                    let server = parameters.shortDescription
+                    close()
+                    throw TenureError(
+                        .serverUnreachable,
+                        "PostgreSQL at \(server) did not answer within \(deadline.components.seconds) s; the session was closed",
+                        context: ["server": server])
+                }
+                var descriptor = pollfd(fd: PQsocket(handle), events: Int16(POLLIN), revents: 0)
+                let ready = poll(&descriptor, 1, Int32(min(milliseconds, 1000)))
+                if ready < 0 && errno != EINTR { break }
+                if ready > 0 && PQconsumeInput(handle) == 0 { break }
+            }
+            guard let result = PQgetResult(handle) else { return last }
+            let status = PQresultStatus(result)
+            if status == PGRES_FATAL_ERROR || status == PGRES_COPY_IN || status == PGRES_COPY_OUT {
+                // Keep the error; drain the rest so the session is usable.
+                if let last { PQclear(last) }
+                while let extra = PQgetResult(handle) { PQclear(extra) }
+                return result
+            }
+            if let last { PQclear(last) }
+            last = result
+        }
     }
 
     /// Computes a SCRAM-SHA-256 verifier on the client, so the plaintext password never

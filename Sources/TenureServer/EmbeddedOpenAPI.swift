@@ -688,6 +688,38 @@ let openAPIDocument = #"""
           "upload_id": {
             "type": "string",
             "pattern": "^up_[0-9a-hjkmnp-tv-z]{20}$"
+          },
+          "attempt": {
+            "type": "integer",
+            "minimum": 0,
+            "description": "Attempts started so far (a job whose process died, or that failed transiently, is retried up to max_attempts)."
+          },
+          "max_attempts": {
+            "type": "integer",
+            "minimum": 1
+          },
+          "cancel_requested": {
+            "type": "boolean"
+          },
+          "waiting_for": {
+            "type": [
+              "string",
+              "null"
+            ],
+            "pattern": "^job_[0-9a-hjkmnp-tv-z]{20}$",
+            "description": "For a queued job: the unfinished job of the same database or upload just ahead of it (jobs of one subject run one at a time, in request order)."
+          },
+          "replica": {
+            "type": [
+              "string",
+              "null"
+            ],
+            "description": "The replica holding the job's lease while it runs."
+          },
+          "backup_id": {
+            "type": "string",
+            "pattern": "^bk_[0-9a-hjkmnp-tv-z]{20}$",
+            "description": "restore jobs: the backup restored."
           }
         },
         "required": [
@@ -699,9 +731,15 @@ let openAPIDocument = #"""
           "finished_at",
           "progress",
           "result",
-          "error"
+          "error",
+          "attempt",
+          "max_attempts",
+          "cancel_requested",
+          "waiting_for",
+          "replica"
         ],
-        "additionalProperties": false
+        "additionalProperties": false,
+        "description": "A durable job, recorded in the catalog: any replica answers for it, across restarts."
       },
       "Health": {
         "type": "object",
@@ -723,11 +761,46 @@ let openAPIDocument = #"""
           },
           "migrations": {
             "type": "integer"
+          },
+          "replica": {
+            "type": "string",
+            "description": "This replica's name in job leases (TENURE_REPLICA_ID and the process id)."
+          },
+          "running_jobs": {
+            "type": "array",
+            "items": {
+              "type": "object",
+              "properties": {
+                "id": {
+                  "type": "string",
+                  "pattern": "^job_[0-9a-hjkmnp-tv-z]{20}$"
+                },
+                "kind": {
+                  "type": "string",
+                  "enum": [
+                    "backup",
+                    "restore",
+                    "upgrade"
+                  ]
+                },
+                "subject": {
+                  "type": "string"
+                }
+              },
+              "required": [
+                "id",
+                "kind",
+                "subject"
+              ],
+              "additionalProperties": false
+            }
           }
         },
         "required": [
           "status",
-          "migrations"
+          "migrations",
+          "replica",
+          "running_jobs"
         ],
         "additionalProperties": false
       },
@@ -965,6 +1038,28 @@ let openAPIDocument = #"""
         },
         "required": [
           "uploads",
+          "next_cursor"
+        ],
+        "additionalProperties": false
+      },
+      "JobList": {
+        "type": "object",
+        "properties": {
+          "jobs": {
+            "type": "array",
+            "items": {
+              "$ref": "#/components/schemas/Job"
+            }
+          },
+          "next_cursor": {
+            "type": [
+              "string",
+              "null"
+            ]
+          }
+        },
+        "required": [
+          "jobs",
           "next_cursor"
         ],
         "additionalProperties": false
@@ -3250,6 +3345,134 @@ let openAPIDocument = #"""
                 "sql"
               ],
               "default": "native"
+            }
+          }
+        ]
+      }
+    },
+    "/v1/jobs": {
+      "get": {
+        "operationId": "listJobs",
+        "summary": "Jobs, newest first, filtered by database, upload or state; paged by cursor.",
+        "description": "Scope: read.",
+        "responses": {
+          "200": {
+            "description": "OK",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/JobList"
+                }
+              }
+            }
+          },
+          "400": {
+            "description": "Invalid input: malformed JSON, unknown field, wrong id type, invalid name or parameter.",
+            "content": {
+              "application/problem+json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Problem"
+                }
+              }
+            }
+          },
+          "401": {
+            "description": "No API key, or an unknown or revoked one.",
+            "content": {
+              "application/problem+json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Problem"
+                }
+              }
+            }
+          },
+          "403": {
+            "description": "The API key lacks the scope this call needs.",
+            "content": {
+              "application/problem+json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Problem"
+                }
+              }
+            }
+          },
+          "500": {
+            "description": "Internal error.",
+            "content": {
+              "application/problem+json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Problem"
+                }
+              }
+            }
+          },
+          "503": {
+            "description": "The catalog or a tenant server is unavailable.",
+            "content": {
+              "application/problem+json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Problem"
+                }
+              }
+            }
+          }
+        },
+        "security": [
+          {
+            "bearer": []
+          }
+        ],
+        "parameters": [
+          {
+            "name": "database_id",
+            "in": "query",
+            "required": false,
+            "schema": {
+              "type": "string",
+              "pattern": "^db_[0-9a-hjkmnp-tv-z]{20}$"
+            }
+          },
+          {
+            "name": "upload_id",
+            "in": "query",
+            "required": false,
+            "schema": {
+              "type": "string",
+              "pattern": "^up_[0-9a-hjkmnp-tv-z]{20}$"
+            }
+          },
+          {
+            "name": "state",
+            "in": "query",
+            "required": false,
+            "schema": {
+              "type": "string",
+              "enum": [
+                "queued",
+                "running",
+                "succeeded",
+                "failed",
+                "cancelled"
+              ]
+            }
+          },
+          {
+            "name": "limit",
+            "in": "query",
+            "required": false,
+            "schema": {
+              "type": "integer",
+              "minimum": 1,
+              "maximum": 1000,
+              "default": 100
+            }
+          },
+          {
+            "name": "cursor",
+            "in": "query",
+            "required": false,
+            "schema": {
+              "type": "string"
             }
           }
         ]

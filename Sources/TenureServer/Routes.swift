@@ -13,7 +13,7 @@ import TenureEngine
 /// with the documents `--json` prints. No lifecycle logic lives here.
 struct Routes: Sendable {
     let pool: CatalogPool
-    let jobs: JobRunner
+    let jobs: JobService
     let metrics: ServerMetrics
     let configuration: TenureConfiguration
     let logger: Logger
@@ -52,6 +52,7 @@ struct Routes: Sendable {
         v1.get("databases/:id/export") { request, context in try await export(request, context) }
         v1.get("expiry") { request, context in try await expiry(request, context) }
         registerUploads(on: v1)
+        v1.get("jobs") { request, context in try await listJobs(request, context) }
         v1.get("jobs/:id") { request, context in try await showJob(request, context) }
         v1.post("jobs/:id/cancel") { request, context in try await cancelJob(request, context) }
     }
@@ -65,7 +66,8 @@ struct Routes: Sendable {
                 .catalogUnavailable, "the catalog has \(status.applied) of \(status.known) migrations applied; run tenure migrate",
                 context: ["applied": String(status.applied), "known": String(status.known)])
         }
-        return jsonResponse(["status": "ready", "migrations": status.applied])
+        let running = jobs.worker.runningJobs.map { ["id": $0.id.rawValue, "kind": $0.kind.rawValue, "subject": $0.subject] }
+        return jsonResponse(["status": "ready", "migrations": status.applied, "replica": jobs.worker.replicaID, "running_jobs": running])
     }
 
     // MARK: - Databases
@@ -275,20 +277,8 @@ struct Routes: Sendable {
         _ = try Query(request, allowed: [])
         let id = try context.id("id", as: DatabaseID.self)
         _ = try await JSONBody.read(request, context: context, allowed: [], maximumByteCount: maximumBody)
-        // Fail fast on a wrong id or state, before a job exists.
-        let record = try await pool.withCatalog { (catalog) throws(TenureError) in try catalog.database(id) }
-        switch record.state {
-        case .trial, .active, .deactivated: break
-        case .provisioning, .destroyed:
-            throw TenureError(.lifecycleConflict, "a \(record.state.rawValue) database cannot be backed up", context: ["database_id": id.rawValue])
-        }
-        let job = try jobs.submit(kind: .backup, subject: id.rawValue, actor: context.actor) { (controller, progress) throws(TenureError) -> Data in
-            let outcome = try controller.backupDatabase(id, progress: progress)
-            var document = backupDocument(outcome.record, store: nil)
-            if let warning = outcome.warning { document["warning"] = warning }
-            return (try? JSONSerialization.data(withJSONObject: ["backup": document])) ?? Data("{}".utf8)
-        }
-        return jsonResponse(job.document(now: Date()), status: .accepted, headers: [.location: "/v1/jobs/\(job.id)"])
+        let job = try await pool.withController(actor: context.actor) { (controller) throws(TenureError) in try controller.requestBackup(id) }
+        return accepted(job)
     }
 
     func startRestore(_ request: Request, _ context: APIContext) async throws(TenureError) -> Response {
@@ -297,16 +287,35 @@ struct Routes: Sendable {
         let id = try context.id("id", as: DatabaseID.self)
         let body = try await JSONBody.read(request, context: context, allowed: ["backup_id"], maximumByteCount: maximumBody)
         let backupID = try BackupID(parsing: try body.string("backup_id", required: true)!)
-        let backup = try await pool.withController(actor: context.actor) { (controller) throws(TenureError) in try controller.backupOf(id, backupID) }
-        guard backup.state == "verified" else {
-            throw TenureError(.lifecycleConflict, "backup \(backupID) is \(backup.state); only verified backups can be restored")
+        let job = try await pool.withController(actor: context.actor) { (controller) throws(TenureError) in
+            try controller.requestRestore(id, backupID: backupID)
         }
-        let job = try jobs.submit(kind: .restore, subject: id.rawValue, actor: context.actor) { (controller, progress) throws(TenureError) -> Data in
-            let record = try controller.restoreDatabase(id, from: backupID, progress: progress)
-            return (try? JSONSerialization.data(withJSONObject: ["database": databaseDocument(record), "backup_id": backupID.rawValue]))
-                ?? Data("{}".utf8)
+        return accepted(job)
+    }
+
+    /// An export takes its turn after the database's queued and running jobs: it waits up to
+    /// `TENURE_EXPORT_WAIT` for them, then answers 409 naming the job ahead.
+    func waitForTurn(_ id: DatabaseID) async throws(TenureError) {
+        let deadline = ContinuousClock.now + configuration.jobs.exportWait
+        while true {
+            let ahead = try await pool.withController(actor: "api") { (controller) throws(TenureError) in
+                try controller.unfinishedJobs(subject: id.rawValue).first
+            }
+            guard let ahead else { return }
+            if ContinuousClock.now >= deadline {
+                throw TenureError(
+                    .lifecycleConflict,
+                    "database \(id) is busy with job \(ahead.id) (\(ahead.kind.rawValue), \(ahead.state.rawValue)); retry the export when it has finished",
+                    context: ["database_id": id.rawValue, "job_id": ahead.id.rawValue, "retry_after": "10"])
+            }
+            do { try await Task.sleep(for: .milliseconds(250)) } catch { throw TenureError(.cancelled, "the request was cancelled") }
         }
-        return jsonResponse(job.document(now: Date()), status: .accepted, headers: [.location: "/v1/jobs/\(job.id)"])
+    }
+
+    /// 202 with the queued job; this replica looks for work at once.
+    func accepted(_ job: JobRecord) -> Response {
+        jobs.worker.wake()
+        return jsonResponse(jobs.document(job), status: .accepted, headers: [.location: "/v1/jobs/\(job.id)"])
     }
 
     /// A verified backup file, with single-range support so a broken download resumes.
@@ -397,6 +406,7 @@ struct Routes: Sendable {
         case .provisioning, .destroyed:
             throw TenureError(.lifecycleConflict, "a \(record.state.rawValue) database cannot be exported", context: ["database_id": id.rawValue])
         }
+        try await waitForTurn(id)
         try jobs.acquireTransfer()
         let channel = ChunkChannel()
         let progress = TransferProgress()
@@ -451,18 +461,44 @@ struct Routes: Sendable {
 
     // MARK: - Jobs
 
+    func listJobs(_ request: Request, _ context: APIContext) async throws(TenureError) -> Response {
+        try context.require(.read)
+        let query = try Query(request, allowed: ["database_id", "upload_id", "state", "limit", "cursor"])
+        let databaseID = try query["database_id"].map { (text) throws(TenureError) in try DatabaseID(parsing: text) }
+        let uploadID = try query["upload_id"].map { (text) throws(TenureError) in try UploadID(parsing: text) }
+        let state = try query["state"].map { (text) throws(TenureError) -> JobState in
+            guard let state = JobState(rawValue: text) else {
+                throw TenureError(.invalidRequest, "state '\(printable(text))' is not one of \(JobState.allCases.map(\.rawValue).joined(separator: ", "))")
+            }
+            return state
+        }
+        let limit = try query["limit"].map { (text) throws(TenureError) -> Int in
+            guard let value = Int(text), (1...1000).contains(value) else { throw TenureError(.invalidRequest, "limit must be a whole number from 1 to 1000") }
+            return value
+        } ?? 100
+        let cursor = query["cursor"]
+        let page = try await pool.withController(actor: context.actor) { (controller) throws(TenureError) in
+            try controller.listJobs(databaseID: databaseID, uploadID: uploadID, state: state, limit: limit, cursor: cursor)
+        }
+        return jsonResponse(["jobs": page.jobs.map { jobs.document($0) }, "next_cursor": page.nextCursor.map { $0 as Any } ?? NSNull()])
+    }
+
     func showJob(_ request: Request, _ context: APIContext) async throws(TenureError) -> Response {
         try context.require(.read)
         _ = try Query(request, allowed: [])
-        let job = try jobs.job(try context.id("id", as: JobID.self))
-        return jsonResponse(job.document(now: Date()))
+        let id = try context.id("id", as: JobID.self)
+        let job = try await pool.withController(actor: context.actor) { (controller) throws(TenureError) in try controller.job(id) }
+        return jsonResponse(jobs.document(job))
     }
 
     func cancelJob(_ request: Request, _ context: APIContext) async throws(TenureError) -> Response {
         try context.require(.write)
         _ = try Query(request, allowed: [])
-        let job = try jobs.cancel(try context.id("id", as: JobID.self))
-        return jsonResponse(job.document(now: Date()), status: .accepted)
+        let id = try context.id("id", as: JobID.self)
+        let job = try await pool.withController(actor: context.actor) { (controller) throws(TenureError) in try controller.cancelJob(id) }
+        // Running here: stop it now rather than at the next lease renewal.
+        jobs.worker.cancelLocal(id)
+        return jsonResponse(jobs.document(job), status: .accepted)
     }
 }
 

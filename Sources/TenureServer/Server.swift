@@ -12,14 +12,14 @@ import TenurePQ
 /// The HTTP API and its job runner, ready to join `tenure serve`'s ServiceGroup.
 public struct APIServer: Sendable {
     let application: Application<RouterResponder<APIContext>>
-    let jobs: JobRunner
+    let jobs: JobService
     let pool: CatalogPool
     public let metrics: APIMetrics
 
     public init(configuration: TenureConfiguration, catalogParameters: ConnectionParameters, logger: Logger, onListening: @escaping @Sendable (Int) -> Void) {
         let metrics = ServerMetrics()
         let pool = CatalogPool(parameters: catalogParameters, configuration: configuration, logger: logger)
-        let jobs = JobRunner(catalogParameters: catalogParameters, configuration: configuration, logger: logger, metrics: metrics)
+        let jobs = JobService(catalogParameters: catalogParameters, configuration: configuration, logger: logger, metrics: metrics)
         let router = Router(context: APIContext.self)
         router.add(middleware: ProblemMiddleware(metrics: metrics, logger: logger))
         router.add(middleware: AuthMiddleware(pool: pool))

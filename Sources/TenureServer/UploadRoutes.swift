@@ -127,18 +127,8 @@ extension Routes {
         _ = try Query(request, allowed: [])
         let id = try context.id("id", as: UploadID.self)
         _ = try await JSONBody.read(request, context: context, allowed: [], maximumByteCount: maximumBody)
-        let record = try await pool.withCatalog { (catalog) throws(TenureError) in try catalog.upload(id) }
-        switch record.state {
-        case .uploaded, .upgraded, .upgradeFailed: break
-        case .uploading, .upgrading, .rejected, .destroyed:
-            throw TenureError(.lifecycleConflict, "a \(record.state.rawValue) upload cannot be upgraded now", context: ["upload_id": id.rawValue])
-        }
-        let hold = self.hold
-        let job = try jobs.submit(kind: .upgrade, subject: id.rawValue, actor: context.actor) { (controller, progress) throws(TenureError) -> Data in
-            let upgraded = try controller.upgradeUpload(id, progress: progress)
-            return (try? JSONSerialization.data(withJSONObject: ["upload": uploadDocument(upgraded, hold: hold)])) ?? Data("{}".utf8)
-        }
-        return jsonResponse(job.document(now: Date()), status: .accepted, headers: [.location: "/v1/jobs/\(job.id)"])
+        let job = try await pool.withController(actor: context.actor) { (controller) throws(TenureError) in try controller.requestUpgrade(id) }
+        return accepted(job)
     }
 
     /// The upgraded result (made into a verified file on first request), with Range.

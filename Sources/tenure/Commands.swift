@@ -35,7 +35,7 @@ struct Tenure: AsyncParsableCommand {
             """,
         subcommands: [
             Migrate.self, ServerCommand.self, DatabaseCommand.self, AuditCommand.self, Expire.self, Serve.self, ConfigCommand.self,
-            BackupCommand.self, RestoreCommand.self, VerifyCommand.self, APIKeyCommand.self, UploadCommand.self,
+            BackupCommand.self, RestoreCommand.self, VerifyCommand.self, APIKeyCommand.self, UploadCommand.self, JobCommand.self,
         ]
     )
 }

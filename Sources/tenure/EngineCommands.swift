@@ -176,14 +176,16 @@ extension DatabaseCommand {
             runCommand(json: options.json) { (output) throws(TenureError) in
                 let id = try DatabaseID(parsing: id)
                 try Session.with(options) { (session) throws(TenureError) in
-                    let outcome = try session.controller.backupDatabase(id)
-                    var document = backupDocument(outcome.record, store: session.configuration.backupDirectory)
-                    if let warning = outcome.warning {
+                    let result = try session.runJob(try session.controller.requestBackup(id), json: options.json)
+                    let backup = result["backup"] as? [String: Any] ?? [:]
+                    let record = try session.catalog.backup(try BackupID(parsing: backup["id"] as? String ?? ""))
+                    var document = backupDocument(record, store: session.configuration.backupDirectory)
+                    if let warning = backup["warning"] as? String {
                         document["warning"] = warning
                         FileHandle.standardError.write(Data("tenure: warning: \(warning)\n".utf8))
                     }
                     output.emit(json: document) {
-                        "backup \(outcome.record.id) of \(id) verified: \(formatBytes(outcome.record.byteCount ?? 0)), \(outcome.record.rowCount ?? 0) rows"
+                        "backup \(record.id) of \(id) verified: \(formatBytes(record.byteCount ?? 0)), \(record.rowCount ?? 0) rows"
                     }
                 }
             }
@@ -251,7 +253,8 @@ extension DatabaseCommand {
                 let id = try DatabaseID(parsing: id)
                 let backupID = try BackupID(parsing: backup)
                 try Session.with(options) { (session) throws(TenureError) in
-                    let record = try session.controller.restoreDatabase(id, from: backupID)
+                    _ = try session.runJob(try session.controller.requestRestore(id, backupID: backupID), json: options.json)
+                    let record = try session.catalog.database(id)
                     var document = databaseDocument(record)
                     document["backup_id"] = backupID.rawValue
                     output.emit(json: document) { "restored \(id) (\(record.name)) from \(backupID)" }

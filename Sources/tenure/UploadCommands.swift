@@ -101,7 +101,8 @@ struct UploadCommand: ParsableCommand {
             runCommand(json: options.json) { (output) throws(TenureError) in
                 let id = try UploadID(parsing: id)
                 try Session.with(options) { (session) throws(TenureError) in
-                    let record = try session.controller.upgradeUpload(id)
+                    _ = try session.runJob(try session.controller.requestUpgrade(id), json: options.json)
+                    let record = try session.catalog.upload(id)
                     output.emit(json: uploadDocument(record, hold: session.configuration.upgradeHold)) {
                         "upgraded \(record.id) with \(record.appliedScripts.count) scripts; kept until \(RFC3339.format(record.candidate.holdEnds(session.configuration.upgradeHold)))"
                     }

@@ -20,12 +20,21 @@ final class APIFixture: @unchecked Sendable {
     let validator: OpenAPIValidator
     static let repository = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../..").standardized.path
 
-    init(_ extra: [String: String] = [:]) throws {
+    /// A new `tenure serve` on a new catalog, or, `joining` another fixture, a second replica
+    /// on that one's catalog and home.
+    init(_ extra: [String: String] = [:], joining other: APIFixture? = nil) throws {
         server = try TestServer.shared()
-        let (name, url) = server.newCatalogURL()
-        catalogName = name
-        home = "/tmp/tenure-api-\(UUID().uuidString.prefix(8))"
-        var environment = ["TENURE_CATALOG_URL": url, "TENURE_HOME": home, "TENURE_HTTP_ADDRESS": "127.0.0.1:0", "TENURE_SWEEP_INTERVAL": "1h", "TENURE_JOBS": "2"]
+        var environment: [String: String]
+        if let other {
+            catalogName = other.catalogName
+            home = other.home
+            environment = other.environment.filter { !["TENURE_FAILPOINT", "TENURE_REPLICA_ID"].contains($0.key) }
+        } else {
+            let (name, url) = server.newCatalogURL()
+            catalogName = name
+            home = "/tmp/tenure-api-\(UUID().uuidString.prefix(8))"
+            environment = ["TENURE_CATALOG_URL": url, "TENURE_HOME": home, "TENURE_HTTP_ADDRESS": "127.0.0.1:0", "TENURE_SWEEP_INTERVAL": "1h", "TENURE_JOBS": "2"]
+        }
         for (key, value) in extra { environment[key] = value }
         self.environment = environment
         validator = try OpenAPIValidator(path: Self.repository + "/docs/openapi.json")
@@ -37,7 +46,7 @@ final class APIFixture: @unchecked Sendable {
             let output = process.currentOutput
             if let range = output.range(of: #"listening on http://127\.0\.0\.1:(\d+)"#, options: .regularExpression) {
                 port = Int(output[range].split(separator: ":").last!)!
-                key = output.split(separator: "\n").first { $0.trimmingCharacters(in: .whitespaces).hasPrefix("tenure_") }?
+                key = other?.adminKey ?? output.split(separator: "\n").first { $0.trimmingCharacters(in: .whitespaces).hasPrefix("tenure_") }?
                     .trimmingCharacters(in: .whitespaces) ?? ""
                 break
             }

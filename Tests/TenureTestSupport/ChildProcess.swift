@@ -46,18 +46,63 @@ public final class ChildProcess: @unchecked Sendable {
         self.pid = pid
     }
 
-    public func signal(_ signal: Int32) { kill(pid, signal) }
+    private let lock = NSLock()
+    private var outcome: Outcome?
 
-    /// Waits for the process and collects its output.
+    public func signal(_ signal: Int32) {
+        lock.lock()
+        defer { lock.unlock() }
+        if outcome == nil { kill(pid, signal) }
+    }
+
+    /// Waits (up to `seconds`) until the process has stopped itself (SIGSTOP); false if it did not.
+    public func waitUntilStopped(seconds: Double) -> Bool {
+        let deadline = Date().addingTimeInterval(seconds)
+        while Date() < deadline {
+            var status: Int32 = 0
+            if waitpid(pid, &status, WUNTRACED | WNOHANG) == pid, (status & 0xff) == 0x7f { return true }
+            usleep(50_000)
+        }
+        return false
+    }
+
+    /// Waits (up to `seconds`) for the process to end; nil if it still runs.
+    public func waitForExit(seconds: Double) -> Outcome? {
+        let deadline = Date().addingTimeInterval(seconds)
+        while Date() < deadline {
+            lock.lock()
+            if let outcome { lock.unlock(); return outcome }
+            var status: Int32 = 0
+            if waitpid(pid, &status, WNOHANG) == pid, (status & 0xff) != 0x7f {
+                let result = collect(status)
+                lock.unlock()
+                return result
+            }
+            lock.unlock()
+            usleep(50_000)
+        }
+        return nil
+    }
+
+    /// Waits for the process and collects its output (once; later calls return the same).
     public func wait() -> Outcome {
+        lock.lock()
+        defer { lock.unlock() }
+        if let outcome { return outcome }
         var status: Int32 = 0
         while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        return collect(status)
+    }
+
+    private func collect(_ status: Int32) -> Outcome {
         let stdout = (try? String(contentsOfFile: outputPath, encoding: .utf8)) ?? ""
         let stderr = (try? String(contentsOfFile: errorPath, encoding: .utf8)) ?? ""
         unlink(outputPath)
         unlink(errorPath)
         let signaled = (status & 0x7f) != 0
-        return Outcome(status: signaled ? -1 : (status >> 8) & 0xff, signal: signaled ? status & 0x7f : nil, stdout: stdout, stderr: stderr)
+        let result = Outcome(status: signaled ? -1 : (status >> 8) & 0xff, signal: signaled ? status & 0x7f : nil, stdout: stdout, stderr: stderr)
+        outcome = result
+        return result
     }
 
     /// The stdout written so far (for long-running processes).

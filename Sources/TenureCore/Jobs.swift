@@ -1,0 +1,94 @@
+import Foundation
+
+/// The long operations that run as durable jobs.
+public enum JobKind: String, Sendable, CaseIterable, Codable {
+    case backup, restore, upgrade
+
+    /// Whether the job's subject is a database (`db_…`) or an upload (`up_…`).
+    public var subjectIsUpload: Bool { self == .upgrade }
+}
+
+/// A job's state. `queued` and `running` are unfinished; the other three are final.
+public enum JobState: String, Sendable, CaseIterable, Codable {
+    case queued, running, succeeded, failed, cancelled
+
+    public var isFinished: Bool {
+        switch self {
+        case .queued, .running: return false
+        case .succeeded, .failed, .cancelled: return true
+        }
+    }
+}
+
+/// How one attempt of a job ended, as the worker (or a replica that found its lease
+/// expired) reports it.
+public enum JobAttemptEnd: Sendable, Equatable {
+    case succeeded
+    /// The work threw; `retryable` is `JobRetryPolicy.isRetryable(error.code)`.
+    case failed(retryable: Bool)
+    /// The work stopped because a cancel was asked for.
+    case cancelled
+    /// The process running the attempt stopped renewing its lease (it died or was paused).
+    case leaseExpired
+    /// The process let the job go on a graceful shutdown: the attempt does not count.
+    case released
+}
+
+/// What becomes of the job after an attempt ended.
+public enum JobDecision: Sendable, Equatable {
+    case finish(JobState)
+    /// Queued again, to run no earlier than `delay` from now.
+    case retry(delay: Duration)
+}
+
+/// The retry rule as a pure function (table-tested): transient failures and dead processes
+/// are retried up to `maxAttempts` attempts with exponential backoff; a cancel asked for
+/// always wins; anything the request itself got wrong fails at once.
+public struct JobRetryPolicy: Sendable, Equatable {
+    public var maxAttempts: Int
+    public var baseDelay: Duration
+    public var maxDelay: Duration
+
+    public init(maxAttempts: Int = 3, baseDelay: Duration = .seconds(10), maxDelay: Duration = .seconds(300)) {
+        self.maxAttempts = max(1, maxAttempts)
+        self.baseDelay = baseDelay
+        self.maxDelay = maxDelay
+    }
+
+    /// `attempt` is the number of the attempt that just ended (the first is 1).
+    public func decide(attempt: Int, end: JobAttemptEnd, cancelRequested: Bool) -> JobDecision {
+        switch end {
+        case .succeeded: return .finish(.succeeded)
+        case .cancelled: return .finish(.cancelled)
+        case .released: return cancelRequested ? .finish(.cancelled) : .retry(delay: .zero)
+        case .failed(let retryable):
+            if cancelRequested { return .finish(.cancelled) }
+            guard retryable, attempt < maxAttempts else { return .finish(.failed) }
+            return .retry(delay: backoff(after: attempt))
+        case .leaseExpired:
+            if cancelRequested { return .finish(.cancelled) }
+            // The dead attempt's leftovers are cleaned by whoever takes the job next, at once.
+            return attempt < maxAttempts ? .retry(delay: .zero) : .finish(.failed)
+        }
+    }
+
+    /// base × 2^(attempt−1), at most `maxDelay`.
+    public func backoff(after attempt: Int) -> Duration {
+        var delay = baseDelay
+        for _ in 1..<max(1, attempt) {
+            delay = delay * 2
+            if delay >= maxDelay { return maxDelay }
+        }
+        return min(delay, maxDelay)
+    }
+
+    /// Failures worth another attempt: a server or the catalog out of reach, a timeout. An
+    /// error PostgreSQL reported (a failing upgrade script, a permission) would only repeat,
+    /// and so would a wrong request, a conflict or an internal error: those are final.
+    public static func isRetryable(_ code: TenureError.Code) -> Bool {
+        switch code {
+        case .serverUnreachable, .catalogUnavailable, .embeddedServer, .timeout: return true
+        default: return false
+        }
+    }
+}

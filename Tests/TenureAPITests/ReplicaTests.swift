@@ -1,0 +1,149 @@
+import Foundation
+import Testing
+import TenurePQ
+import TenureTestSupport
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Several `tenure serve` replicas on one catalog: durable jobs taken over when a replica
+/// dies, a paused replica's late result refused, jobs of one database in request order.
+@Suite(.serialized) struct ReplicaTests {
+    static let lease = ["TENURE_JOB_LEASE": "3s", "TENURE_JOB_BACKOFF": "1s"]
+
+    /// What a database's operations may leave behind: partial backup files, databases restored
+    /// beside it or set aside, Tenure sessions on it.
+    func leftovers(_ api: APIFixture, _ id: String) throws -> [String] {
+        let directory = api.home + "/backups/" + id
+        let files = ((try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []).filter { $0.contains("partial") }
+        let databases = try api.server.rows(
+            "SELECT datname FROM pg_database WHERE starts_with(datname, $1) AND datname <> $1", [id]).map { $0[0] ?? "" }
+        let sessions = try api.server.rows(
+            "SELECT application_name || ' on ' || datname FROM pg_stat_activity WHERE application_name LIKE 'tenure%' AND starts_with(datname, $1)",
+            [id]).map { "session " + ($0[0] ?? "") }
+        return files + databases + sessions
+    }
+
+    @Test func aKilledReplicasBackupAndRestoreAreFinishedByAnother() throws {
+        // Replica A dies (kill -9) just before it would publish a backup.
+        let a = try APIFixture(Self.lease.merging(["TENURE_FAILPOINT": "backup.before_publish"]) { $1 })
+        let created = try a.create("survivor")
+        let id = created["id"] as! String
+        let url = created["connection_url"] as! String
+        try fill(url, rows: 20_000)
+        let before = try fingerprint(url, "items")
+        let backupJob = try a.call("POST", "/v1/databases/\(id)/backups")
+        #expect(backupJob.status == 202)
+        let backupJobID = backupJob.json["id"] as! String
+        let died = try #require(a.process.waitForExit(seconds: 120), "replica A did not reach the failpoint")
+        #expect(died.signal == SIGKILL)
+
+        // Replica B, on the same catalog, takes the job over once A's lease has expired.
+        let b = try APIFixture(Self.lease, joining: a)
+        let backup = try b.waitForJob(backupJobID)
+        #expect(backup["state"] as? String == "succeeded", "\(backup)")
+        #expect(backup["attempt"] as? Int == 2, "\(backup)")
+        let backupID = ((backup["result"] as? [String: Any])?["backup"] as? [String: Any])?["id"] as? String ?? ""
+        #expect(try b.catalogRows("SELECT state FROM backups WHERE database_id = $1 ORDER BY started_at", [id]).map { $0[0] ?? "" } == ["failed", "verified"])
+        #expect(try leftovers(b, id).isEmpty)
+        #expect(b.stop().status == 0)
+
+        // Replica C dies with the restore loaded beside the database, before the swap.
+        try PostgresConnection(try ConnectionParameters(parsing: url)).execute("DELETE FROM items WHERE id % 2 = 0")
+        let c = try APIFixture(Self.lease.merging(["TENURE_FAILPOINT": "restore.after_load"]) { $1 }, joining: a)
+        let restoreJob = try c.call("POST", "/v1/databases/\(id)/restore", json: ["backup_id": backupID])
+        #expect(restoreJob.status == 202, "\(restoreJob)")
+        let restoreJobID = restoreJob.json["id"] as! String
+        let cDied = try #require(c.process.waitForExit(seconds: 120), "replica C did not reach the failpoint")
+        #expect(cDied.signal == SIGKILL)
+
+        // Replica D rolls the dead attempt back and restores again; the data is the backup's.
+        let d = try APIFixture(Self.lease, joining: a)
+        let restored = try d.waitForJob(restoreJobID)
+        #expect(restored["state"] as? String == "succeeded", "\(restored)")
+        #expect(restored["attempt"] as? Int == 2, "\(restored)")
+        #expect(try fingerprint(url, "items") == before)
+        let left = try leftovers(d, id)
+        #expect(left.isEmpty, "\(left)")
+
+        // A backup and a restore of one database requested back to back: in order, both succeed.
+        let second = try d.call("POST", "/v1/databases/\(id)/backups").json
+        let third = try d.call("POST", "/v1/databases/\(id)/restore", json: ["backup_id": backupID]).json
+        if third["state"] as? String == "queued" {
+            #expect(third["waiting_for"] as? String == second["id"] as? String, "\(third)")
+        }
+        let secondDone = try d.waitForJob(second["id"] as! String)
+        let thirdDone = try d.waitForJob(third["id"] as! String)
+        #expect(secondDone["state"] as? String == "succeeded" && thirdDone["state"] as? String == "succeeded", "\(secondDone) \(thirdDone)")
+        #expect((thirdDone["started_at"] as? String ?? "") >= (secondDone["finished_at"] as? String ?? "~"), "\(secondDone) \(thirdDone)")
+
+        // Any replica answers for any job, and lists them.
+        let listed = try d.call("GET", "/v1/jobs?database_id=\(id)&limit=2")
+        #expect(listed.status == 200 && (listed.json["jobs"] as? [Any])?.count == 2 && listed.json["next_cursor"] is String, "\(listed)")
+        let rest = try d.call("GET", "/v1/jobs?database_id=\(id)&cursor=\(listed.json["next_cursor"] as! String)")
+        #expect((rest.json["jobs"] as? [[String: Any]])?.map { $0["id"] as? String } == [restoreJobID, backupJobID], "\(rest)")
+        let cli = try d.tenure(["job", "show", backupJobID, "--json"])
+        #expect(cli.status == 0 && cli.json["state"] as? String == "succeeded", "\(cli)")
+        #expect(d.stop().status == 0)
+    }
+
+    @Test func aPausedReplicasLateResultIsRefused() throws {
+        // Replica A stops itself (SIGSTOP) with a backup complete but not yet published.
+        let a = try APIFixture(Self.lease.merging(["TENURE_FAILPOINT": "backup.before_publish:stop"]) { $1 })
+        let created = try a.create("paused")
+        let id = created["id"] as! String
+        try fill(created["connection_url"] as! String, rows: 5_000)
+        let jobID = try a.call("POST", "/v1/databases/\(id)/backups").json["id"] as! String
+        #expect(a.process.waitUntilStopped(seconds: 120), "replica A did not stop at the failpoint")
+
+        // B takes the job over after A's lease expired and finishes it.
+        let b = try APIFixture(Self.lease, joining: a)
+        let done = try b.waitForJob(jobID)
+        #expect(done["state"] as? String == "succeeded" && done["attempt"] as? Int == 2, "\(done)")
+        let result = ((done["result"] as? [String: Any])?["backup"] as? [String: Any])?["id"] as? String
+
+        // A resumes: its attempt publishes nothing (its file is removed, its row failed).
+        a.process.signal(SIGCONT)
+        let deadline = Date().addingTimeInterval(30)
+        var states: [String] = []
+        while Date() < deadline {
+            states = try b.catalogRows("SELECT state FROM backups WHERE database_id = $1 ORDER BY state", [id]).map { $0[0] ?? "" }
+            if !states.contains("running") { break }
+            usleep(200_000)
+        }
+        #expect(states == ["failed", "verified"], "\(states)")
+        let files = (try? FileManager.default.contentsOfDirectory(atPath: b.home + "/backups/" + id)) ?? []
+        #expect(files == ["\(result ?? "?").tenure"], "\(files)")
+        let job = try b.call("GET", "/v1/jobs/\(jobID)").json
+        #expect(job["state"] as? String == "succeeded" && (job["result"] as? [String: Any]) != nil, "\(job)")
+        let stoppedA = a.stop()
+        #expect(stoppedA.stderr.contains("no longer") || stoppedA.stderr.contains("lease lost"), "\(stoppedA.stderr.suffix(2000))")
+        #expect(b.stop().status == 0)
+    }
+
+    @Test func twoReplicasShareTheWork() throws {
+        let a = try APIFixture(Self.lease)
+        let b = try APIFixture(Self.lease, joining: a)
+        var ids: [String] = []
+        for name in ["one", "two", "three"] {
+            let created = try a.create(name)
+            try fill(created["connection_url"] as! String, rows: 2_000)
+            ids.append(created["id"] as! String)
+        }
+        var jobs: [String] = []
+        for (index, id) in (ids + ids).enumerated() {
+            let api = index % 2 == 0 ? a : b
+            jobs.append(try api.call("POST", "/v1/databases/\(id)/backups").json["id"] as! String)
+        }
+        for job in jobs {
+            let done = try a.waitForJob(job)
+            #expect(done["state"] as? String == "succeeded" && done["attempt"] as? Int == 1, "\(done)")
+        }
+        let ready = try b.call("GET", "/readyz", key: "")
+        #expect(ready.status == 200 && (ready.json["replica"] as? String)?.isEmpty == false, "\(ready)")
+        #expect(a.stop().status == 0)
+        #expect(b.stop().status == 0)
+        for id in ids { #expect(try leftovers(a, id).isEmpty) }
+    }
+}
