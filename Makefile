@@ -9,8 +9,11 @@ APT_PACKAGES := postgresql-15 postgresql-contrib postgresql-15-postgis-3 libpq-d
 PG_BIN       ?= /usr/lib/postgresql/15/bin
 TENURE_HOME  ?= $(CURDIR)/var
 export TENURE_HOME
+# PyPI tools the tests run, pinned in ops/test-tools.txt, in a virtual environment of the build directory.
+SCHEMATHESIS_VERSION := $(shell sed -n 's/^schemathesis==//p' ops/test-tools.txt)
+TOOLS        := $(CURDIR)/.build/tools
 
-.PHONY: deps build release run test bench fidelity clean
+.PHONY: deps tools build release run test bench fidelity clean
 
 # Installs only what is missing: `apt-get update` once, then one `apt-get install -y`.
 deps:
@@ -26,6 +29,16 @@ deps:
 	fi
 	@test -x $(PG_BIN)/initdb || { echo "PostgreSQL 15 server binaries not found in $(PG_BIN)" >&2; exit 1; }
 
+# schemathesis (the property-based API client `make test` runs against a live `tenure serve`).
+tools:
+	@$(TOOLS)/bin/st --version 2>/dev/null | grep -q "$(SCHEMATHESIS_VERSION)" || { \
+	  python3 -m venv $(TOOLS) 2>/dev/null || { \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3-venv python3-pip || \
+	    { DEBIAN_FRONTEND=noninteractive apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3-venv python3-pip; }; \
+	    python3 -m venv $(TOOLS); }; \
+	  $(TOOLS)/bin/pip install -q --disable-pip-version-check -r ops/test-tools.txt; }
+	@$(TOOLS)/bin/st --version
+
 build: deps
 	$(SWIFT) build --product tenure
 
@@ -35,9 +48,9 @@ release: deps
 run: build
 	$$($(SWIFT) build --show-bin-path)/tenure serve
 
-test: deps
+test: deps tools
 	$(SWIFT) build --build-tests
-	$(SWIFT) test --skip-build --no-parallel
+	TENURE_SCHEMATHESIS=$(TOOLS)/bin/st $(SWIFT) test --skip-build --no-parallel
 
 bench: release
 	@command -v wrk >/dev/null || { DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends wrk || \

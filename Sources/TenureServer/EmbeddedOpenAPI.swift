@@ -229,7 +229,9 @@ let openAPIDocument = #"""
             "default": "trial"
           },
           "server": {
-            "type": "string"
+            "type": "string",
+            "pattern": "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$",
+            "description": "A registered tenant server (tenure server list); default: the default server. An unknown one is 404 server.not_found."
           }
         },
         "required": [
@@ -1286,6 +1288,16 @@ let openAPIDocument = #"""
                 }
               }
             }
+          },
+          "404": {
+            "description": "The tenant server named in the body does not exist.",
+            "content": {
+              "application/problem+json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Problem"
+                }
+              }
+            }
           }
         },
         "security": [
@@ -1300,7 +1312,9 @@ let openAPIDocument = #"""
             "required": false,
             "schema": {
               "type": "string",
-              "maxLength": 255
+              "minLength": 1,
+              "maxLength": 255,
+              "pattern": "^[!-~]+$"
             },
             "description": "A retry with the same key and body returns the first result; another body is 422."
           }
@@ -1640,9 +1654,10 @@ let openAPIDocument = #"""
             "in": "header",
             "required": false,
             "schema": {
-              "type": "string"
+              "type": "string",
+              "pattern": "^(W/)?\"[0-9]{1,18}\"$"
             },
-            "description": "The ETag from GET; 412 if the database changed since."
+            "description": "The database's ETag from GET (its version in quotes, such as \"3\"): the change happens only if it is still current (412 otherwise)."
           },
           {
             "name": "confirm",
@@ -1790,9 +1805,10 @@ let openAPIDocument = #"""
             "in": "header",
             "required": false,
             "schema": {
-              "type": "string"
+              "type": "string",
+              "pattern": "^(W/)?\"[0-9]{1,18}\"$"
             },
-            "description": "The ETag from GET; 412 if the database changed since."
+            "description": "The database's ETag from GET (its version in quotes, such as \"3\"): the change happens only if it is still current (412 otherwise)."
           }
         ]
       }
@@ -1931,9 +1947,10 @@ let openAPIDocument = #"""
             "in": "header",
             "required": false,
             "schema": {
-              "type": "string"
+              "type": "string",
+              "pattern": "^(W/)?\"[0-9]{1,18}\"$"
             },
-            "description": "The ETag from GET; 412 if the database changed since."
+            "description": "The database's ETag from GET (its version in quotes, such as \"3\"): the change happens only if it is still current (412 otherwise)."
           }
         ]
       }
@@ -2072,9 +2089,10 @@ let openAPIDocument = #"""
             "in": "header",
             "required": false,
             "schema": {
-              "type": "string"
+              "type": "string",
+              "pattern": "^(W/)?\"[0-9]{1,18}\"$"
             },
-            "description": "The ETag from GET; 412 if the database changed since."
+            "description": "The database's ETag from GET (its version in quotes, such as \"3\"): the change happens only if it is still current (412 otherwise)."
           }
         ],
         "requestBody": {
@@ -2223,9 +2241,10 @@ let openAPIDocument = #"""
             "in": "header",
             "required": false,
             "schema": {
-              "type": "string"
+              "type": "string",
+              "pattern": "^(W/)?\"[0-9]{1,18}\"$"
             },
-            "description": "The ETag from GET; 412 if the database changed since."
+            "description": "The database's ETag from GET (its version in quotes, such as \"3\"): the change happens only if it is still current (412 otherwise)."
           }
         ],
         "requestBody": {
@@ -2372,9 +2391,10 @@ let openAPIDocument = #"""
             "in": "header",
             "required": false,
             "schema": {
-              "type": "string"
+              "type": "string",
+              "pattern": "^(W/)?\"[0-9]{1,18}\"$"
             },
-            "description": "The ETag from GET; 412 if the database changed since."
+            "description": "The database's ETag from GET (its version in quotes, such as \"3\"): the change happens only if it is still current (412 otherwise)."
           }
         ]
       }
@@ -3056,15 +3076,18 @@ let openAPIDocument = #"""
             "name": "Range",
             "in": "header",
             "schema": {
-              "type": "string"
+              "type": "string",
+              "pattern": "^bytes=[0-9]*-[0-9]*$"
             }
           },
           {
             "name": "If-Range",
             "in": "header",
             "schema": {
-              "type": "string"
-            }
+              "type": "string",
+              "pattern": "^\"[!#-~]{1,200}\"$"
+            },
+            "description": "The ETag of the file a Range continues: a different file is sent whole."
           }
         ]
       }
@@ -4323,15 +4346,18 @@ let openAPIDocument = #"""
             "name": "Range",
             "in": "header",
             "schema": {
-              "type": "string"
+              "type": "string",
+              "pattern": "^bytes=[0-9]*-[0-9]*$"
             }
           },
           {
             "name": "If-Range",
             "in": "header",
             "schema": {
-              "type": "string"
-            }
+              "type": "string",
+              "pattern": "^\"[!#-~]{1,200}\"$"
+            },
+            "description": "The ETag of the file a Range continues: a different file is sent whole."
           }
         ],
         "responses": {
@@ -4854,9 +4880,10 @@ let openAPIDocument = #"""
             "in": "header",
             "required": false,
             "schema": {
-              "type": "string"
+              "type": "string",
+              "pattern": "^(W/)?\"[0-9]{1,18}\"$"
             },
-            "description": "The ETag from GET; 412 if the database changed since."
+            "description": "The database's ETag from GET (its version in quotes, such as \"3\"): the change happens only if it is still current (412 otherwise)."
           }
         ],
         "requestBody": {

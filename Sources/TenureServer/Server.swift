@@ -80,7 +80,7 @@ struct ProblemMiddleware: RouterMiddleware {
     }
 
     func problemResponse(_ error: any Error, request: Request, context: APIContext) -> Response {
-        let problem: Problem
+        var problem: Problem
         switch error {
         case let error as TenureError:
             problem = Problem(error)
@@ -90,7 +90,13 @@ struct ProblemMiddleware: RouterMiddleware {
         case let error as ProblemError:
             problem = error.problem
         case let error as HTTPError:
-            problem = Problem(Self.domainError(error))
+            if error.status == .notFound, let allowed = DocumentedRoutes.shared.methods(for: request.uri.path), !allowed.isEmpty {
+                // The path exists with other methods: 405 and what it does allow.
+                problem = Problem(TenureError(.methodNotAllowed, "\(request.method.rawValue) is not allowed on this route; it allows \(allowed.joined(separator: ", "))"))
+                problem.headers[.allow] = allowed.joined(separator: ", ")
+            } else {
+                problem = Problem(Self.domainError(error))
+            }
         default:
             logger.error("request failed", metadata: ["tenure.path": "\(request.uri.path)", "tenure.error": "\(String(describing: type(of: error)))"])
             problem = Problem(TenureError(.internal, "unexpected error"))
@@ -130,5 +136,34 @@ struct AuthMiddleware: RouterMiddleware {
         var context = context
         context.apiKey = record
         return try await next(request, context)
+    }
+}
+
+/// The routes and methods `docs/openapi.json` documents (the served document is the source of
+/// truth): tells a path that exists with other methods (405) from one that does not (404).
+struct DocumentedRoutes: Sendable {
+    let templates: [(segments: [String], methods: [String])]
+
+    static let shared = DocumentedRoutes(document: openAPIDocument)
+
+    init(document: String) {
+        let parsed = (try? JSONSerialization.jsonObject(with: Data(document.utf8))) as? [String: Any]
+        let paths = parsed?["paths"] as? [String: Any] ?? [:]
+        templates = paths.map { path, operations in
+            let methods = ((operations as? [String: Any])?.keys.map { $0.uppercased() } ?? []).sorted()
+            return (path.split(separator: "/").map(String.init), methods)
+        }
+    }
+
+    /// The documented methods of the route `path` matches, or nil when no route does.
+    func methods(for path: String) -> [String]? {
+        let segments = path.split(separator: "/", omittingEmptySubsequences: false).dropFirst().map(String.init)
+        for template in templates where template.segments.count == segments.count {
+            let matches = zip(template.segments, segments).allSatisfy { pattern, segment in
+                pattern.hasPrefix("{") ? !segment.isEmpty : pattern == segment
+            }
+            if matches { return template.methods + (template.methods.contains("GET") ? ["HEAD"] : []) }
+        }
+        return nil
     }
 }

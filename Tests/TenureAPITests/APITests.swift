@@ -237,6 +237,8 @@ import Glibc
             ("GET", "/v1/databases?colour=red", nil, [:], 400, "request.invalid"),
             ("GET", "/v1/expiry?as_of=yesterday", nil, [:], 400, "request.invalid"),
             ("GET", "/v1/nowhere", nil, [:], 404, "request.not_found"),
+            ("PUT", "/v1/databases", Array(#"{}"#.utf8), ["Content-Type": "application/json"], 405, "request.method_not_allowed"),
+            ("DELETE", "/v1/jobs/job_00000000000000000000", nil, [:], 405, "request.method_not_allowed"),
             ("PUT", "/v1/databases/\(id)/legal-hold", Array(#"{}"#.utf8), ["Content-Type": "application/json"], 400, "request.invalid"),
             ("PUT", "/v1/databases/\(id)/legal-hold", Array(#"{"reason": "two\nlines"}"#.utf8), ["Content-Type": "application/json"], 400, "request.invalid"),
             ("POST", "/v1/databases/\(id)/reactivate", Array(#"{"new_password": 1}"#.utf8), ["Content-Type": "application/json"], 400, "request.invalid"),
@@ -248,6 +250,7 @@ import Glibc
             #expect(response.status == status && response.json["code"] as? String == code, "\(method) \(path): \(response)")
             #expect(response.json["type"] as? String == "urn:tenure:problem:\(code)" && response.json["detail"] is String)
         }
+        #expect(try api.call("PUT", "/v1/databases", body: [], headers: [:]).header("allow") == "GET, POST, HEAD")
         #expect(try api.catalogRows("SELECT id, state, version FROM databases ORDER BY id") == before)
     }
 
