@@ -60,8 +60,8 @@ extension Controller {
             do throws(TenureError) {
                 let verified = try runVerify(source: try DescriptorSource(path: sink.temporaryPath), key: key)
                 guard verified.signature == .valid else { throw TenureError(.internal, "the new backup's signature did not check out") }
-                if progress.isCancelled { throw TenureError(.cancelled, "the backup was cancelled; nothing was kept") }
                 Failpoint.backupBeforePublish.hit()
+                if progress.isCancelled { throw TenureError(.cancelled, "the backup was cancelled; nothing was kept") }
                 try sink.publish()
             } catch {
                 sink.abort()

@@ -288,7 +288,8 @@ public enum EmbeddedDefaults {
 
 /// Named crash points. With `TENURE_FAILPOINT=<name>` the process kills itself with SIGKILL
 /// when it reaches that step, so tests can prove the next start finishes or rolls back; with
-/// `<name>:stop` it stops itself (SIGSTOP), as a paused replica would.
+/// `<name>:stop` it stops itself (SIGSTOP), as a paused replica would; with `<name>:sleep` it
+/// waits 5 s there.
 public enum Failpoint: String, CaseIterable, Sendable {
     case createAfterIntent = "create.after_intent"
     case createAfterRole = "create.after_role"
@@ -312,6 +313,9 @@ public enum Failpoint: String, CaseIterable, Sendable {
         } else if Self.armed == rawValue + ":stop" {
             // The process stops itself here (a paused replica); SIGCONT resumes it.
             kill(getpid(), SIGSTOP)
+        } else if Self.armed == rawValue + ":sleep" {
+            // Work that takes a while at this step (a shutdown meanwhile).
+            Thread.sleep(forTimeInterval: 5)
         }
     }
 }

@@ -146,4 +146,27 @@ import Glibc
         #expect(b.stop().status == 0)
         for id in ids { #expect(try leftovers(a, id).isEmpty) }
     }
+
+    @Test func aGracefulStopHandsTheRunningJobToAnotherReplica() throws {
+        // A long lease: only a release (not an expiry) lets B start the job soon after A stops.
+        let a = try APIFixture(["TENURE_JOB_LEASE": "60s", "TENURE_FAILPOINT": "backup.before_publish:sleep"])
+        let created = try a.create("handed")
+        let id = created["id"] as! String
+        try fill(created["connection_url"] as! String, rows: 2_000)
+        let jobID = try a.call("POST", "/v1/databases/\(id)/backups").json["id"] as! String
+        let deadline = Date().addingTimeInterval(60)
+        while Date() < deadline, try a.call("GET", "/v1/jobs/\(jobID)").json["state"] as? String != "running" { usleep(50_000) }
+        let b = try APIFixture(["TENURE_JOB_LEASE": "60s"], joining: a)
+        let running = try a.call("GET", "/readyz", key: "").json["running_jobs"] as? [[String: Any]]
+        #expect(running?.first?["id"] as? String == jobID, "\(String(describing: running))")
+        #expect(a.stop().status == 0)
+        let stopped = Date()
+        let done = try b.waitForJob(jobID, seconds: 40)
+        #expect(done["state"] as? String == "succeeded", "\(done)")
+        #expect(done["attempt"] as? Int == 1, "a released attempt does not count: \(done)")
+        #expect(Date().timeIntervalSince(stopped) < 30, "B waited for the lease instead of the release")
+        #expect(try b.catalogRows("SELECT state FROM backups WHERE database_id = $1 ORDER BY state", [id]).map { $0[0] ?? "" } == ["failed", "verified"])
+        #expect(try leftovers(b, id).isEmpty)
+        #expect(b.stop().status == 0)
+    }
 }
