@@ -21,8 +21,7 @@ final class JobService: Service, Sendable {
             slots: TransferSlots(limit: configuration.http.maximumTransfers)
         ) { report in
             metrics.add("tenure_jobs_total", [("kind", report.job.kind.rawValue), ("outcome", report.recorded ? report.state.rawValue : "refused")])
-            metrics.add("tenure_job_seconds_sum", [("kind", report.job.kind.rawValue)], report.seconds)
-            metrics.add("tenure_job_seconds_count", [("kind", report.job.kind.rawValue)])
+            metrics.record("tenure_job_duration_seconds", [("kind", report.job.kind.rawValue)], .milliseconds(Int64(report.seconds * 1000)))
             if report.state == .succeeded {
                 metrics.add(report.job.kind == .backup ? "tenure_backup_bytes_total" : "tenure_restore_bytes_total", [], Double(report.bytes))
             }

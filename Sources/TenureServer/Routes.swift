@@ -24,7 +24,12 @@ struct Routes: Sendable {
         router.get("/healthz") { _, _ in jsonResponse(["status": "ok"]) }
         router.get("/readyz") { _, _ in try await ready() }
         router.get("/metrics") { _, _ in
-            Response(
+            // Gauges read when scraped: this replica's running jobs, the fleet's queued ones.
+            metrics.set("tenure_jobs_running", Double(jobs.worker.runningJobs.count))
+            if let queued = try? await pool.withCatalog({ (catalog) throws(TenureError) in try catalog.queuedJobCount() }) {
+                metrics.set("tenure_jobs_queued", Double(queued))
+            }
+            return Response(
                 status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
                 body: ResponseBody(byteBuffer: ByteBuffer(string: metrics.render())))
         }

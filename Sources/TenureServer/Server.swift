@@ -73,9 +73,7 @@ struct ProblemMiddleware: RouterMiddleware {
         let route = context.endpointPath ?? "unmatched"
         let elapsed = ContinuousClock.now - started
         metrics.add("tenure_http_requests_total", [("route", route), ("method", request.method.rawValue), ("status", String(response.status.code))])
-        metrics.add(
-            "tenure_http_request_seconds_sum", [("route", route)],
-            Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18)
+        metrics.record("tenure_http_request_duration_seconds", [("route", route)], elapsed)
         return response
     }
 

@@ -140,6 +140,11 @@ import Glibc
             let done = try a.waitForJob(job)
             #expect(done["state"] as? String == "succeeded" && done["attempt"] as? Int == 1, "\(done)")
         }
+        // Job durations as histograms, requests too; no tenant id in any label.
+        let metrics = try a.call("GET", "/metrics", key: "").text + b.call("GET", "/metrics", key: "").text
+        #expect(metrics.contains("tenure_job_duration_seconds_count{kind=\"backup\"}"), "\(metrics)")
+        #expect(metrics.contains("# TYPE tenure_http_request_duration_seconds histogram") && metrics.contains("tenure_jobs_total{kind=\"backup\",outcome=\"succeeded\"}"))
+        #expect(!metrics.contains("db_") && !metrics.contains("job_0") && !metrics.contains("job_1"), "a tenant or job id leaked into a label")
         let ready = try b.call("GET", "/readyz", key: "")
         #expect(ready.status == 200 && (ready.json["replica"] as? String)?.isEmpty == false, "\(ready)")
         #expect(a.stop().status == 0)
