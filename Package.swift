@@ -38,12 +38,14 @@ let package = Package(
         .target(name: "TenureEmbedded", dependencies: ["TenureCore", "TenurePQ"], swiftSettings: strict),
         // Catalog store and migrations embedded from sql/catalog.
         .target(name: "TenureCatalog", dependencies: ["TenureCore", "TenurePQ"], swiftSettings: strict),
-        // Use cases shared by CLI and (later) the HTTP API: controller, sweep, recovery.
+        // The control plane: the use cases the CLI and the HTTP API call the same way, the pool
+        // that runs them, durable jobs, the sweep, recovery.
         .target(
             name: "TenureControl",
             dependencies: [
                 "TenureCore", "TenurePQ", "TenureCatalog", "TenureEmbedded", "TenureEngine",
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOPosix", package: "swift-nio"),
             ],
             swiftSettings: strict
         ),
@@ -51,7 +53,8 @@ let package = Package(
         .target(
             name: "TenureServer",
             dependencies: [
-                "TenureCore", "TenureCatalog", "TenureControl", "TenureEngine", "TenurePQ",
+                // The control plane and plain values only (a tidy test checks the imports).
+                "TenureCore", "TenureControl",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),

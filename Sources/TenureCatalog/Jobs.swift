@@ -2,64 +2,6 @@ import Foundation
 import TenureCore
 import TenurePQ
 
-/// One durable job (migration 0007).
-public struct JobRecord: Sendable {
-    public var id: JobID
-    /// Request order; jobs of one subject run one at a time in this order.
-    public var seq: Int64
-    public var kind: JobKind
-    /// The database (`db_…`) or upload (`up_…`) the job works on.
-    public var subject: String
-    public var arguments: [String: String]
-    public var actor: String
-    public var state: JobState
-    public var attempt: Int
-    public var maxAttempts: Int
-    public var fence: Int64
-    public var leaseOwner: String?
-    public var leaseExpiresAt: Date?
-    public var runAfter: Date
-    public var cancelRequested: Bool
-    /// Counters reported by the worker with each lease renewal (bytes, rows, bytes_per_second).
-    public var progress: [String: Int64]
-    /// The result document (JSON text) of a succeeded job.
-    public var result: String?
-    public var errorCode: String?
-    public var errorMessage: String?
-    public var createdAt: Date
-    public var startedAt: Date?
-    public var finishedAt: Date?
-    /// For a queued job: the unfinished job of the same subject just ahead of it.
-    public var waitingFor: JobID?
-}
-
-/// What a worker holds while it runs an attempt: publishing anything is allowed only while
-/// the job row still carries this fence, is running and its lease has not expired.
-public struct JobFence: Sendable, Equatable {
-    public var jobID: JobID
-    public var fence: Int64
-
-    public init(jobID: JobID, fence: Int64) {
-        self.jobID = jobID
-        self.fence = fence
-    }
-}
-
-/// A job taken by a worker: `reclaimed` when an earlier attempt's process stopped renewing
-/// its lease (its leftovers must be cleaned before the work runs again).
-public struct ClaimedJob: Sendable {
-    public var job: JobRecord
-    public var reclaimed: Bool
-}
-
-/// The outcome of one lease renewal.
-public enum LeaseRenewal: Sendable, Equatable {
-    case renewed(cancelRequested: Bool)
-    /// The row no longer carries this worker's fence: another replica took the job over, or it
-    /// was finished. The worker must stop and publish nothing.
-    case lost
-}
-
 extension Catalog {
     static let jobColumns = """
         j.id, j.seq, j.kind, j.subject, j.arguments::text AS arguments, j.actor, j.state, j.attempt, j.max_attempts, j.fence, j.lease_owner,

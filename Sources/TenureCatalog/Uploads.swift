@@ -2,62 +2,6 @@ import Foundation
 import TenureCore
 import TenurePQ
 
-/// One upload of the upgrade service as the catalog stores it.
-public struct UploadRecord: Sendable, Equatable {
-    public var id: UploadID
-    public var state: UploadState
-    public var version: Int64
-    public var label: String
-    public var format: String?
-    public var serverName: String
-    public var postgresRole: String
-    public var postgresDatabase: String?
-    public var generation: Int
-    public var byteCount: Int64 = 0
-    public var statementCount: Int64 = 0
-    public var skippedCount: Int64 = 0
-    public var createdAt: Date
-    public var uploadedAt: Date?
-    public var lastRunAt: Date?
-    public var lastUpgradedAt: Date?
-    public var upgradeCount = 0
-    public var originalDeletedAt: Date?
-    public var rejectReason: String?
-    public var failedScript: String?
-    public var failedError: String?
-    public var failedSQLState: String?
-    public var appliedScripts: [String] = []
-    public var legalHoldReason: String?
-    public var legalHoldSince: Date?
-    public var destroyedAt: Date?
-    public var destroyedBy: String?
-    public var destroyReason: String?
-    public var cleanupPending = false
-    public var lockKey: Int64
-    public var updatedAt: Date
-
-    public init(id: UploadID, label: String, serverName: String, createdAt: Date, lockKey: Int64) {
-        self.id = id
-        self.state = .uploading
-        self.version = 1
-        self.label = label
-        self.serverName = serverName
-        self.postgresRole = id.rawValue + "_owner"
-        self.generation = 0
-        self.createdAt = createdAt
-        self.lockKey = lockKey
-        self.updatedAt = createdAt
-    }
-
-    /// The database of a generation: g0 is the uploaded original, g1... upgrade results.
-    public func databaseName(generation: Int) -> String { "\(id.rawValue)_g\(generation)" }
-
-    public var candidate: UploadCandidate {
-        UploadCandidate(
-            id: id, version: version, state: state, uploadedAt: uploadedAt ?? createdAt, lastUpgradedAt: lastUpgradedAt, legalHold: legalHoldReason != nil)
-    }
-}
-
 extension Catalog {
     static let uploadColumns = """
         id, state, version, label, format, server_name, pg_role, pg_database, generation, byte_count, statement_count, skipped_count,

@@ -4,12 +4,6 @@ import TenureCore
 import TenurePQ
 import TenureZstd
 
-public enum BackupFormat: String, Sendable, CaseIterable {
-    /// `.tenure`: the tar archive described in `ArchiveLayout`.
-    case native
-    /// `.sql.zst`: one zstd stream of plain SQL for `zstd -dc x.sql.zst | psql`.
-    case sql
-}
 
 public struct BackupOptions: Sendable {
     public var source: ConnectionParameters
@@ -40,15 +34,6 @@ public struct BackupOptions: Sendable {
     }
 }
 
-public struct BackupSummary: Sendable {
-    public var tableCount: Int
-    public var rowCount: Int64
-    public var rawBytes: Int64
-    public var writtenBytes: Int64
-    public var memberCount: Int
-    public var sequenceCount: Int
-    public var largeObjectCount: Int
-}
 
 /// One unit of worker output: a member of the archive (native) or a run of SQL frames.
 struct Segment: Sendable {

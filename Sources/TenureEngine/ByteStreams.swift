@@ -5,20 +5,6 @@ import TenureCore
 import Glibc
 #endif
 
-/// Where a stream of bytes goes. Thread: one writer at a time.
-public protocol ByteSink: AnyObject {
-    func write(_ bytes: UnsafeRawBufferPointer) throws(TenureError)
-    /// The stream is complete: flush, fsync and publish.
-    func finish() throws(TenureError)
-    /// The stream failed: remove whatever was written.
-    func abort()
-}
-
-extension ByteSink {
-    public func write(_ bytes: [UInt8]) throws(TenureError) {
-        try bytes.withBytes { (buffer) throws(TenureError) in try write(buffer) }
-    }
-}
 
 /// Writes to a file descriptor (stdout), retrying short writes; a full disk is a clear error.
 public final class DescriptorSink: ByteSink {
@@ -117,28 +103,6 @@ public final class AtomicFileSink: ByteSink {
     }
 }
 
-/// A stream of bytes the engine reads (a file, stdin, an HTTP request body).
-public protocol ByteSource: AnyObject {
-    /// What the stream is, for messages.
-    var what: String { get }
-    /// Bytes read so far.
-    var byteCount: Int64 { get }
-    /// Reads up to `buffer.count` bytes; 0 at the end of the stream.
-    func read(into buffer: UnsafeMutableRawBufferPointer) throws(TenureError) -> Int
-}
-
-extension ByteSource {
-    /// Reads until `buffer` is full or the stream ends; returns the count read.
-    public func readFully(into buffer: UnsafeMutableRawBufferPointer) throws(TenureError) -> Int {
-        var offset = 0
-        while offset < buffer.count {
-            let count = try read(into: UnsafeMutableRawBufferPointer(rebasing: buffer[offset...]))
-            if count == 0 { break }
-            offset += count
-        }
-        return offset
-    }
-}
 
 /// Reads a stream from a file descriptor (a file or stdin).
 public final class DescriptorSource: ByteSource {

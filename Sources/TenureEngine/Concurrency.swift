@@ -67,20 +67,6 @@ final class FirstFailure: Sendable {
     var error: TenureError? { state.withLock { $0 } }
 }
 
-/// Progress counters the data plane bumps and anyone may sample (never a queue of events).
-public final class TransferProgress: Sendable {
-    public let rawBytes = Atomic<Int64>(0)
-    public let compressedBytes = Atomic<Int64>(0)
-    public let rows = Atomic<Int64>(0)
-    /// The expected raw size, when known (sum of table sizes), for an ETA.
-    public let expectedBytes = Atomic<Int64>(0)
-    /// Set by whoever wants the transfer stopped; the stream checks it between chunks.
-    public let cancelled = Atomic<Bool>(false)
-    public init() {}
-
-    public func cancel() { cancelled.store(true, ordering: .relaxed) }
-    public var isCancelled: Bool { cancelled.load(ordering: .relaxed) }
-}
 
 /// Runs `body` on `count` dedicated threads and waits for all of them.
 func runThreads(count: Int, name: String, _ body: @escaping @Sendable (Int) -> Void) {
@@ -98,16 +84,3 @@ func runThreads(count: Int, name: String, _ body: @escaping @Sendable (Int) -> V
     group.wait()
 }
 
-/// A value shared between threads behind a lock. Decide under the lock, act outside it.
-public final class Locked<Value>: @unchecked Sendable {
-    private let lock = NSLock()
-    private var value: Value
-
-    public init(_ value: Value) { self.value = value }
-
-    public func withLock<T>(_ body: (inout Value) -> T) -> T {
-        lock.lock()
-        defer { lock.unlock() }
-        return body(&value)
-    }
-}

@@ -2,7 +2,6 @@ import Foundation
 import HTTPTypes
 import Hummingbird
 import NIOCore
-import TenureCatalog
 import TenureControl
 import TenureCore
 

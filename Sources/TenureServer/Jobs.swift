@@ -1,11 +1,8 @@
 import Foundation
 import Logging
 import ServiceLifecycle
-import TenureCatalog
 import TenureControl
 import TenureCore
-import TenureEngine
-import TenurePQ
 
 /// The durable job worker of this replica as a swift-service-lifecycle service, and the
 /// transfer slots it shares with streamed exports. Jobs themselves live in the catalog: any
@@ -14,12 +11,9 @@ final class JobService: Service, Sendable {
     let worker: JobWorker
     let metrics: ServerMetrics
 
-    init(catalogParameters: ConnectionParameters, configuration: TenureConfiguration, logger: Logger, metrics: ServerMetrics) {
+    init(pool: ControlPool, metrics: ServerMetrics) {
         self.metrics = metrics
-        worker = JobWorker(
-            catalogParameters: catalogParameters, configuration: configuration, logger: logger,
-            slots: TransferSlots(limit: configuration.http.maximumTransfers)
-        ) { report in
+        worker = pool.makeJobWorker { report in
             metrics.add("tenure_jobs_total", [("kind", report.job.kind.rawValue), ("outcome", report.recorded ? report.state.rawValue : "refused")])
             metrics.record("tenure_job_duration_seconds", [("kind", report.job.kind.rawValue)], .milliseconds(Int64(report.seconds * 1000)))
             if report.state == .succeeded {

@@ -3,16 +3,14 @@ import HTTPTypes
 import Hummingbird
 import Logging
 import NIOCore
-import TenureCatalog
 import TenureControl
 import TenureCore
-import TenureEngine
 
 /// The HTTP surface. Each handler parses and checks its input, calls one use case of the
 /// controller (the same ones the CLI calls) on the catalog pool, and renders the result
 /// with the documents `--json` prints. No lifecycle logic lives here.
 struct Routes: Sendable {
-    let pool: CatalogPool
+    let pool: ControlPool
     let jobs: JobService
     let metrics: ServerMetrics
     let configuration: TenureConfiguration
@@ -26,7 +24,7 @@ struct Routes: Sendable {
         router.get("/metrics") { _, _ in
             // Gauges read when scraped: this replica's running jobs, the fleet's queued ones.
             metrics.set("tenure_jobs_running", Double(jobs.worker.runningJobs.count))
-            if let queued = try? await pool.withCatalog({ (catalog) throws(TenureError) in try catalog.queuedJobCount() }) {
+            if let queued = try? await pool.withController(actor: "metrics", { (controller) throws(TenureError) in try controller.queuedJobCount() }) {
                 metrics.set("tenure_jobs_queued", Double(queued))
             }
             return Response(
@@ -65,7 +63,7 @@ struct Routes: Sendable {
     // MARK: - Health
 
     func ready() async throws(TenureError) -> Response {
-        let status = try await pool.withCatalog { (catalog) throws(TenureError) in try catalog.migrationStatus() }
+        let status = try await pool.withController(actor: "api") { (controller) throws(TenureError) in try controller.migrationStatus() }
         guard status.applied == status.known else {
             throw TenureError(
                 .catalogUnavailable, "the catalog has \(status.applied) of \(status.known) migrations applied; run tenure migrate",
@@ -126,7 +124,9 @@ struct Routes: Sendable {
             return value
         } ?? 100
         let cursor = try query["cursor"].map { (text) throws(TenureError) in try DatabaseID(parsing: text) }
-        let records = try await pool.withCatalog { (catalog) throws(TenureError) in try catalog.databases(state: state, after: cursor, limit: limit + 1) }
+        let records = try await pool.withController(actor: context.actor) { (controller) throws(TenureError) in
+            try controller.databases(state: state, after: cursor, limit: limit + 1)
+        }
         let page = Array(records.prefix(limit))
         let next: Any = records.count > limit ? page.last!.id.rawValue : NSNull()
         return jsonResponse(["databases": page.map(databaseDocument), "next_cursor": next])
@@ -136,7 +136,7 @@ struct Routes: Sendable {
         try context.require(.read)
         _ = try Query(request, allowed: [])
         let id = try context.id("id", as: DatabaseID.self)
-        let record = try await pool.withCatalog { (catalog) throws(TenureError) in try catalog.database(id) }
+        let record = try await pool.withController(actor: context.actor) { (controller) throws(TenureError) in try controller.database(id) }
         return jsonResponse(databaseDocument(record), headers: [.eTag: etag(record)])
     }
 
@@ -195,15 +195,7 @@ struct Routes: Sendable {
         let newPassword = try body.bool("new_password") ?? false
         let expected = try expectedVersion(request)
         let outcome = try await pool.withController(actor: context.actor) { (controller) throws(TenureError) in
-            if let expected {
-                let current = try controller.catalog.database(id)
-                guard current.version == expected else {
-                    throw TenureError(
-                        .preconditionFailed, "database \(id) is at version \(current.version), not \(expected) (If-Match); fetch it again",
-                        context: ["database_id": id.rawValue, "version": String(current.version)])
-                }
-            }
-            return try controller.apply(event, to: id, reason: reason, newPassword: newPassword, expectedVersion: expected)
+            try controller.apply(event, to: id, reason: reason, newPassword: newPassword, ifMatch: expected)
         }
         metrics.add("tenure_transitions_total", [("event", event.rawValue)])
         var document = databaseDocument(outcome.record)
@@ -220,10 +212,7 @@ struct Routes: Sendable {
         }
         let expected = try expectedVersion(request)
         let outcome = try await pool.withController(actor: context.actor) { (controller) throws(TenureError) in
-            if let expected, try controller.catalog.database(id).version != expected {
-                throw TenureError(.preconditionFailed, "database \(id) changed since you fetched it (If-Match); nothing was destroyed")
-            }
-            return try controller.requestDeletion(id, confirmName: confirm)
+            try controller.requestDeletion(id, confirmName: confirm, ifMatch: expected)
         }
         metrics.add("tenure_transitions_total", [("event", LifecycleEvent.deletionRequest.rawValue)])
         return jsonResponse(databaseDocument(outcome.record))
@@ -237,11 +226,7 @@ struct Routes: Sendable {
             guard let value = Int(text), (1...10_000).contains(value) else { throw TenureError(.invalidRequest, "limit must be a whole number from 1 to 10000") }
             return value
         } ?? 1000
-        let events = try await pool.withCatalog { (catalog) throws(TenureError) in
-            let events = try catalog.auditEvents(databaseID: id, limit: limit)
-            if events.isEmpty { _ = try catalog.database(id) }
-            return events
-        }
+        let events = try await pool.withController(actor: context.actor) { (controller) throws(TenureError) in try controller.auditTrail(id, limit: limit) }
         return jsonResponse(["events": events.map(auditDocument)])
     }
 
@@ -261,10 +246,7 @@ struct Routes: Sendable {
         try context.require(.read)
         _ = try Query(request, allowed: [])
         let id = try context.id("id", as: DatabaseID.self)
-        let backups = try await pool.withCatalog { (catalog) throws(TenureError) in
-            _ = try catalog.database(id)
-            return try catalog.backups(databaseID: id)
-        }
+        let backups = try await pool.withController(actor: context.actor) { (controller) throws(TenureError) in try controller.backups(of: id) }
         return jsonResponse(["backups": backups.map { backupDocument($0, store: nil) }])
     }
 
@@ -405,7 +387,7 @@ struct Routes: Sendable {
         guard let format = BackupFormat(rawValue: formatText) else {
             throw TenureError(.invalidRequest, "format must be native or sql, not '\(printable(formatText))'")
         }
-        let record = try await pool.withCatalog { (catalog) throws(TenureError) in try catalog.database(id) }
+        let record = try await pool.withController(actor: context.actor) { (controller) throws(TenureError) in try controller.database(id) }
         switch record.state {
         case .trial, .active, .deactivated: break
         case .provisioning, .destroyed:
@@ -415,19 +397,13 @@ struct Routes: Sendable {
         try jobs.acquireTransfer()
         let channel = ChunkChannel()
         let progress = TransferProgress()
-        let parameters = pool.parameters
-        let configuration = self.configuration
         let logger = self.logger
-        let actor = context.actor
         let metrics = self.metrics
         let jobs = self.jobs
-        let thread = Thread {
+        pool.detached(actor: context.actor, name: "tenure-export") { controller in
             let result: Result<BackupSummary, TenureError>
             do throws(TenureError) {
-                let catalog = try Catalog(parameters: parameters)
-                defer { catalog.close() }
-                let controller = Controller(catalog: catalog, configuration: configuration, clock: SystemWallClock(), actor: actor, logger: logger)
-                result = .success(try controller.exportDatabase(id, format: format, sink: channel, progress: progress))
+                result = .success(try controller.get().exportDatabase(id, format: format, sink: channel, progress: progress))
             } catch {
                 result = .failure(error)
             }
@@ -440,9 +416,6 @@ struct Routes: Sendable {
             }
             jobs.releaseTransfer()
         }
-        thread.name = "tenure-export"
-        thread.stackSize = 8 << 20
-        thread.start()
         let name = format == .native ? "\(record.name).tenure" : "\(record.name).sql.zst"
         let headers: HTTPFields = [
             .contentType: format == .native ? "application/x-tar" : "application/zstd",

@@ -4,22 +4,22 @@ import Hummingbird
 import Logging
 import NIOCore
 import ServiceLifecycle
-import TenureCatalog
 import TenureControl
 import TenureCore
-import TenurePQ
 
 /// The HTTP API and its job runner, ready to join `tenure serve`'s ServiceGroup.
 public struct APIServer: Sendable {
     let application: Application<RouterResponder<APIContext>>
     let jobs: JobService
-    let pool: CatalogPool
+    let pool: ControlPool
     public let metrics: APIMetrics
 
-    public init(configuration: TenureConfiguration, catalogParameters: ConnectionParameters, logger: Logger, onListening: @escaping @Sendable (Int) -> Void) {
+    /// The API on `pool`, the control plane `tenure serve` made for it.
+    public init(pool: ControlPool, onListening: @escaping @Sendable (Int) -> Void) {
+        let configuration = pool.configuration
+        let logger = pool.logger
         let metrics = ServerMetrics()
-        let pool = CatalogPool(parameters: catalogParameters, configuration: configuration, logger: logger)
-        let jobs = JobService(catalogParameters: catalogParameters, configuration: configuration, logger: logger, metrics: metrics)
+        let jobs = JobService(pool: pool, metrics: metrics)
         let router = Router(context: APIContext.self)
         router.add(middleware: ProblemMiddleware(metrics: metrics, logger: logger))
         router.add(middleware: AuthMiddleware(pool: pool))
@@ -117,7 +117,7 @@ struct ProblemMiddleware: RouterMiddleware {
 /// up by its SHA-256; no detail about why a key failed is returned.
 struct AuthMiddleware: RouterMiddleware {
     typealias Context = APIContext
-    let pool: CatalogPool
+    let pool: ControlPool
 
     func handle(_ request: Request, context: APIContext, next: (Request, APIContext) async throws -> Response) async throws -> Response {
         guard request.uri.path.hasPrefix("/v1/") || request.uri.path == "/v1" else { return try await next(request, context) }

@@ -1,7 +1,6 @@
 import Foundation
 import NIOCore
 import TenureCore
-import TenureEngine
 
 /// Carries an archive from the engine's writer thread (blocking) to an HTTP response
 /// (async) through a bounded buffer: a slow client fills it, the writer then waits, so the

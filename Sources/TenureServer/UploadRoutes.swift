@@ -3,10 +3,8 @@ import HTTPTypes
 import Hummingbird
 import Logging
 import NIOCore
-import TenureCatalog
 import TenureControl
 import TenureCore
-import TenureEngine
 
 /// The upgrade service over HTTP: the same controller use cases the `tenure upload` commands call.
 extension Routes {
@@ -36,20 +34,13 @@ extension Routes {
         }
         try jobs.acquireTransfer()
         let source = BodySource(what: "the request body")
-        let parameters = pool.parameters
-        let configuration = self.configuration
-        let logger = self.logger
-        let actor = context.actor
         let outcome = Locked<Result<UploadRecord, TenureError>?>(nil)
         let finished = AsyncSignal()
         let jobs = self.jobs
-        let thread = Thread {
+        pool.detached(actor: context.actor, name: "tenure-upload") { controller in
             let result: Result<UploadRecord, TenureError>
             do throws(TenureError) {
-                let catalog = try Catalog(parameters: parameters)
-                defer { catalog.close() }
-                let controller = Controller(catalog: catalog, configuration: configuration, clock: SystemWallClock(), actor: actor, logger: logger)
-                result = .success(try controller.createUpload(source: source, label: label))
+                result = .success(try controller.get().createUpload(source: source, label: label))
             } catch {
                 result = .failure(error)
             }
@@ -58,9 +49,6 @@ extension Routes {
             outcome.withLock { $0 = result }
             finished.signal()
         }
-        thread.name = "tenure-upload"
-        thread.stackSize = 8 << 20
-        thread.start()
         do {
             for try await buffer in request.body {
                 guard try await source.push(buffer) else { break }
@@ -94,7 +82,9 @@ extension Routes {
             return value
         } ?? 100
         let cursor = try query["cursor"].map { (text) throws(TenureError) in try UploadID(parsing: text) }
-        let records = try await pool.withCatalog { (catalog) throws(TenureError) in try catalog.uploads(state: state, after: cursor, limit: limit + 1) }
+        let records = try await pool.withController(actor: context.actor) { (controller) throws(TenureError) in
+            try controller.uploads(state: state, after: cursor, limit: limit + 1)
+        }
         let page = Array(records.prefix(limit))
         let next: Any = records.count > limit ? page.last!.id.rawValue : NSNull()
         let hold = self.hold
@@ -105,7 +95,7 @@ extension Routes {
         try context.require(.read)
         _ = try Query(request, allowed: [])
         let id = try context.id("id", as: UploadID.self)
-        let record = try await pool.withCatalog { (catalog) throws(TenureError) in try catalog.upload(id) }
+        let record = try await pool.withController(actor: context.actor) { (controller) throws(TenureError) in try controller.upload(id) }
         return jsonResponse(uploadDocument(record, hold: hold), headers: [.eTag: "\"\(record.version)\""])
     }
 

@@ -56,11 +56,13 @@ struct Serve: AsyncParsableCommand {
             Output(json: false).fail(error)
         }
         let host = configuration.http.host
-        let api = APIServer(configuration: configuration, catalogParameters: session.catalog.parameters, logger: logger) { port in
+        // The control plane every service of this process reaches the use cases through.
+        let pool = ControlPool(parameters: session.catalog.parameters, configuration: configuration, logger: logger)
+        let api = APIServer(pool: pool) { port in
             let shown = host.contains(":") ? "[\(host)]" : host
             FileHandle.standardOutput.write(Data("Tenure API listening on http://\(shown):\(port)\n".utf8))
         }
-        let sweep = SweepService(configuration: configuration, catalogParameters: session.catalog.parameters, logger: logger, metrics: api.metrics)
+        let sweep = SweepService(pool: pool, metrics: api.metrics)
         let group = ServiceGroup(
             configuration: {
                 var group = ServiceGroupConfiguration(services: api.services + [sweep], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
@@ -85,22 +87,21 @@ struct Serve: AsyncParsableCommand {
 /// Runs the expiry sweep every `sweepInterval` until a graceful shutdown. Each sweep runs
 /// on its own thread with its own catalog session: libpq blocks, the event loops must not.
 struct SweepService: Service {
-    let configuration: TenureConfiguration
-    let catalogParameters: ConnectionParameters
-    let logger: Logger
+    let pool: ControlPool
     let metrics: APIMetrics
+    var logger: Logger { pool.logger }
 
     func run() async throws {
         while !Task.isShuttingDownGracefully {
-            let configuration = self.configuration
-            let parameters = catalogParameters
-            let logger = self.logger
-            let result = await runBlocking { () throws(TenureError) -> SweepSummary in
-                let catalog = try Catalog(parameters: parameters)
-                defer { catalog.close() }
-                let controller = Controller(catalog: catalog, configuration: configuration, clock: SystemWallClock(), actor: "sweep", logger: logger)
-                let report = try controller.sweep(dryRun: false)
-                return SweepSummary(report)
+            let configuration = pool.configuration
+            let result = await withCheckedContinuation { (continuation: CheckedContinuation<Result<SweepSummary, TenureError>, Never>) in
+                pool.detached(actor: "sweep", name: "tenure-sweep") { controller in
+                    do throws(TenureError) {
+                        continuation.resume(returning: .success(SweepSummary(try controller.get().sweep(dryRun: false))))
+                    } catch {
+                        continuation.resume(returning: .failure(error))
+                    }
+                }
             }
             switch result {
             case .success(let summary):
@@ -139,17 +140,3 @@ struct SweepSummary: Sendable {
     }
 }
 
-/// Runs blocking work (libpq) on a dedicated thread and resumes when it is done.
-func runBlocking<T: Sendable>(_ body: @escaping @Sendable () throws(TenureError) -> T) async -> Result<T, TenureError> {
-    await withCheckedContinuation { continuation in
-        let thread = Thread {
-            do throws(TenureError) {
-                continuation.resume(returning: .success(try body()))
-            } catch {
-                continuation.resume(returning: .failure(error))
-            }
-        }
-        thread.stackSize = 8 << 20
-        thread.start()
-    }
-}

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import TenureCore
 import TenureEngine
 import TenurePQ
 import TenureTestSupport

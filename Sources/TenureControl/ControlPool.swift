@@ -2,22 +2,26 @@ import Foundation
 import Logging
 import NIOPosix
 import TenureCatalog
-import TenureControl
 import TenureCore
 import TenureEngine
 import TenurePQ
 
-/// Runs the blocking use cases (libpq) for API requests on a fixed pool of dedicated
-/// threads, each borrowing one of at most `threadCount` catalog sessions. The event loops
-/// never block: a handler awaits the result.
-final class CatalogPool: Sendable {
+/// The one way an adapter (the HTTP API, `serve`'s services) reaches the use cases: runs them
+/// (blocking libpq work) on a fixed pool of dedicated threads, each borrowing one of at most
+/// `catalogConnections` catalog sessions, with one clock, so the event loops never block and a
+/// handler awaits the result; long work (exports, uploads, sweeps) gets a thread and a catalog
+/// session of its own through `detached`.
+public final class ControlPool: Sendable {
     let parameters: ConnectionParameters
-    let configuration: TenureConfiguration
-    let logger: Logger
+    /// Without the API's statement timeout: for long work on threads of its own.
+    let longParameters: ConnectionParameters
+    public let configuration: TenureConfiguration
+    public let logger: Logger
     private let threads: NIOThreadPool
     private let idle = Locked<[CatalogBox]>([])
 
-    init(parameters: ConnectionParameters, configuration: TenureConfiguration, logger: Logger) {
+    public init(parameters: ConnectionParameters, configuration: TenureConfiguration, logger: Logger) {
+        longParameters = parameters
         var parameters = parameters
         // A stuck catalog query must not hold an API thread forever.
         let timeout = Int(configuration.http.requestTimeout.components.seconds) * 1000
@@ -30,7 +34,7 @@ final class CatalogPool: Sendable {
     }
 
     /// Runs `body` with a controller acting as `actor` on a pool thread.
-    func withController<T: Sendable>(actor: String, _ body: @escaping @Sendable (Controller) throws(TenureError) -> T) async throws(TenureError) -> T {
+    public func withController<T: Sendable>(actor: String, _ body: @escaping @Sendable (Controller) throws(TenureError) -> T) async throws(TenureError) -> T {
         let configuration = self.configuration
         let logger = self.logger
         return try await withCatalog { (catalog) throws(TenureError) in
@@ -73,7 +77,7 @@ final class CatalogPool: Sendable {
     }
 
     /// Runs blocking work without a catalog session (file reads) on the pool's threads.
-    func withBlocking<T: Sendable>(_ body: @escaping @Sendable () throws(TenureError) -> T) async throws(TenureError) -> T {
+    public func withBlocking<T: Sendable>(_ body: @escaping @Sendable () throws(TenureError) -> T) async throws(TenureError) -> T {
         let result: Result<T, TenureError>
         do {
             result = try await threads.runIfActive { () -> Result<T, TenureError> in
@@ -85,7 +89,35 @@ final class CatalogPool: Sendable {
         return try result.get()
     }
 
-    func shutdown() async {
+    /// Long work on a thread of its own with a catalog session of its own (a stream, a sweep),
+    /// so it never holds one of the pool's threads; `body` gets the controller, or the error
+    /// that kept it from opening the catalog.
+    public func detached(actor: String, name: String, _ body: @escaping @Sendable (Result<Controller, TenureError>) -> Void) {
+        let parameters = longParameters
+        let configuration = self.configuration
+        let logger = self.logger
+        let thread = Thread {
+            do throws(TenureError) {
+                let catalog = try Catalog(parameters: parameters)
+                defer { catalog.close() }
+                body(.success(Controller(catalog: catalog, configuration: configuration, clock: SystemWallClock(), actor: actor, logger: logger)))
+            } catch {
+                body(.failure(error))
+            }
+        }
+        thread.name = name
+        thread.stackSize = 8 << 20
+        thread.start()
+    }
+
+    /// The job worker of this process, on the same catalog.
+    public func makeJobWorker(onAttemptEnd: @escaping @Sendable (JobAttemptReport) -> Void) -> JobWorker {
+        JobWorker(
+            catalogParameters: longParameters, configuration: configuration, logger: logger,
+            slots: TransferSlots(limit: configuration.http.maximumTransfers), onAttemptEnd: onAttemptEnd)
+    }
+
+    public func shutdown() async {
         try? await threads.shutdownGracefully()
         for box in idle.withLock({ items in defer { items.removeAll() }; return items }) { box.catalog.close() }
     }

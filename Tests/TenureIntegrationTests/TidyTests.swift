@@ -1,0 +1,59 @@
+import Foundation
+import Testing
+
+/// The module lines of ARCHITECTURE.md, enforced: every `import` of every source file is one
+/// its target may make. The HTTP API reaches the use cases only through the control plane
+/// (TenureControl) and plain values (TenureCore), never the catalog, the engine or libpq.
+@Suite struct TidyTests {
+    static let sources = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../../Sources").standardized
+
+    static let system: Set<String> = ["Foundation", "Glibc", "Synchronization", "Dispatch"]
+    static let allowed: [String: Set<String>] = [
+        "TenureCore": [],
+        "TenurePQ": ["CLibPQ", "TenureCore"],
+        "TenureZstd": ["CZstd", "TenureCore"],
+        "TenureZlib": ["CZlib", "TenureCore"],
+        "TenureEngine": ["TenureCore", "TenurePQ", "TenureZstd", "TenureZlib"],
+        "TenureEmbedded": ["TenureCore", "TenurePQ"],
+        "TenureCatalog": ["TenureCore", "TenurePQ"],
+        "TenureControl": ["TenureCore", "TenurePQ", "TenureZstd", "TenureZlib", "TenureEngine", "TenureEmbedded", "TenureCatalog", "Logging", "NIOPosix"],
+        "TenureServer": ["TenureCore", "TenureControl", "Hummingbird", "HTTPTypes", "NIOCore", "Logging", "ServiceLifecycle", "Metrics", "Prometheus"],
+    ]
+
+    @Test func everyImportCrossesOnlyAllowedLines() throws {
+        var violations: [String] = []
+        var checked = 0
+        for (target, permitted) in Self.allowed {
+            let directory = Self.sources.appendingPathComponent(target)
+            let files = try FileManager.default.contentsOfDirectory(atPath: directory.path).filter { $0.hasSuffix(".swift") }
+            #expect(!files.isEmpty, "\(target) has no sources")
+            for file in files {
+                let text = try String(contentsOf: directory.appendingPathComponent(file), encoding: .utf8)
+                for line in text.split(separator: "\n") {
+                    let words = line.split(separator: " ").map(String.init)
+                    guard let index = words.firstIndex(of: "import"), words[..<index].allSatisfy({ $0.hasPrefix("@") || ["public", "package", "internal"].contains($0) }),
+                        index + 1 < words.count
+                    else { continue }
+                    let module = words[index + 1].split(separator: ".").first.map(String.init) ?? ""
+                    checked += 1
+                    if !Self.system.contains(module) && !permitted.contains(module) {
+                        violations.append("\(target)/\(file) imports \(module)")
+                    }
+                }
+            }
+        }
+        #expect(checked > 50)
+        #expect(violations.isEmpty, "imports across the module lines (see ARCHITECTURE.md): \(violations.sorted())")
+    }
+
+    /// Package.swift says the same: the server target depends on the control plane and values only.
+    @Test func theServerTargetDependsOnTheControlPlaneOnly() throws {
+        let manifest = try String(contentsOf: Self.sources.appendingPathComponent("../Package.swift").standardized, encoding: .utf8)
+        let server = try #require(manifest.range(of: "name: \"TenureServer\""))
+        let rest = manifest[server.upperBound...]
+        let block = rest[..<(rest.range(of: "swiftSettings")?.lowerBound ?? rest.endIndex)]
+        for forbidden in ["\"TenureCatalog\"", "\"TenureEngine\"", "\"TenurePQ\"", "\"TenureEmbedded\""] {
+            #expect(!block.contains(forbidden), "TenureServer depends on \(forbidden)")
+        }
+    }
+}
