@@ -255,11 +255,11 @@ public final class Catalog {
             ])
     }
 
-    public func finishIntent(_ id: IntentID, status: String, now: Date) throws(TenureError) {
-        precondition(status == "completed" || status == "rolled_back", "intent status")
+    public func finishIntent(_ id: IntentID, status: IntentStatus, now: Date) throws(TenureError) {
+        precondition(status != .pending, "an intent finishes completed or rolled back")
         try connection.query(
             "UPDATE intents SET status = $2, finished_at = to_timestamp($3::float8) WHERE id = $1 AND status = 'pending'",
-            [id.rawValue, status, epoch(now)])
+            [id.rawValue, status.rawValue, epoch(now)])
     }
 
     public func pendingIntents() throws(TenureError) -> [IntentRecord] {
@@ -379,10 +379,10 @@ public final class Catalog {
     public func insertBackup(_ backup: BackupRecord) throws(TenureError) {
         try connection.query(
             "INSERT INTO backups (id, database_id, state, format, path, started_at, lock_key) VALUES ($1, $2, $3, $4, $5, to_timestamp($6::float8), $7)",
-            [backup.id.rawValue, backup.databaseID.rawValue, backup.state, backup.format, backup.path, epoch(backup.startedAt), String(backup.lockKey)])
+            [backup.id.rawValue, backup.databaseID.rawValue, backup.state.rawValue, backup.format, backup.path, epoch(backup.startedAt), String(backup.lockKey)])
     }
 
-    public func finishBackup(_ id: BackupID, state: String, byteCount: Int64?, rowCount: Int64?, tableCount: Int?, error: String?, now: Date)
+    public func finishBackup(_ id: BackupID, state: BackupState, byteCount: Int64?, rowCount: Int64?, tableCount: Int?, error: String?, now: Date)
         throws(TenureError)
     {
         try connection.query(
@@ -390,10 +390,10 @@ public final class Catalog {
             UPDATE backups SET state = $2, byte_count = $3, row_count = $4, table_count = $5, error = $6, finished_at = to_timestamp($7::float8)
             WHERE id = $1
             """,
-            [id.rawValue, state, byteCount.map { String($0) }, rowCount.map { String($0) }, tableCount.map { String($0) }, error, epoch(now)])
+            [id.rawValue, state.rawValue, byteCount.map { String($0) }, rowCount.map { String($0) }, tableCount.map { String($0) }, error, epoch(now)])
     }
 
-    public func backups(databaseID: DatabaseID? = nil, state: String? = nil) throws(TenureError) -> [BackupRecord] {
+    public func backups(databaseID: DatabaseID? = nil, state: BackupState? = nil) throws(TenureError) -> [BackupRecord] {
         var conditions: [String] = []
         var parameters: [String?] = []
         if let databaseID {
@@ -401,7 +401,7 @@ public final class Catalog {
             conditions.append("database_id = $\(parameters.count)")
         }
         if let state {
-            parameters.append(state)
+            parameters.append(state.rawValue)
             conditions.append("state = $\(parameters.count)")
         }
         let filter = conditions.isEmpty ? "" : " WHERE " + conditions.joined(separator: " AND ")
@@ -426,7 +426,7 @@ public final class Catalog {
 
     private func backupRecord(_ result: QueryResult, _ row: Int) -> BackupRecord {
         var record = BackupRecord(
-            id: BackupID(unchecked: result[row, "id"]!), databaseID: DatabaseID(unchecked: result[row, "database_id"]!), state: result[row, "state"]!,
+            id: BackupID(unchecked: result[row, "id"]!), databaseID: DatabaseID(unchecked: result[row, "database_id"]!), state: BackupState(rawValue: result[row, "state"]!) ?? .failed,
             format: result[row, "format"]!, path: result[row, "path"]!, startedAt: date(result[row, "started_at"])!,
             lockKey: Int64(result[row, "lock_key"]!)!)
         record.byteCount = result[row, "byte_count"].flatMap { Int64($0) }

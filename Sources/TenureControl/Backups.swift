@@ -34,7 +34,7 @@ extension Controller {
         let now = clock.now()
         let backupID = BackupID.random()
         var record = BackupRecord(
-            id: backupID, databaseID: id, state: "running", format: "native", path: "\(id)/\(backupID).tenure", startedAt: now,
+            id: backupID, databaseID: id, state: .running, format: "native", path: "\(id)/\(backupID).tenure", startedAt: now,
             lockKey: Int64.random(in: 1...Int64.max))
         try catalog.lock(key: record.lockKey)
         defer { try? catalog.unlock(key: record.lockKey) }
@@ -69,11 +69,11 @@ extension Controller {
             }
             let size = (try? FileManager.default.attributesOfItem(atPath: backupPath(record))[.size] as? Int64) ?? nil
             let finished = clock.now()
-            let previous = try catalog.backups(databaseID: id, state: "verified").last
+            let previous = try catalog.backups(databaseID: id, state: .verified).last
             do throws(TenureError) {
                 try catalog.transaction { () throws(TenureError) in
                     try catalog.finishBackup(
-                        backupID, state: "verified", byteCount: size, rowCount: summary.rowCount, tableCount: summary.tableCount, error: nil, now: finished)
+                        backupID, state: .verified, byteCount: size, rowCount: summary.rowCount, tableCount: summary.tableCount, error: nil, now: finished)
                     try catalog.audit(
                         at: finished, databaseID: id.rawValue, actor: actor, action: "backup", from: nil, to: nil, reason: nil,
                         detail: ["backup_id": backupID.rawValue, "bytes": String(size ?? 0), "rows": String(summary.rowCount)])
@@ -92,7 +92,7 @@ extension Controller {
             }
             return BackupOutcome(record: record, warning: warning)
         } catch {
-            try? catalog.finishBackup(backupID, state: "failed", byteCount: nil, rowCount: nil, tableCount: nil, error: String(error.message.prefix(1000)), now: clock.now())
+            try? catalog.finishBackup(backupID, state: .failed, byteCount: nil, rowCount: nil, tableCount: nil, error: String(error.message.prefix(1000)), now: clock.now())
             throw error
         }
     }
@@ -139,8 +139,8 @@ extension Controller {
     {
         let database = try catalog.database(id)
         let backup = try backupOf(id, backupID)
-        guard backup.state == "verified" else {
-            throw TenureError(.lifecycleConflict, "backup \(backupID) is \(backup.state); only verified backups can be restored")
+        guard backup.state == .verified else {
+            throw TenureError(.lifecycleConflict, "backup \(backupID) is \(backup.state.rawValue); only verified backups can be restored")
         }
         switch database.state {
         case .trial, .active: break
@@ -186,7 +186,7 @@ extension Controller {
             try catalog.assertFence()
         } catch {
             try? admin.execute("DROP DATABASE IF EXISTS \(quoteIdentifier(newName)) WITH (FORCE)")
-            try? catalog.finishIntent(intent.id, status: "rolled_back", now: clock.now())
+            try? catalog.finishIntent(intent.id, status: .rolledBack, now: clock.now())
             throw error
         }
         try swapRestored(intent, admin: admin)
@@ -214,7 +214,7 @@ extension Controller {
         try admin.execute("DROP DATABASE IF EXISTS \(quoteIdentifier(asideName)) WITH (FORCE)")
         let now = clock.now()
         try catalog.transaction { () throws(TenureError) in
-            try catalog.finishIntent(intent.id, status: "completed", now: now)
+            try catalog.finishIntent(intent.id, status: .completed, now: now)
             try catalog.audit(
                 at: now, databaseID: intent.databaseID.rawValue, actor: actor, action: "restore_completed", from: nil, to: nil, reason: nil,
                 detail: ["backup_id": intent.detail["backup_id"] ?? ""])
@@ -239,7 +239,7 @@ extension Controller {
         try admin.execute("DROP DATABASE IF EXISTS \(quoteIdentifier(new)) WITH (FORCE)")
         let now = clock.now()
         try catalog.transaction { () throws(TenureError) in
-            try catalog.finishIntent(intent.id, status: "rolled_back", now: now)
+            try catalog.finishIntent(intent.id, status: .rolledBack, now: now)
             try catalog.audit(at: now, databaseID: intent.databaseID.rawValue, actor: actor, action: "restore_rolled_back", from: nil, to: nil, reason: nil)
         }
         return "restore rolled back"
@@ -248,7 +248,7 @@ extension Controller {
     /// Backups whose process died: marked failed, their temporary files removed (B3). Files
     /// of running backups (their lock is held) are never touched (D9).
     func recoverBackups() throws(TenureError) {
-        for backup in try catalog.backups(state: "running") {
+        for backup in try catalog.backups(state: .running) {
             guard try catalog.tryLock(key: backup.lockKey) else { continue }
             defer { try? catalog.unlock(key: backup.lockKey) }
             let directory = configuration.backupDirectory + "/" + backup.databaseID.rawValue
@@ -256,7 +256,7 @@ extension Controller {
             for name in (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? [] where name.hasPrefix(prefix) {
                 unlink(directory + "/" + name)
             }
-            try catalog.finishBackup(backup.id, state: "failed", byteCount: nil, rowCount: nil, tableCount: nil, error: "interrupted", now: clock.now())
+            try catalog.finishBackup(backup.id, state: .failed, byteCount: nil, rowCount: nil, tableCount: nil, error: "interrupted", now: clock.now())
         }
     }
 
@@ -264,7 +264,7 @@ extension Controller {
     func deleteBackups(_ id: DatabaseID) throws(TenureError) {
         // Wait for backups still running (each holds its advisory lock until it has published
         // or cleaned up), so that none can publish a file after the store is deleted.
-        for running in try catalog.backups(databaseID: id, state: "running") {
+        for running in try catalog.backups(databaseID: id, state: .running) {
             try catalog.lock(key: running.lockKey)
             try catalog.unlock(key: running.lockKey)
         }

@@ -198,7 +198,7 @@ public final class Controller {
                 guard try catalog.updateDatabase(next, expectedVersion: record.version, now: ready) else {
                     throw TenureError(.concurrentModification, "database \(id) changed while it was being provisioned")
                 }
-                try catalog.finishIntent(intent.id, status: "completed", now: ready)
+                try catalog.finishIntent(intent.id, status: .completed, now: ready)
                 try catalog.audit(
                     at: ready, databaseID: id.rawValue, actor: actor, action: LifecycleEvent.ready.rawValue, from: DatabaseState.provisioning.rawValue,
                     to: next.state.rawValue, reason: nil)
@@ -239,7 +239,7 @@ public final class Controller {
         let now = clock.now()
         try catalog.transaction { () throws(TenureError) in
             try catalog.deleteProvisioningDatabase(intent.databaseID)
-            try catalog.finishIntent(intent.id, status: "rolled_back", now: now)
+            try catalog.finishIntent(intent.id, status: .rolledBack, now: now)
             try catalog.audit(
                 at: now, databaseID: intent.databaseID.rawValue, actor: actor, action: "create_rolled_back", from: DatabaseState.provisioning.rawValue,
                 to: nil, reason: String(reason.prefix(500)))
@@ -398,7 +398,7 @@ public final class Controller {
         try deleteBackups(intent.databaseID)
         let now = clock.now()
         try catalog.transaction { () throws(TenureError) in
-            try catalog.finishIntent(intent.id, status: "completed", now: now)
+            try catalog.finishIntent(intent.id, status: .completed, now: now)
             try catalog.audit(
                 at: now, databaseID: intent.databaseID.rawValue, actor: actor, action: "destroy_completed", from: nil, to: nil, reason: nil,
                 detail: ["server": intent.serverName])
@@ -457,11 +457,14 @@ public enum CreateOutcome: Sendable {
     case created(CreatedDatabase)
     /// A retry of an earlier request with the same key and body: its stored response (JSON,
     /// without the credential, which is never stored).
-    case replayed(status: Int, body: String)
+    case replayed(body: String)
 }
 
 /// Who sent an idempotent request and with what.
 public struct IdempotencyClaim: Sendable {
+    /// What the catalog records for a claim whose create finished (its column predates this
+    /// layer and holds the value the API answered with then).
+    static let finished = 201
     public var apiKeyID: String
     public var key: String
     public var requestHash: String
@@ -490,10 +493,10 @@ extension Controller {
                     .idempotencyMismatch,
                     "Idempotency-Key '\(printable(idempotency.key))' was already used with a different request; use a new key for a new request")
             }
-            guard let status = existing.status, let body = existing.response else {
+            guard existing.status != nil, let body = existing.response else {
                 throw TenureError(.idempotencyInProgress, "a request with Idempotency-Key '\(printable(idempotency.key))' is still running; retry shortly")
             }
-            return .replayed(status: status, body: body)
+            return .replayed(body: body)
         }
         do throws(TenureError) {
             let created = try createDatabase(name: name, plan: plan, serverName: serverName)
@@ -502,7 +505,9 @@ extension Controller {
             let body = String(
                 decoding: (try? JSONSerialization.data(withJSONObject: document, options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data("{}".utf8),
                 as: UTF8.self)
-            try catalog.finishIdempotencyKey(apiKeyID: idempotency.apiKeyID, key: idempotency.key, status: 201, response: body)
+            // The catalog's status column (migration 0004) marks a finished claim; only a
+            // creation is ever stored, so it is always the one value.
+            try catalog.finishIdempotencyKey(apiKeyID: idempotency.apiKeyID, key: idempotency.key, status: IdempotencyClaim.finished, response: body)
             return .created(created)
         } catch {
             try? catalog.releaseIdempotencyKey(apiKeyID: idempotency.apiKeyID, key: idempotency.key)

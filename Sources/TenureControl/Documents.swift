@@ -115,7 +115,7 @@ public func uploadDocument(_ record: UploadRecord, hold: UploadHold) -> [String:
 /// A backup; `store` (the CLI's backup directory) adds its path, which the API never shows.
 public func backupDocument(_ record: BackupRecord, store: String?) -> [String: Any] {
     var document: [String: Any] = [
-        "id": record.id.rawValue, "database_id": record.databaseID.rawValue, "state": record.state, "format": record.format,
+        "id": record.id.rawValue, "database_id": record.databaseID.rawValue, "state": record.state.rawValue, "format": record.format,
         "started_at": RFC3339.format(record.startedAt),
         "finished_at": record.finishedAt.map { RFC3339.format($0) as Any } ?? NSNull(),
     ]

@@ -27,8 +27,8 @@ extension Controller {
     /// Queues a restore of one of the database's verified backups.
     public func requestRestore(_ id: DatabaseID, backupID: BackupID) throws(TenureError) -> JobRecord {
         let backup = try backupOf(id, backupID)
-        guard backup.state == "verified" else {
-            throw TenureError(.lifecycleConflict, "backup \(backupID) is \(backup.state); only verified backups can be restored")
+        guard backup.state == .verified else {
+            throw TenureError(.lifecycleConflict, "backup \(backupID) is \(backup.state.rawValue); only verified backups can be restored")
         }
         let record = try catalog.database(id)
         switch record.state {

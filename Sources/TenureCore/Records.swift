@@ -80,10 +80,22 @@ public enum IntentKind: String, Sendable {
 }
 
 /// A backup in the store.
+/// A managed backup's state: `running` while written, `verified` once published and checked
+/// (the only state that counts, restores and downloads), `failed`, or `deleted` with its database.
+public enum BackupState: String, Sendable, CaseIterable, Codable {
+    case running, verified, failed, deleted
+}
+
+/// How an intent ended; `pending` while its process carries it out (or until recovery does).
+public enum IntentStatus: String, Sendable, CaseIterable {
+    case pending, completed
+    case rolledBack = "rolled_back"
+}
+
 public struct BackupRecord: Sendable, Equatable {
     public var id: BackupID
     public var databaseID: DatabaseID
-    public var state: String
+    public var state: BackupState
     public var format: String
     public var path: String
     public var byteCount: Int64?
@@ -94,7 +106,7 @@ public struct BackupRecord: Sendable, Equatable {
     public var error: String?
     public var lockKey: Int64
 
-    public init(id: BackupID, databaseID: DatabaseID, state: String, format: String, path: String, startedAt: Date, lockKey: Int64) {
+    public init(id: BackupID, databaseID: DatabaseID, state: BackupState, format: String, path: String, startedAt: Date, lockKey: Int64) {
         self.id = id
         self.databaseID = databaseID
         self.state = state

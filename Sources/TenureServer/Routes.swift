@@ -102,10 +102,10 @@ struct Routes: Sendable {
             var document = databaseDocument(created.record)
             document["connection_url"] = created.connectionURL
             return jsonResponse(document, status: .created, headers: [.location: "/v1/databases/\(created.record.id)", .eTag: etag(created.record)])
-        case .replayed(let status, let body):
+        case .replayed(let body):
             var headers: HTTPFields = [.contentType: "application/json"]
             headers[HTTPField.Name("Idempotent-Replayed")!] = "true"
-            return Response(status: .init(code: status), headers: headers, body: ResponseBody(byteBuffer: ByteBuffer(string: body + "\n")))
+            return Response(status: .created, headers: headers, body: ResponseBody(byteBuffer: ByteBuffer(string: body + "\n")))
         }
     }
 
@@ -312,8 +312,8 @@ struct Routes: Sendable {
         let id = try context.id("id", as: DatabaseID.self)
         let backupID = try context.id("backup", as: BackupID.self)
         let backup = try await pool.withController(actor: context.actor) { (controller) throws(TenureError) in try controller.backupOf(id, backupID) }
-        guard backup.state == "verified" else {
-            throw TenureError(.lifecycleConflict, "backup \(backupID) is \(backup.state); only verified backups can be downloaded")
+        guard backup.state == .verified else {
+            throw TenureError(.lifecycleConflict, "backup \(backupID) is \(backup.state.rawValue); only verified backups can be downloaded")
         }
         return try serveFile(
             configuration.backupDirectory + "/" + backup.path, request: request, etag: "\"\(backupID.rawValue)\"", contentType: "application/x-tar",

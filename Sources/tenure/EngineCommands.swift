@@ -206,7 +206,7 @@ extension DatabaseCommand {
                     output.emit(json: ["backups": backups.map { backupDocument($0, store: session.configuration.backupDirectory) }]) {
                         table(
                             ["ID", "STATE", "STARTED", "BYTES", "ROWS"],
-                            backups.map { [$0.id.rawValue, $0.state, RFC3339.format($0.startedAt), $0.byteCount.map(String.init) ?? "-", $0.rowCount.map(String.init) ?? "-"] })
+                            backups.map { [$0.id.rawValue, $0.state.rawValue, RFC3339.format($0.startedAt), $0.byteCount.map(String.init) ?? "-", $0.rowCount.map(String.init) ?? "-"] })
                     }
                 }
             }
