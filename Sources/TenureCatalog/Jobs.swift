@@ -105,13 +105,17 @@ extension Catalog {
                     WHERE ((j.state = 'queued' AND j.run_after <= clock_timestamp()) OR (j.state = 'running' AND j.lease_expires_at < clock_timestamp()))
                       AND NOT EXISTS (SELECT 1 FROM jobs a WHERE a.subject = j.subject AND a.state IN ('queued', 'running') AND a.seq < j.seq)
                       AND ($1::text IS NULL OR j.id = $1)
+                      AND (j.kind <> 'export' OR j.state = 'running' OR j.id = $1)
                     ORDER BY j.seq LIMIT 1 FOR UPDATE OF j SKIP LOCKED
                     """, [only?.rawValue])
                 guard !candidate.rows.isEmpty else { return (nil, false) }
                 let job = jobRecord(candidate, 0)
                 let reclaimed = job.state == .running
                 if reclaimed {
-                    switch policy.decide(attempt: job.attempt, end: .leaseExpired, cancelRequested: job.cancelRequested) {
+                    // An export whose replica stopped streaming cannot be resumed elsewhere.
+                    let decision = job.kind == .export
+                        ? JobDecision.finish(.failed) : policy.decide(attempt: job.attempt, end: .leaseExpired, cancelRequested: job.cancelRequested)
+                    switch decision {
                     case .finish(let state):
                         let error = state == .cancelled
                             ? TenureError(.cancelled, "cancelled; the process running it stopped")

@@ -95,6 +95,28 @@ public final class JobWorker: Sendable {
     /// The live progress of a job this process runs.
     public func progress(of id: JobID) -> TransferProgress? { state.withLock { $0.running[id]?.progress } }
 
+    /// A job this process runs outside the worker (a streamed export it took with
+    /// `claimTurn`): its lease is renewed with the others' until `endAdopted`.
+    public func adopt(_ job: JobRecord, progress: TransferProgress) {
+        state.withLock { $0.running[job.id] = Running(job: job, fence: JobFence(jobID: job.id, fence: job.fence), progress: progress) }
+    }
+
+    /// Records how an adopted job ended (blocking: call it off the event loops).
+    public func endAdopted(_ id: JobID, error: TenureError?) {
+        guard let entry = state.withLock({ $0.running.removeValue(forKey: id) }) else { return }
+        let final: JobState = error == nil ? .succeeded : (error?.code == .cancelled || entry.cancelRequested ? .cancelled : .failed)
+        do throws(TenureError) {
+            let catalog = try Catalog(parameters: parameters)
+            defer { catalog.close() }
+            try catalog.endAttempt(
+                entry.fence, decision: .finish(final), released: false, result: nil, error: error, progress: Self.counters(entry.job.kind, entry.progress),
+                now: Date())
+        } catch {
+            logger.warning("could not record an export's end; its lease will expire", metadata: ["tenure.job_id": "\(id)", "tenure.error": "\(error.message)"])
+        }
+        wakeup.signal()
+    }
+
     /// A cancel asked for through this replica, of a job it runs: stop now.
     public func cancelLocal(_ id: JobID) {
         let progress = state.withLock { state -> TransferProgress? in
@@ -223,7 +245,7 @@ public final class JobWorker: Sendable {
 
     static func counters(_ kind: JobKind, _ progress: TransferProgress) -> [String: Int64] {
         [
-            "bytes": kind == .backup ? progress.compressedBytes.load(ordering: .relaxed) : progress.rawBytes.load(ordering: .relaxed),
+            "bytes": kind == .backup || kind == .export ? progress.compressedBytes.load(ordering: .relaxed) : progress.rawBytes.load(ordering: .relaxed),
             "rows": progress.rows.load(ordering: .relaxed),
         ]
     }

@@ -50,6 +50,24 @@ extension Controller {
         return try enqueue(.upgrade, subject: id.rawValue, arguments: [:])
     }
 
+    /// Queues a streamed export's turn (its row; the streaming replica takes it with `claimTurn`).
+    public func requestExport(_ id: DatabaseID, format: BackupFormat) throws(TenureError) -> JobRecord {
+        let record = try catalog.database(id)
+        switch record.state {
+        case .trial, .active, .deactivated: break
+        case .provisioning, .destroyed:
+            throw TenureError(.lifecycleConflict, "a \(record.state.rawValue) database cannot be exported", context: ["database_id": id.rawValue])
+        }
+        return try catalog.insertJob(
+            kind: .export, subject: id.rawValue, arguments: ["format": format.rawValue], actor: actor, maxAttempts: 1, now: clock.now())
+    }
+
+    /// Takes this job for this replica if its turn has come (no earlier unfinished job of its
+    /// subject); nil while it waits.
+    public func claimTurn(_ id: JobID) throws(TenureError) -> JobRecord? {
+        try catalog.claimJob(owner: configuration.jobs.replicaID, lease: configuration.jobs.lease, policy: configuration.jobs.retry, now: clock.now(), only: id)?.job
+    }
+
     private func enqueue(_ kind: JobKind, subject: String, arguments: [String: String]) throws(TenureError) -> JobRecord {
         let limit = configuration.http.maximumQueuedJobs
         let queued = try catalog.queuedJobCount()
@@ -118,6 +136,8 @@ extension Controller {
         case .upgrade:
             let upgraded = try upgradeUpload(try UploadID(parsing: job.subject), progress: progress)
             document = ["upload": uploadDocument(upgraded, hold: configuration.upgradeHold)]
+        case .export:
+            throw TenureError(.internal, "export job \(job.id) is run by the replica streaming it, not by a worker")
         }
         let data = (try? JSONSerialization.data(withJSONObject: document, options: [.sortedKeys])) ?? Data("{}".utf8)
         return String(decoding: data, as: UTF8.self)
@@ -130,7 +150,7 @@ public func jobDocument(_ job: JobRecord, live: TransferProgress? = nil, now: Da
     var bytes = job.progress["bytes"] ?? 0
     var rows = job.progress["rows"] ?? 0
     if let live {
-        bytes = job.kind == .backup ? live.compressedBytes.load(ordering: .relaxed) : live.rawBytes.load(ordering: .relaxed)
+        bytes = job.kind == .backup || job.kind == .export ? live.compressedBytes.load(ordering: .relaxed) : live.rawBytes.load(ordering: .relaxed)
         rows = live.rows.load(ordering: .relaxed)
     }
     let elapsed = job.startedAt.map { (job.finishedAt ?? now).timeIntervalSince($0) } ?? 0

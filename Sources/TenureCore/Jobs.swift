@@ -3,6 +3,9 @@ import Foundation
 /// The long operations that run as durable jobs.
 public enum JobKind: String, Sendable, CaseIterable, Codable {
     case backup, restore, upgrade
+    /// A streamed export over HTTP: run by the replica that streams it, never by a worker;
+    /// a row only so that it takes its turn among the database's jobs.
+    case export
 
     /// Whether the job's subject is a database (`db_…`) or an upload (`up_…`).
     public var subjectIsUpload: Bool { self == .upgrade }

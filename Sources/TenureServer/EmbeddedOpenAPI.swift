@@ -611,8 +611,10 @@ let openAPIDocument = #"""
             "enum": [
               "backup",
               "restore",
-              "upgrade"
-            ]
+              "upgrade",
+              "export"
+            ],
+            "description": "export: a streamed export over HTTP, recorded so that it takes its turn among the database's jobs (run by the replica streaming it)."
           },
           "database_id": {
             "type": "string",
@@ -782,7 +784,8 @@ let openAPIDocument = #"""
                   "enum": [
                     "backup",
                     "restore",
-                    "upgrade"
+                    "upgrade",
+                    "export"
                   ]
                 },
                 "subject": {

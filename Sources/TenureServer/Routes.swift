@@ -280,22 +280,28 @@ struct Routes: Sendable {
         return accepted(job)
     }
 
-    /// An export takes its turn after the database's queued and running jobs: it waits up to
-    /// `TENURE_EXPORT_WAIT` for them, then answers 409 naming the job ahead.
-    func waitForTurn(_ id: DatabaseID) async throws(TenureError) {
+    /// An export takes its turn among the database's jobs: its row is queued, and this replica
+    /// takes it when no earlier job of the database is unfinished, waiting up to
+    /// `TENURE_EXPORT_WAIT`; after that the row is cancelled and the answer is 409 naming the
+    /// job ahead. Jobs requested while the export streams wait for it.
+    func takeTurn(_ id: DatabaseID, format: BackupFormat, actor: String) async throws(TenureError) -> JobRecord {
+        let queued = try await pool.withController(actor: actor) { (controller) throws(TenureError) in try controller.requestExport(id, format: format) }
         let deadline = ContinuousClock.now + configuration.jobs.exportWait
         while true {
-            let ahead = try await pool.withController(actor: "api") { (controller) throws(TenureError) in
-                try controller.unfinishedJobs(subject: id.rawValue).first
-            }
-            guard let ahead else { return }
-            if ContinuousClock.now >= deadline {
+            let claimed = try await pool.withController(actor: actor) { (controller) throws(TenureError) in try controller.claimTurn(queued.id) }
+            if let claimed { return claimed }
+            var cancelled = false
+            do { try await Task.sleep(for: .milliseconds(250)) } catch { cancelled = true }
+            if cancelled || ContinuousClock.now >= deadline {
+                let ahead = try await pool.withController(actor: actor) { (controller) throws(TenureError) -> JobRecord? in
+                    _ = try? controller.cancelJob(queued.id)
+                    return try controller.unfinishedJobs(subject: id.rawValue).first { $0.id != queued.id }
+                }
+                let blocking = ahead.map { "job \($0.id) (\($0.kind.rawValue), \($0.state.rawValue))" } ?? "another job"
                 throw TenureError(
-                    .lifecycleConflict,
-                    "database \(id) is busy with job \(ahead.id) (\(ahead.kind.rawValue), \(ahead.state.rawValue)); retry the export when it has finished",
-                    context: ["database_id": id.rawValue, "job_id": ahead.id.rawValue, "retry_after": "10"])
+                    .lifecycleConflict, "database \(id) is busy with \(blocking); retry the export when it has finished",
+                    context: ["database_id": id.rawValue, "job_id": ahead?.id.rawValue ?? "", "retry_after": "10"])
             }
-            do { try await Task.sleep(for: .milliseconds(250)) } catch { throw TenureError(.cancelled, "the request was cancelled") }
         }
     }
 
@@ -393,10 +399,17 @@ struct Routes: Sendable {
         case .provisioning, .destroyed:
             throw TenureError(.lifecycleConflict, "a \(record.state.rawValue) database cannot be exported", context: ["database_id": id.rawValue])
         }
-        try await waitForTurn(id)
         try jobs.acquireTransfer()
-        let channel = ChunkChannel()
         let progress = TransferProgress()
+        let job: JobRecord
+        do {
+            job = try await takeTurn(id, format: format, actor: context.actor)
+        } catch {
+            jobs.releaseTransfer()
+            throw error
+        }
+        jobs.worker.adopt(job, progress: progress)
+        let channel = ChunkChannel()
         let logger = self.logger
         let metrics = self.metrics
         let jobs = self.jobs
@@ -410,9 +423,11 @@ struct Routes: Sendable {
             switch result {
             case .success:
                 metrics.add("tenure_backup_bytes_total", [], Double(progress.compressedBytes.load(ordering: .relaxed)))
+                jobs.worker.endAdopted(job.id, error: nil)
             case .failure(let error):
                 channel.fail(error)
                 logger.warning("export failed", metadata: ["tenure.database_id": "\(id)", "tenure.error": "\(error.message)"])
+                jobs.worker.endAdopted(job.id, error: error)
             }
             jobs.releaseTransfer()
         }

@@ -174,4 +174,39 @@ import Glibc
         #expect(try leftovers(b, id).isEmpty)
         #expect(b.stop().status == 0)
     }
+
+    @Test func anExportTakesItsTurnAmongTheJobs() throws {
+        let api = try APIFixture(["TENURE_EXPORT_WAIT": "2s", "TENURE_FAILPOINT": "backup.before_publish:sleep"])
+        let created = try api.create("turns")
+        let id = created["id"] as! String
+        try fill(created["connection_url"] as! String, rows: 200_000)
+        // A backup runs (5 s at its publish step): an export waits 2 s, then 409 naming it.
+        let backup = try api.call("POST", "/v1/databases/\(id)/backups").json["id"] as! String
+        let deadline = Date().addingTimeInterval(60)
+        while Date() < deadline, try api.call("GET", "/v1/jobs/\(backup)").json["state"] as? String != "running" { usleep(50_000) }
+        let started = Date()
+        let busy = try api.call("GET", "/v1/databases/\(id)/export")
+        #expect(busy.status == 409 && (busy.json["context"] as? [String: Any])?["job_id"] as? String == backup, "\(busy)")
+        #expect(Date().timeIntervalSince(started) >= 1.9)
+        #expect(try api.waitForJob(backup)["state"] as? String == "succeeded")
+
+        // An export streams (its client reads slowly): a backup requested meanwhile waits for it.
+        let connection = try HTTPConnection(port: api.port)
+        try connection.send(method: "GET", path: "/v1/databases/\(id)/export", headers: ["Authorization": "Bearer \(api.adminKey)"])
+        #expect(try connection.readHead().0 == 200)
+        #expect(try connection.readSome(100_000) >= 100_000)
+        let exports = try api.call("GET", "/v1/jobs?database_id=\(id)&state=running").json["jobs"] as? [[String: Any]] ?? []
+        #expect(exports.count == 1 && exports.first?["kind"] as? String == "export", "\(exports)")
+        let waiting = try api.call("POST", "/v1/databases/\(id)/backups").json
+        #expect(waiting["state"] as? String == "queued" && waiting["waiting_for"] as? String == exports.first?["id"] as? String, "\(waiting)")
+        usleep(500_000)
+        #expect(try api.call("GET", "/v1/jobs/\(waiting["id"] as! String)").json["state"] as? String == "queued")
+        connection.close()
+        let done = try api.waitForJob(waiting["id"] as! String)
+        #expect(done["state"] as? String == "succeeded", "\(done)")
+        let export = try api.call("GET", "/v1/jobs/\(exports.first?["id"] as? String ?? "")").json
+        #expect(["cancelled", "failed"].contains(export["state"] as? String ?? ""), "\(export)")
+        #expect(try leftovers(api, id).isEmpty)
+        #expect(api.stop().status == 0)
+    }
 }
