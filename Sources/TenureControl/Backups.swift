@@ -57,6 +57,8 @@ extension Controller {
             let key = try ArchiveKey.load(home: configuration.home, create: true)
             options.signingKey = key
             let summary = try runBackup(options, sink: CancellableSink(sink, progress: progress), progress: progress)
+            // Read before the file is published: from then on any failure must remove it.
+            let previous = try catalog.backups(databaseID: id, state: .verified).last
             do throws(TenureError) {
                 let verified = try runVerify(source: try DescriptorSource(path: sink.temporaryPath), key: key)
                 guard verified.signature == .valid else { throw TenureError(.internal, "the new backup's signature did not check out") }
@@ -69,7 +71,6 @@ extension Controller {
             }
             let size = (try? FileManager.default.attributesOfItem(atPath: backupPath(record))[.size] as? Int64) ?? nil
             let finished = clock.now()
-            let previous = try catalog.backups(databaseID: id, state: .verified).last
             do throws(TenureError) {
                 try catalog.transaction { () throws(TenureError) in
                     try catalog.finishBackup(
@@ -256,6 +257,9 @@ extension Controller {
             for name in (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? [] where name.hasPrefix(prefix) {
                 unlink(directory + "/" + name)
             }
+            // Published but never recorded verified (the process died, or lost the catalog,
+            // in between): not a backup anyone may count on.
+            unlink(directory + "/\(backup.id).tenure")
             try catalog.finishBackup(backup.id, state: .failed, byteCount: nil, rowCount: nil, tableCount: nil, error: "interrupted", now: clock.now())
         }
     }

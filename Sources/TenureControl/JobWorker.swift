@@ -278,9 +278,9 @@ public final class JobWorker: Sendable {
             defer { catalog.close() }
             catalog.fence = fence
             let controller = Controller(catalog: catalog, configuration: configuration, clock: SystemWallClock(), actor: claimed.job.actor, logger: logger)
-            // A dead attempt's leftovers (partial files, half-restored databases, intents)
-            // are finished or rolled back before the work runs again.
-            if claimed.reclaimed { try controller.recover() }
+            // A dead or failed attempt's leftovers (partial files, half-restored databases,
+            // intents) are finished or rolled back before the work runs again.
+            if claimed.reclaimed || claimed.job.attempt > 1 { try controller.recover() }
             return .success(try controller.perform(claimed.job, progress: progress))
         } catch {
             return .failure(error)

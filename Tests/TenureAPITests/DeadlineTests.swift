@@ -71,3 +71,49 @@ import Glibc
         return text.split(separator: "\n").first.flatMap { pid_t($0.trimmingCharacters(in: .whitespaces)) }
     }
 }
+
+/// The catalog's PostgreSQL restarted while a job runs: the replica reconnects, the attempt
+/// that lost its session fails and the job is retried to success; nothing is left behind.
+@Suite(.serialized) struct CatalogRestartTests {
+    @Test func aJobSurvivesARestartOfTheCatalog() throws {
+        let root = "/tmp/tenure-restart-\(getpid())"
+        try? FileManager.default.removeItem(atPath: root)
+        let cluster = EmbeddedCluster(root: root, extraSettings: ["fsync = off", "max_connections = 50"])
+        try cluster.start()
+        defer {
+            cluster.stopImmediately()
+            try? FileManager.default.removeItem(atPath: root)
+        }
+        let url = "postgresql://postgres@/tenure_catalog?host=\(cluster.socketDirectory)&port=\(cluster.port!)"
+        let api = try APIFixture(["TENURE_CATALOG_URL": url, "TENURE_JOB_BACKOFF": "1s", "TENURE_FAILPOINT": "backup.before_publish:sleep"])
+        let created = try api.create("restarted")
+        let id = created["id"] as! String
+        try fill(created["connection_url"] as! String, rows: 2_000)
+        let job = try api.call("POST", "/v1/databases/\(id)/backups").json["id"] as! String
+        let deadline = Date().addingTimeInterval(60)
+        while Date() < deadline, try api.call("GET", "/v1/jobs/\(job)").json["state"] as? String != "running" { usleep(50_000) }
+        usleep(500_000)
+        // While the backup waits at its publish step, the catalog's server restarts.
+        try cluster.stop()
+        try cluster.start()
+        var done: [String: Any] = [:]
+        let end = Date().addingTimeInterval(120)
+        while Date() < end {
+            let response = try httpRequest(port: api.port, "GET", "/v1/jobs/\(job)", headers: ["Authorization": "Bearer \(api.adminKey)"])
+            if response.status == 200, let state = response.json["state"] as? String, !["queued", "running"].contains(state) {
+                done = response.json
+                break
+            }
+            usleep(200_000)
+        }
+        #expect(done["state"] as? String == "succeeded" && (done["attempt"] as? Int ?? 0) >= 2, "\(done)")
+        let connection = try PostgresConnection(try ConnectionParameters(parsing: url))
+        defer { connection.close() }
+        let states = try connection.query("SELECT state FROM backups WHERE database_id = $1 ORDER BY state", [id]).rows.map { $0[0] ?? "" }
+        #expect(states.filter { $0 == "verified" }.count == 1 && !states.contains("running"), "\(states)")
+        let files = (try? FileManager.default.contentsOfDirectory(atPath: api.home + "/backups/" + id)) ?? []
+        #expect(files.count == 1 && !files.contains { $0.contains("partial") }, "\(files)")
+        #expect(try api.call("GET", "/v1/databases/\(id)").status == 200)
+        #expect(api.stop().status == 0)
+    }
+}
