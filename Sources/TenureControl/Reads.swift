@@ -13,12 +13,19 @@ extension Controller {
         try catalog.databases(state: state, after: cursor, limit: limit)
     }
 
-    /// A database's audit trail, newest last; not-found for an unknown id.
-    public func auditTrail(_ id: DatabaseID, limit: Int) throws(TenureError) -> [AuditEvent] {
+    /// A database's audit trail (or everyone's, without an id), newest last; not-found for an
+    /// unknown id.
+    public func auditTrail(_ id: DatabaseID?, limit: Int) throws(TenureError) -> [AuditEvent] {
         let events = try catalog.auditEvents(databaseID: id, limit: limit)
-        if events.isEmpty { _ = try catalog.database(id) }
+        if let id, events.isEmpty { _ = try catalog.database(id) }
         return events
     }
+
+    public func backup(_ id: BackupID) throws(TenureError) -> BackupRecord { try catalog.backup(id) }
+
+    public func servers() throws(TenureError) -> [ServerRecord] { try catalog.servers() }
+
+    public func apiKeys() throws(TenureError) -> [APIKeyRecord] { try catalog.apiKeys() }
 
     /// A database's backups, oldest first; not-found for an unknown id.
     public func backups(of id: DatabaseID) throws(TenureError) -> [BackupRecord] {

@@ -38,7 +38,7 @@ struct APIKeyCommand: ParsableCommand {
         func run() {
             runCommand(json: options.json) { (output) throws(TenureError) in
                 try Session.with(options) { (session) throws(TenureError) in
-                    let keys = try session.catalog.apiKeys()
+                    let keys = try session.controller.apiKeys()
                     output.emit(json: ["api_keys": keys.map(apiKeyDocument)]) {
                         table(
                             ["ID", "NAME", "SCOPES", "CREATED", "STATE"],

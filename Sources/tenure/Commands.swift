@@ -47,7 +47,7 @@ struct Migrate: ParsableCommand {
     func run() {
         runCommand(json: options.json) { (output) throws(TenureError) in
             try Session.with(options) { (session) throws(TenureError) in
-                let status = try session.catalog.migrationStatus()
+                let status = try session.controller.migrationStatus()
                 output.emit(json: ["version": status.applied, "latest": status.known]) {
                     "catalog schema at version \(status.applied) (latest known \(status.known))"
                 }
@@ -88,7 +88,7 @@ struct ServerCommand: ParsableCommand {
         func run() {
             runCommand(json: options.json) { (output) throws(TenureError) in
                 try Session.with(options) { (session) throws(TenureError) in
-                    let servers = try session.catalog.servers()
+                    let servers = try session.controller.servers()
                     output.emit(json: ["servers": servers.map(serverDocument)]) {
                         table(["NAME", "PUBLIC", "ADMIN URL"], servers.map { [$0.name.rawValue, "\($0.publicHost):\($0.publicPort)", $0.redactedURL] })
                     }
@@ -170,7 +170,7 @@ struct DatabaseCommand: ParsableCommand {
         func run() {
             runCommand(json: options.json) { (output) throws(TenureError) in
                 try Session.with(options) { (session) throws(TenureError) in
-                    let records = try session.catalog.databases(state: state)
+                    let records = try session.controller.databases(state: state, after: nil, limit: 1_000_000)
                     output.emit(json: ["databases": records.map(databaseDocument)]) {
                         table(
                             ["ID", "NAME", "STATE", "PLAN", "SERVER", "DEADLINE", "HOLD"],
@@ -200,7 +200,7 @@ struct DatabaseCommand: ParsableCommand {
             runCommand(json: options.json) { (output) throws(TenureError) in
                 let id = try DatabaseID(parsing: id)
                 try Session.with(options) { (session) throws(TenureError) in
-                    let record = try session.catalog.database(id)
+                    let record = try session.controller.database(id)
                     output.emit(json: databaseDocument(record)) { databaseDetail(record) }
                 }
             }
@@ -295,9 +295,8 @@ struct AuditCommand: ParsableCommand {
             let id = try id.map { (text) throws(TenureError) in try DatabaseID(parsing: text) }
             guard (1...100_000).contains(limit) else { throw TenureError(.invalidRequest, "--limit must be from 1 to 100000") }
             try Session.with(options) { (session) throws(TenureError) in
-                let events = try session.catalog.auditEvents(databaseID: id, limit: limit)
+                let events = try session.controller.auditTrail(id, limit: limit)
                 // A rolled-back create leaves no database row, only its audit trail.
-                if let id, events.isEmpty { _ = try session.catalog.database(id) }
                 output.emit(json: [
                     "events": events.map(auditDocument)
                 ]) {

@@ -178,7 +178,7 @@ extension DatabaseCommand {
                 try Session.with(options) { (session) throws(TenureError) in
                     let result = try session.runJob(try session.controller.requestBackup(id), json: options.json)
                     let backup = result["backup"] as? [String: Any] ?? [:]
-                    let record = try session.catalog.backup(try BackupID(parsing: backup["id"] as? String ?? ""))
+                    let record = try session.controller.backup(try BackupID(parsing: backup["id"] as? String ?? ""))
                     var document = backupDocument(record, store: session.configuration.backupDirectory)
                     if let warning = backup["warning"] as? String {
                         document["warning"] = warning
@@ -201,8 +201,7 @@ extension DatabaseCommand {
             runCommand(json: options.json) { (output) throws(TenureError) in
                 let id = try DatabaseID(parsing: id)
                 try Session.with(options) { (session) throws(TenureError) in
-                    _ = try session.catalog.database(id)
-                    let backups = try session.catalog.backups(databaseID: id)
+                    let backups = try session.controller.backups(of: id)
                     output.emit(json: ["backups": backups.map { backupDocument($0, store: session.configuration.backupDirectory) }]) {
                         table(
                             ["ID", "STATE", "STARTED", "BYTES", "ROWS"],
@@ -254,7 +253,7 @@ extension DatabaseCommand {
                 let backupID = try BackupID(parsing: backup)
                 try Session.with(options) { (session) throws(TenureError) in
                     _ = try session.runJob(try session.controller.requestRestore(id, backupID: backupID), json: options.json)
-                    let record = try session.catalog.database(id)
+                    let record = try session.controller.database(id)
                     var document = databaseDocument(record)
                     document["backup_id"] = backupID.rawValue
                     output.emit(json: document) { "restored \(id) (\(record.name)) from \(backupID)" }

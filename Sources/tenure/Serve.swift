@@ -47,7 +47,7 @@ struct Serve: AsyncParsableCommand {
 
         // First start: an admin key, shown once on stdout (never logged).
         do {
-            if try session.catalog.apiKeys().isEmpty {
+            if try session.controller.apiKeys().isEmpty {
                 let created = try session.controller.createAPIKey(name: "admin", scopes: ["read", "write", "admin"])
                 FileHandle.standardOutput.write(
                     Data("First start: created admin API key \(created.record.id) (shown once, keep it safe):\n  \(created.key)\n".utf8))

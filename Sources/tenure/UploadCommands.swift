@@ -55,7 +55,7 @@ struct UploadCommand: ParsableCommand {
         func run() {
             runCommand(json: options.json) { (output) throws(TenureError) in
                 try Session.with(options) { (session) throws(TenureError) in
-                    let records = try session.catalog.uploads(state: state)
+                    let records = try session.controller.uploads(state: state, after: nil, limit: 1_000_000)
                     let hold = session.configuration.upgradeHold
                     output.emit(json: ["uploads": records.map { uploadDocument($0, hold: hold) }]) {
                         records.isEmpty
@@ -84,7 +84,7 @@ struct UploadCommand: ParsableCommand {
             runCommand(json: options.json) { (output) throws(TenureError) in
                 let id = try UploadID(parsing: id)
                 try Session.with(options) { (session) throws(TenureError) in
-                    let record = try session.catalog.upload(id)
+                    let record = try session.controller.upload(id)
                     output.emit(json: uploadDocument(record, hold: session.configuration.upgradeHold)) { uploadText(record, hold: session.configuration.upgradeHold) }
                 }
             }
@@ -102,7 +102,7 @@ struct UploadCommand: ParsableCommand {
                 let id = try UploadID(parsing: id)
                 try Session.with(options) { (session) throws(TenureError) in
                     _ = try session.runJob(try session.controller.requestUpgrade(id), json: options.json)
-                    let record = try session.catalog.upload(id)
+                    let record = try session.controller.upload(id)
                     output.emit(json: uploadDocument(record, hold: session.configuration.upgradeHold)) {
                         "upgraded \(record.id) with \(record.appliedScripts.count) scripts; kept until \(RFC3339.format(record.candidate.holdEnds(session.configuration.upgradeHold)))"
                     }
