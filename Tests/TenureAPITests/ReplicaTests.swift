@@ -209,4 +209,30 @@ import Glibc
         #expect(try leftovers(api, id).isEmpty)
         #expect(api.stop().status == 0)
     }
+
+    @Test func aKilledReplicasUpgradeIsFinishedByAnother() throws {
+        let scripts = "/tmp/tenure-replica-scripts-\(UUID().uuidString.prefix(8))"
+        try FileManager.default.createDirectory(atPath: scripts, withIntermediateDirectories: true)
+        try "ALTER TABLE items ADD COLUMN upgraded boolean NOT NULL DEFAULT true;\n".write(toFile: scripts + "/0001_flag.sql", atomically: true, encoding: .utf8)
+        let common = Self.lease.merging(["TENURE_UPGRADE_SCRIPTS": scripts]) { $1 }
+        // Replica A dies (kill -9) right after copying the upload's database for the upgrade.
+        let a = try APIFixture(common.merging(["TENURE_FAILPOINT": "upgrade.after_copy"]) { $1 })
+        var dump = "CREATE TABLE public.items (id integer PRIMARY KEY, label text);\nCOPY public.items (id, label) FROM stdin;\n"
+        for row in 1...2000 { dump += "\(row)\titem \(row)\n" }
+        dump += "\\.\n"
+        let created = try a.call("POST", "/v1/uploads?name=items.sql", body: Array(dump.utf8), headers: ["Content-Type": "application/octet-stream"])
+        let id = try #require(created.json["id"] as? String, "\(created)")
+        let job = try a.call("POST", "/v1/uploads/\(id)/upgrade").json["id"] as! String
+        let died = try #require(a.process.waitForExit(seconds: 120), "replica A did not reach the failpoint")
+        #expect(died.signal == SIGKILL)
+        // Replica B takes the job over: the dead attempt's copy is dropped, the upgrade redone.
+        let b = try APIFixture(common, joining: a)
+        let done = try b.waitForJob(job)
+        #expect(done["state"] as? String == "succeeded" && done["attempt"] as? Int == 2, "\(done)")
+        let upload = try b.call("GET", "/v1/uploads/\(id)").json
+        #expect(upload["state"] as? String == "upgraded" && upload["applied_scripts"] as? [String] == ["0001_flag.sql"], "\(upload)")
+        let databases = try b.server.rows("SELECT datname FROM pg_database WHERE starts_with(datname, $1) ORDER BY 1", [id]).map { $0[0] ?? "" }
+        #expect(databases.count == 1, "one database of the upload, the result: \(databases)")
+        #expect(b.stop().status == 0)
+    }
 }
