@@ -19,6 +19,7 @@ public final class ControlPool: Sendable {
     public let logger: Logger
     private let threads: NIOThreadPool
     private let idle = Locked<[CatalogBox]>([])
+    private let serverWork = Locked(0)
 
     public init(parameters: ConnectionParameters, configuration: TenureConfiguration, logger: Logger) {
         longParameters = parameters
@@ -85,6 +86,34 @@ public final class ControlPool: Sendable {
             }
         } catch {
             throw TenureError(.catalogUnavailable, "the server is shutting down")
+        }
+        return try result.get()
+    }
+
+    /// Use cases that wait on a tenant server (create, transitions, deletions, extensions,
+    /// making an upload's result file) run here: on a thread and catalog session of their own,
+    /// so a server that stops answering holds no thread of the pool, and requests about other
+    /// databases go on. At most twice `TENURE_HTTP_CATALOG_CONNECTIONS` at once (429 above).
+    public func withServerWork<T: Sendable>(actor: String, _ body: @escaping @Sendable (Controller) throws(TenureError) -> T) async throws(TenureError) -> T {
+        let limit = configuration.http.catalogConnections * 2
+        let admitted = serverWork.withLock { running -> Bool in
+            guard running < limit else { return false }
+            running += 1
+            return true
+        }
+        guard admitted else {
+            throw TenureError(
+                .limitExceeded, "\(limit) operations on tenant servers are running, the most this server allows at once; retry shortly",
+                context: ["retry_after": "2", "limit": String(limit)])
+        }
+        let serverWork = self.serverWork
+        let result = await withCheckedContinuation { (continuation: CheckedContinuation<Result<T, TenureError>, Never>) in
+            detached(actor: actor, name: "tenure-server-work") { controller in
+                let outcome: Result<T, TenureError>
+                do throws(TenureError) { outcome = .success(try body(try controller.get())) } catch { outcome = .failure(error) }
+                serverWork.withLock { $0 -= 1 }
+                continuation.resume(returning: outcome)
+            }
         }
         return try result.get()
     }

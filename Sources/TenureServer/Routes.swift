@@ -88,7 +88,7 @@ struct Routes: Sendable {
         let idempotencyKey = request.headers[HTTPField.Name("Idempotency-Key")!]
         let apiKeyID = context.apiKey?.id.rawValue ?? "-"
         let hash = SHA256.hex(SHA256.hash(Array(body.canonical)))
-        let outcome = try await pool.withController(actor: context.actor) { (controller) throws(TenureError) -> CreateOutcome in
+        let outcome = try await pool.withServerWork(actor: context.actor) { (controller) throws(TenureError) -> CreateOutcome in
             if let idempotencyKey {
                 return try controller.createDatabase(
                     name: name, plan: plan, serverName: server,
@@ -148,7 +148,7 @@ struct Routes: Sendable {
         let id = try context.id("id", as: DatabaseID.self)
         let body = try await JSONBody.read(request, context: context, allowed: ["name"], maximumByteCount: maximumBody)
         let name = try body.string("name", required: true)!
-        let added = try await pool.withController(actor: context.actor) { (controller) throws(TenureError) in
+        let added = try await pool.withServerWork(actor: context.actor) { (controller) throws(TenureError) in
             try controller.addExtension(id, name: name)
         }
         return jsonResponse(
@@ -194,7 +194,7 @@ struct Routes: Sendable {
         if event == .hold, reason == nil { throw TenureError(.invalidRequest, "field 'reason' is required: say why the data must be kept") }
         let newPassword = try body.bool("new_password") ?? false
         let expected = try expectedVersion(request)
-        let outcome = try await pool.withController(actor: context.actor) { (controller) throws(TenureError) in
+        let outcome = try await pool.withServerWork(actor: context.actor) { (controller) throws(TenureError) in
             try controller.apply(event, to: id, reason: reason, newPassword: newPassword, ifMatch: expected)
         }
         metrics.add("tenure_transitions_total", [("event", event.rawValue)])
@@ -211,7 +211,7 @@ struct Routes: Sendable {
             throw TenureError(.confirmationMismatch, "give the database's name as ?confirm=NAME to request its deletion; nothing was destroyed")
         }
         let expected = try expectedVersion(request)
-        let outcome = try await pool.withController(actor: context.actor) { (controller) throws(TenureError) in
+        let outcome = try await pool.withServerWork(actor: context.actor) { (controller) throws(TenureError) in
             try controller.requestDeletion(id, confirmName: confirm, ifMatch: expected)
         }
         metrics.add("tenure_transitions_total", [("event", LifecycleEvent.deletionRequest.rawValue)])

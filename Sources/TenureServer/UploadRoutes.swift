@@ -107,7 +107,7 @@ extension Routes {
         guard query["confirm"] == id.rawValue else {
             throw TenureError(.confirmationMismatch, "give the upload's id as ?confirm=\(id) to request its deletion; nothing was destroyed")
         }
-        let record = try await pool.withController(actor: context.actor) { (controller) throws(TenureError) in try controller.deleteUpload(id) }
+        let record = try await pool.withServerWork(actor: context.actor) { (controller) throws(TenureError) in try controller.deleteUpload(id) }
         metrics.add("tenure_uploads_total", [("outcome", "destroyed")])
         return jsonResponse(uploadDocument(record, hold: hold))
     }
@@ -130,7 +130,7 @@ extension Routes {
         guard let format = BackupFormat(rawValue: formatText) else {
             throw TenureError(.invalidRequest, "format must be native or sql, not '\(printable(formatText))'")
         }
-        let (path, _) = try await pool.withController(actor: context.actor) { (controller) throws(TenureError) in
+        let (path, _) = try await pool.withServerWork(actor: context.actor) { (controller) throws(TenureError) in
             try controller.uploadResultFile(id, format: format)
         }
         let generation = (path as NSString).lastPathComponent.split(separator: ".").first.map(String.init) ?? "result"

@@ -23,7 +23,8 @@ import Glibc
             try? FileManager.default.removeItem(atPath: root)
         }
         let port = second.port!
-        let api = try APIFixture(["TENURE_SERVER_CONNECT_TIMEOUT": "3s", "TENURE_SERVER_STATEMENT_TIMEOUT": "3s"])
+        // One catalog session for API requests: the stuck operation must not hold it.
+        let api = try APIFixture(["TENURE_SERVER_CONNECT_TIMEOUT": "3s", "TENURE_SERVER_STATEMENT_TIMEOUT": "3s", "TENURE_HTTP_CATALOG_CONNECTIONS": "1"])
         let url = "postgresql://postgres@/postgres?host=\(second.socketDirectory)&port=\(port)"
         let add = try api.tenure(["server", "add", "second", "--url", url, "--public-host", "127.0.0.1", "--public-port", String(port)])
         try #require(add.status == 0, "\(add)")
