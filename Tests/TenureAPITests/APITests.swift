@@ -303,10 +303,9 @@ import Glibc
         let api = try APIFixture()
         let served = try api.call("GET", "/openapi.json", key: "")
         let onDisk = try Data(contentsOf: URL(fileURLWithPath: APIFixture.repository + "/docs/openapi.json"))
-        #expect(
-            (try JSONSerialization.jsonObject(with: Data(served.body)) as! NSDictionary)
-                == (try JSONSerialization.jsonObject(with: onDisk) as! NSDictionary),
-            "docs/openapi.json changed: run python3 ops/embed-sql.py")
+        // The resource is served byte for byte; docs/openapi.json is a link to it.
+        #expect(Data(served.body) == onDisk, "the served document differs from docs/openapi.json: rebuild")
+        #expect(served.header("content-type") == "application/json")
         #expect(try api.call("GET", "/readyz", key: "").json["status"] as? String == "ready")
     }
 }
