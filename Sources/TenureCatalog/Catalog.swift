@@ -451,6 +451,16 @@ public final class Catalog {
         try connection.query("SELECT pg_advisory_unlock($1::bigint)", [String(key)])
     }
 
+    /// Transitions of one database take turns across processes on this lock (two-key form,
+    /// its own key space), held while its server action runs instead of a row lock.
+    public func lockDatabase(_ id: DatabaseID) throws(TenureError) {
+        try connection.query("SELECT pg_advisory_lock(7310, hashtext($1))", [id.rawValue])
+    }
+
+    public func unlockDatabase(_ id: DatabaseID) throws(TenureError) {
+        try connection.query("SELECT pg_advisory_unlock(7310, hashtext($1))", [id.rawValue])
+    }
+
     /// The expiry sweep's cross-process lock (two-key form: a key space apart from intents').
     public func tryLockSweep() throws(TenureError) -> Bool {
         try connection.query("SELECT pg_try_advisory_lock(7309, 2) AS ok")[0, "ok"] == "t"

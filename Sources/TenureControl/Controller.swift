@@ -278,23 +278,42 @@ public final class Controller {
         case .recordOnly, .enableAccess, .disableAccess:
             var password: String?
             let server = try catalog.server(named: current.serverName)
-            try catalog.transaction { () throws(TenureError) in
-                guard try catalog.updateDatabase(next, expectedVersion: current.version, now: now) else {
-                    throw TenureError(
-                        .concurrentModification, "database \(id) was changed by someone else at the same time; \(event.rawValue) not applied, check its state and retry",
-                        context: ["database_id": id.rawValue])
+            let conflict = TenureError(
+                .concurrentModification, "database \(id) was changed by someone else at the same time; \(event.rawValue) not applied, check its state and retry",
+                context: ["database_id": id.rawValue])
+            func record() throws(TenureError) {
+                try catalog.transaction { () throws(TenureError) in
+                    guard try catalog.updateDatabase(next, expectedVersion: current.version, now: now) else { throw conflict }
+                    try catalog.audit(
+                        at: now, databaseID: id.rawValue, actor: actor, action: event.rawValue, from: current.state.rawValue, to: next.state.rawValue,
+                        reason: reason)
                 }
-                switch action {
-                case .enableAccess:
-                    password = try enableAccess(current, server: server, newPassword: newPassword)
-                case .disableAccess:
-                    try disableAccess(current, server: server)
-                case .recordOnly, .provision, .destroy:
-                    break
+            }
+            if case .recordOnly = action {
+                try record()
+            } else {
+                // The server action runs with no catalog transaction open (no row lock held
+                // while a tenant server answers, or does not): transitions of one database
+                // take turns on an advisory lock instead, the version is checked again under
+                // it, and the compare-and-swap is recorded after the action. If it cannot be
+                // recorded, the server is put back as the recorded state wants it.
+                try catalog.lockDatabase(id)
+                defer { try? catalog.unlockDatabase(id) }
+                guard try catalog.database(id).version == current.version else { throw conflict }
+                do throws(TenureError) {
+                    switch action {
+                    case .enableAccess:
+                        password = try enableAccess(current, server: server, newPassword: newPassword)
+                    case .disableAccess:
+                        try disableAccess(current, server: server)
+                    case .recordOnly, .provision, .destroy:
+                        break
+                    }
+                    try record()
+                } catch {
+                    try? reconcileAccess(id, server: server)
+                    throw error
                 }
-                try catalog.audit(
-                    at: now, databaseID: id.rawValue, actor: actor, action: event.rawValue, from: current.state.rawValue, to: next.state.rawValue,
-                    reason: reason)
             }
             let record = try catalog.database(id)
             return TransitionOutcome(
@@ -325,6 +344,19 @@ public final class Controller {
         let verifier = try admin.scramVerifier(password: password, role: record.postgresRole)
         try admin.execute("ALTER ROLE \(quoteIdentifier(record.postgresRole)) LOGIN PASSWORD \(quoteLiteral(verifier))")
         return password
+    }
+
+    /// Makes the role's login match the database's recorded state (after a transition whose
+    /// server action ran but could not be recorded).
+    private func reconcileAccess(_ id: DatabaseID, server: ServerRecord) throws(TenureError) {
+        let recorded = try catalog.database(id)
+        let admin = try connectAdmin(server)
+        defer { admin.close() }
+        switch recorded.state {
+        case .trial, .active: try admin.execute("ALTER ROLE \(quoteIdentifier(recorded.postgresRole)) LOGIN")
+        case .deactivated: try admin.execute("ALTER ROLE \(quoteIdentifier(recorded.postgresRole)) NOLOGIN")
+        case .provisioning, .destroyed: break
+        }
     }
 
     /// Login off first, so nobody reconnects; then every session of the role ends, including

@@ -45,6 +45,8 @@ import Glibc
         }
         thread.start()
         usleep(300_000)
+        // No catalog row lock is held while the stopped server is waited on.
+        #expect(try api.catalogRows("SELECT id FROM databases WHERE id = $1 FOR UPDATE NOWAIT", [farID]).count == 1)
         // Meanwhile every request about the other database is answered within a second.
         for _ in 0..<5 {
             let started = Date()
