@@ -427,9 +427,13 @@ public final class Controller {
         Failpoint.destroyAfterDropDatabase.hit()
         try admin.execute("DROP ROLE IF EXISTS \(quoteIdentifier(intent.postgresRole))")
         Failpoint.destroyAfterDropRole.hit()
-        try deleteBackups(intent.databaseID)
         let now = clock.now()
         try catalog.transaction { () throws(TenureError) in
+            // The backup store goes in a job of its own, in the database's turn (after its
+            // cancelled backups have stopped), retried until done.
+            _ = try catalog.insertJob(
+                kind: .purge, subject: intent.databaseID.rawValue, arguments: [:], actor: actor, maxAttempts: max(5, configuration.jobs.retry.maxAttempts),
+                now: now)
             try catalog.finishIntent(intent.id, status: .completed, now: now)
             try catalog.audit(
                 at: now, databaseID: intent.databaseID.rawValue, actor: actor, action: "destroy_completed", from: nil, to: nil, reason: nil,

@@ -306,7 +306,7 @@ public final class JobWorker: Sendable {
             } else if cancelRequested || failure.code == .cancelled {
                 end = .cancelled
             } else {
-                end = .failed(retryable: JobRetryPolicy.isRetryable(failure.code))
+                end = .failed(retryable: job.kind.retriesEveryFailure || JobRetryPolicy.isRetryable(failure.code))
             }
         }
         let decision = configuration.jobs.retry.decide(attempt: job.attempt, end: end, cancelRequested: cancelRequested)

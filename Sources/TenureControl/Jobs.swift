@@ -113,6 +113,12 @@ extension Controller {
         return job
     }
 
+    /// The store deletions (purge jobs) still to run, oldest first: a command that destroyed
+    /// something runs them before it returns.
+    public func pendingPurges() throws(TenureError) -> [JobRecord] {
+        try catalog.jobs(subject: nil, state: .queued, limit: 1000, before: nil).filter { $0.kind == .purge }.reversed()
+    }
+
     /// The unfinished jobs of a database or upload, oldest first (an export waits for them).
     public func unfinishedJobs(subject: String) throws(TenureError) -> [JobRecord] { try catalog.unfinishedJobs(subject: subject) }
 
@@ -138,6 +144,14 @@ extension Controller {
             document = ["upload": uploadDocument(upgraded, hold: configuration.upgradeHold)]
         case .export:
             throw TenureError(.internal, "export job \(job.id) is run by the replica streaming it, not by a worker")
+        case .purge:
+            let id = try DatabaseID(parsing: job.subject)
+            let count = try catalog.backups(databaseID: id).filter { $0.state != .deleted }.count
+            try deleteBackups(id)
+            try catalog.audit(
+                at: clock.now(), databaseID: id.rawValue, actor: actor, action: "backups_deleted", from: nil, to: nil, reason: nil,
+                detail: ["backups": String(count), "job_id": job.id.rawValue])
+            document = ["database_id": id.rawValue, "backups_deleted": count]
         }
         let data = (try? JSONSerialization.data(withJSONObject: document, options: [.sortedKeys])) ?? Data("{}".utf8)
         return String(decoding: data, as: UTF8.self)

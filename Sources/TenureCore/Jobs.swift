@@ -6,6 +6,11 @@ public enum JobKind: String, Sendable, CaseIterable, Codable {
     /// A streamed export over HTTP: run by the replica that streams it, never by a worker;
     /// a row only so that it takes its turn among the database's jobs.
     case export
+    /// The backup store of a destroyed database deleted.
+    case purge
+
+    /// Every failure of this kind is worth another attempt (a file system that refused once).
+    public var retriesEveryFailure: Bool { self == .purge }
 
     /// Whether the job's subject is a database (`db_…`) or an upload (`up_…`).
     public var subjectIsUpload: Bool { self == .upgrade }

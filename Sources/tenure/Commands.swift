@@ -242,6 +242,7 @@ struct DatabaseCommand: ParsableCommand {
                 let id = try DatabaseID(parsing: id)
                 try Session.with(options) { (session) throws(TenureError) in
                     let outcome = try session.controller.requestDeletion(id, confirmName: confirm)
+                    try session.runPendingPurges()
                     output.emit(json: databaseDocument(outcome.record)) { "destroyed \(id) (\(outcome.record.name))" }
                 }
             }
@@ -334,6 +335,7 @@ struct Expire: ParsableCommand {
             }
             try Session.with(options) { (session) throws(TenureError) in
                 let report = try session.controller.sweep(dryRun: dryRun, asOf: asOf)
+                if !dryRun { try session.runPendingPurges() }
                 output.emit(json: sweepDocument(report)) { sweepText(report) }
                 refused = report.refusal != nil || report.plan.refusal != nil || report.uploadPlan.refusal != nil
             }

@@ -27,6 +27,24 @@ extension Session {
     }
 }
 
+extension Session {
+    /// Runs the store deletions (purge jobs) of destroyed databases that are still queued, in
+    /// this process (a `tenure serve` replica may take one first; it is followed then), so a
+    /// command that destroyed something returns with its backups gone. One that fails is an
+    /// error naming its job; it stays queued for a retry.
+    func runPendingPurges() throws(TenureError) {
+        for job in try controller.pendingPurges() {
+            let logger = makeLogger(configuration, defaultLevel: .notice)
+            let finished = try JobWorker.runToCompletion(job.id, catalog: catalog, configuration: configuration, logger: logger)
+            guard finished.state == .succeeded else {
+                throw TenureError(
+                    .internal, "deleting the backups of \(job.subject) failed (job \(job.id): \(finished.errorMessage ?? finished.state.rawValue))",
+                    context: ["job_id": job.id.rawValue])
+            }
+        }
+    }
+}
+
 struct JobCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "job",

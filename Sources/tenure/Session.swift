@@ -43,7 +43,10 @@ final class Session {
         let clock = SystemWallClock()
         try catalog.ensureDefaultServer(publicHost: host, publicPort: publicPort, now: clock.now())
         controller = Controller(catalog: catalog, configuration: configuration, clock: clock, actor: actor, logger: logger)
-        if recover { try controller.recover() }
+        if recover {
+            // A drop finished here queues its store deletion: run it now too.
+            if try controller.recover().contains(where: { $0.outcome == "destroy finished" }) { try runPendingPurges() }
+        }
     }
 
     func close() {
