@@ -104,7 +104,10 @@ extension Catalog {
                     SELECT \(Self.jobColumns) FROM jobs j
                     WHERE ((j.state = 'queued' AND j.run_after <= clock_timestamp()) OR (j.state = 'running' AND j.lease_expires_at < clock_timestamp()))
                       AND NOT EXISTS (SELECT 1 FROM jobs a WHERE a.subject = j.subject AND a.state IN ('queued', 'running') AND a.seq < j.seq)
-                      AND ($1::text IS NULL OR j.id = $1)
+                      AND ($1::text IS NULL OR j.id = $1
+                           -- A worker for one job (the CLI's) also takes over a dead job ahead of
+                           -- it on the same subject: with no replica running, nobody else would.
+                           OR (j.state = 'running' AND j.subject = (SELECT o.subject FROM jobs o WHERE o.id = $1)))
                       AND (j.kind <> 'export' OR j.state = 'running' OR j.id = $1)
                     ORDER BY j.seq LIMIT 1 FOR UPDATE OF j SKIP LOCKED
                     """, [only?.rawValue])

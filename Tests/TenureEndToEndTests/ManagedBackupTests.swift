@@ -102,12 +102,19 @@ import TenureTestSupport
         let (id, url) = try world.create("interrupted", plan: "paid")
         try seed(url, rows: 50)
         let good = try #require(try world.tenure("db", "backup", id, "--json").json["path"] as? String)
-        let crashed = try world.tenure(["db", "backup", id], environment: ["TENURE_FAILPOINT": "backup.before_publish"])
+        let crashed = try world.tenure(["db", "backup", id], environment: ["TENURE_FAILPOINT": "backup.before_publish", "TENURE_JOB_LEASE": "2s"])
         #expect(crashed.signal == SIGKILL)
         let list = try world.tenure("db", "backups", id, "--json")
         let states = (list.json["backups"] as? [[String: Any]] ?? []).map { $0["state"] as? String ?? "" }
         #expect(states == ["verified", "failed"], "\(list)")
         let files = try FileManager.default.contentsOfDirectory(atPath: (good as NSString).deletingLastPathComponent)
         #expect(files == [(good as NSString).lastPathComponent], "only the verified backup may remain: \(files)")
+        // With no `tenure serve` running, the next backup command takes the dead job over
+        // (its lease expired) before its own, instead of waiting behind it for ever.
+        let next = try world.tenure(["db", "backup", id, "--json"], environment: ["TENURE_JOB_LEASE": "2s"])
+        #expect(next.status == 0, "\(next)")
+        let jobs = try world.tenure("job", "list", "--database", id, "--json").json["jobs"] as? [[String: Any]] ?? []
+        #expect(jobs.map { $0["state"] as? String ?? "" } == ["succeeded", "succeeded", "succeeded"], "\(jobs)")
+        #expect(jobs.last?["attempt"] as? Int == 1 && jobs[1]["attempt"] as? Int == 2, "the dead job was run again: \(jobs)")
     }
 }
