@@ -65,14 +65,15 @@ extension Catalog {
     }
 
     /// Newest first; `before` is the `seq` of the last job of the previous page.
-    public func jobs(subject: String?, state: JobState?, limit: Int, before: Int64?) throws(TenureError) -> [JobRecord] {
+    public func jobs(subject: String?, state: JobState?, kind: JobKind? = nil, limit: Int, before: Int64?) throws(TenureError) -> [JobRecord] {
         let result = try connection.query(
             """
             SELECT \(Self.jobColumns) FROM jobs j
             WHERE ($1::text IS NULL OR j.subject = $1) AND ($2::text IS NULL OR j.state = $2) AND ($3::bigint IS NULL OR j.seq < $3)
+              AND ($5::text IS NULL OR j.kind = $5)
             ORDER BY j.seq DESC LIMIT $4
             """,
-            [subject, state?.rawValue, before.map { String($0) }, String(limit)])
+            [subject, state?.rawValue, before.map { String($0) }, String(limit), kind?.rawValue])
         return result.rows.indices.map { jobRecord(result, $0) }
     }
 
@@ -80,12 +81,6 @@ extension Catalog {
     public func unfinishedJobs(subject: String) throws(TenureError) -> [JobRecord] {
         let result = try connection.query(
             "SELECT \(Self.jobColumns) FROM jobs j WHERE j.subject = $1 AND j.state IN ('queued', 'running') ORDER BY j.seq", [subject])
-        return result.rows.indices.map { jobRecord(result, $0) }
-    }
-
-    /// Jobs whose lease this replica holds.
-    public func jobs(leasedBy owner: String) throws(TenureError) -> [JobRecord] {
-        let result = try connection.query("SELECT \(Self.jobColumns) FROM jobs j WHERE j.lease_owner = $1 ORDER BY j.seq", [owner])
         return result.rows.indices.map { jobRecord(result, $0) }
     }
 
@@ -210,16 +205,7 @@ extension Catalog {
     /// A queued job is cancelled at once; a running one is asked to stop (its worker sees the
     /// request at its next lease renewal). Nil when the job has already finished.
     public func requestCancel(_ id: JobID, now: Date) throws(TenureError) -> JobRecord? {
-        let result = try connection.query(
-            """
-            UPDATE jobs SET cancel_requested = true,
-                state = CASE WHEN state = 'queued' THEN 'cancelled' ELSE state END,
-                finished_at = CASE WHEN state = 'queued' THEN to_timestamp($2::float8) ELSE finished_at END,
-                error = CASE WHEN state = 'queued' THEN $3::jsonb ELSE error END
-            WHERE id = $1 AND state IN ('queued', 'running') RETURNING id
-            """,
-            [id.rawValue, epoch(now), Self.errorJSON(TenureError(.cancelled, "cancelled before it started"))])
-        if result.rows.isEmpty {
+        guard try !cancel(where: "id = $3", [id.rawValue], now: now).isEmpty else {
             _ = try job(id)
             return nil
         }
@@ -229,15 +215,22 @@ extension Catalog {
     /// Cancels every unfinished job of `kinds` on a subject (a deletion cancels backups first).
     @discardableResult
     public func cancelJobs(subject: String, kinds: [JobKind], now: Date) throws(TenureError) -> [JobID] {
-        let result = try connection.query(
-            "SELECT id FROM jobs WHERE subject = $1 AND state IN ('queued', 'running') AND kind = ANY($2::text[]) ORDER BY seq",
-            [subject, "{" + kinds.map(\.rawValue).joined(separator: ",") + "}"])
-        var ids: [JobID] = []
-        for row in result.rows {
-            let id = JobID(unchecked: row[0]!)
-            if try requestCancel(id, now: now) != nil { ids.append(id) }
-        }
-        return ids
+        try cancel(where: "subject = $3 AND kind = ANY($4::text[])", [subject, "{" + kinds.map(\.rawValue).joined(separator: ",") + "}"], now: now)
+    }
+
+    /// The one cancel: unfinished jobs matching `condition` (on parameters from $3) are asked to
+    /// stop; queued ones are cancelled at once.
+    private func cancel(where condition: String, _ parameters: [String?], now: Date) throws(TenureError) -> [JobID] {
+        try connection.query(
+            """
+            UPDATE jobs SET cancel_requested = true,
+                state = CASE WHEN state = 'queued' THEN 'cancelled' ELSE state END,
+                finished_at = CASE WHEN state = 'queued' THEN to_timestamp($1::float8) ELSE finished_at END,
+                error = CASE WHEN state = 'queued' THEN $2::jsonb ELSE error END
+            WHERE state IN ('queued', 'running') AND \(condition) RETURNING id
+            """,
+            [epoch(now), Self.errorJSON(TenureError(.cancelled, "cancelled before it started"))] + parameters
+        ).rows.map { JobID(unchecked: $0[0]!) }
     }
 
     /// Forgets finished jobs older than `before`.

@@ -55,7 +55,6 @@ public final class JobWorker: Sendable {
     private struct State {
         var running: [JobID: Running] = [:]
         var stopping = false
-        var loopFinished = false
     }
 
     let parameters: ConnectionParameters
@@ -105,16 +104,28 @@ public final class JobWorker: Sendable {
     public func endAdopted(_ id: JobID, error: TenureError?) {
         guard let entry = state.withLock({ $0.running.removeValue(forKey: id) }) else { return }
         let final: JobState = error == nil ? .succeeded : (error?.code == .cancelled || entry.cancelRequested ? .cancelled : .failed)
-        do throws(TenureError) {
-            let catalog = try Catalog(parameters: parameters)
-            defer { catalog.close() }
-            try catalog.endAttempt(
-                entry.fence, decision: .finish(final), released: false, result: nil, error: error, progress: Self.counters(entry.job.kind, entry.progress),
-                now: Date())
-        } catch {
-            logger.warning("could not record an export's end; its lease will expire", metadata: ["tenure.job_id": "\(id)", "tenure.error": "\(error.message)"])
-        }
+        _ = record(entry.job, fence: entry.fence, decision: .finish(final), released: false, result: nil, error: error, progress: entry.progress)
         wakeup.signal()
+    }
+
+    /// Records how an attempt ended, if the row still carries its fence (false otherwise). The
+    /// catalog may be restarting: a few tries, then the lease expires and another replica (or
+    /// this one) takes the job over.
+    private func record(
+        _ job: JobRecord, fence: JobFence, decision: JobDecision, released: Bool, result: String?, error: TenureError?, progress: TransferProgress
+    ) -> Bool {
+        for tryNumber in 1...5 {
+            do throws(TenureError) {
+                let catalog = try Catalog(parameters: parameters)
+                defer { catalog.close() }
+                return try catalog.endAttempt(
+                    fence, decision: decision, released: released, result: result, error: error, progress: Self.counters(job.kind, progress), now: Date())
+            } catch let failure {
+                logger.warning("could not record a job's outcome; retrying", metadata: ["tenure.job_id": "\(job.id)", "tenure.error": "\(failure.message)"])
+                if tryNumber < 5 { Thread.sleep(forTimeInterval: 1) }
+            }
+        }
+        return false
     }
 
     /// A cancel asked for through this replica, of a job it runs: stop now.
@@ -202,7 +213,6 @@ public final class JobWorker: Sendable {
             _ = wakeup.wait(timeout: .now() + seconds)
         }
         catalog?.close()
-        state.withLock { $0.loopFinished = true }
         finished.signal()
     }
 
@@ -310,25 +320,7 @@ public final class JobWorker: Sendable {
             }
         }
         let decision = configuration.jobs.retry.decide(attempt: job.attempt, end: end, cancelRequested: cancelRequested)
-        var recorded = false
-        if !lost {
-            // The catalog may be restarting: a few tries, then the lease expires and another
-            // replica (or this one) takes the job over.
-            for tryNumber in 1...5 {
-                do throws(TenureError) {
-                    let catalog = try Catalog(parameters: parameters)
-                    defer { catalog.close() }
-                    recorded = try catalog.endAttempt(
-                        fence, decision: decision, released: end == .released, result: result, error: error,
-                        progress: Self.counters(job.kind, progress), now: Date())
-                    break
-                } catch let failure {
-                    logger.warning(
-                        "could not record a job's outcome; retrying", metadata: ["tenure.job_id": "\(job.id)", "tenure.error": "\(failure.message)"])
-                    if tryNumber < 5 { Thread.sleep(forTimeInterval: 1) }
-                }
-            }
-        }
+        let recorded = !lost && record(job, fence: fence, decision: decision, released: end == .released, result: result, error: error, progress: progress)
         let finalState: JobState
         switch decision {
         case .finish(let state): finalState = state

@@ -116,7 +116,7 @@ extension Controller {
     /// The store deletions (purge jobs) still to run, oldest first: a command that destroyed
     /// something runs them before it returns.
     public func pendingPurges() throws(TenureError) -> [JobRecord] {
-        try catalog.jobs(subject: nil, state: .queued, limit: 1000, before: nil).filter { $0.kind == .purge }.reversed()
+        try catalog.jobs(subject: nil, state: .queued, kind: .purge, limit: 1000, before: nil).reversed()
     }
 
     /// The unfinished jobs of a database or upload, oldest first (an export waits for them).
