@@ -372,14 +372,21 @@ public final class Catalog {
     // MARK: - Backups
 
     static let backupColumns = """
-        id, database_id, state, format, path, byte_count, row_count, table_count, error, lock_key,
-        extract(epoch FROM started_at)::text AS started_at, extract(epoch FROM finished_at)::text AS finished_at
+        id, database_id, state, format, path, byte_count, row_count, table_count, error, lock_key, scheduled, drill_outcome,
+        extract(epoch FROM started_at)::text AS started_at, extract(epoch FROM finished_at)::text AS finished_at,
+        extract(epoch FROM drilled_at)::text AS drilled_at
         """
 
     public func insertBackup(_ backup: BackupRecord) throws(TenureError) {
         try connection.query(
-            "INSERT INTO backups (id, database_id, state, format, path, started_at, lock_key) VALUES ($1, $2, $3, $4, $5, to_timestamp($6::float8), $7)",
-            [backup.id.rawValue, backup.databaseID.rawValue, backup.state.rawValue, backup.format, backup.path, epoch(backup.startedAt), String(backup.lockKey)])
+            """
+            INSERT INTO backups (id, database_id, state, format, path, started_at, lock_key, scheduled)
+            VALUES ($1, $2, $3, $4, $5, to_timestamp($6::float8), $7, $8)
+            """,
+            [
+                backup.id.rawValue, backup.databaseID.rawValue, backup.state.rawValue, backup.format, backup.path, epoch(backup.startedAt),
+                String(backup.lockKey), backup.scheduled ? "true" : "false",
+            ])
     }
 
     public func finishBackup(_ id: BackupID, state: BackupState, byteCount: Int64?, rowCount: Int64?, tableCount: Int?, error: String?, now: Date)
@@ -434,6 +441,9 @@ public final class Catalog {
         record.tableCount = result[row, "table_count"].flatMap { Int($0) }
         record.error = result[row, "error"]
         record.finishedAt = date(result[row, "finished_at"])
+        record.scheduled = result[row, "scheduled"] == "t"
+        record.drilledAt = date(result[row, "drilled_at"])
+        record.drillOutcome = result[row, "drill_outcome"].flatMap { DrillOutcome(rawValue: $0) }
         return record
     }
 

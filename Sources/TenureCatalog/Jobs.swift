@@ -45,16 +45,18 @@ extension Catalog {
 
     // MARK: Requests and reads
 
-    public func insertJob(kind: JobKind, subject: String, arguments: [String: String], actor: String, maxAttempts: Int, now: Date)
-        throws(TenureError) -> JobRecord
-    {
+    /// Queues a job. `serverName` (the tenant server it loads) holds backups and drills to
+    /// the per-server limit when they are claimed.
+    public func insertJob(
+        kind: JobKind, subject: String, arguments: [String: String], actor: String, maxAttempts: Int, now: Date, serverName: String? = nil
+    ) throws(TenureError) -> JobRecord {
         let id = JobID.random()
         try connection.query(
             """
-            INSERT INTO jobs (id, kind, subject, arguments, actor, state, max_attempts, created_at, run_after)
-            VALUES ($1, $2, $3, $4::jsonb, $5, 'queued', $6, to_timestamp($7::float8), clock_timestamp())
+            INSERT INTO jobs (id, kind, subject, arguments, actor, state, max_attempts, created_at, run_after, server_name)
+            VALUES ($1, $2, $3, $4::jsonb, $5, 'queued', $6, to_timestamp($7::float8), clock_timestamp(), $8)
             """,
-            [id.rawValue, kind.rawValue, subject, Self.json(arguments), actor, String(maxAttempts), epoch(now)])
+            [id.rawValue, kind.rawValue, subject, Self.json(arguments), actor, String(maxAttempts), epoch(now), serverName])
         return try job(id)
     }
 
@@ -91,9 +93,16 @@ extension Catalog {
     /// earlier job of its subject is unfinished. A job whose dead attempt was its last is
     /// finished as failed here (and the next one looked at). Replicas never take the same row:
     /// the candidate is locked with SKIP LOCKED and the claim commits with it.
-    public func claimJob(owner: String, lease: Duration, policy: JobRetryPolicy, now: Date, only: JobID? = nil) throws(TenureError) -> ClaimedJob? {
+    ///
+    /// A queued backup or drill starts only while fewer than `perServer` backups and drills
+    /// run on its tenant server; claims take turns on a transaction lock so that two replicas
+    /// cannot both start the last allowed one.
+    public func claimJob(
+        owner: String, lease: Duration, policy: JobRetryPolicy, now: Date, only: JobID? = nil, perServer: Int = 1
+    ) throws(TenureError) -> ClaimedJob? {
         while true {
             let outcome: (claimed: ClaimedJob?, again: Bool) = try transaction { () throws(TenureError) in
+                try connection.query("SELECT pg_advisory_xact_lock(7311)")
                 let candidate = try connection.query(
                     """
                     SELECT \(Self.jobColumns) FROM jobs j
@@ -104,8 +113,11 @@ extension Catalog {
                            -- it on the same subject: with no replica running, nobody else would.
                            OR (j.state = 'running' AND j.subject = (SELECT o.subject FROM jobs o WHERE o.id = $1)))
                       AND (j.kind <> 'export' OR j.state = 'running' OR j.id = $1)
+                      AND (j.kind NOT IN ('backup', 'drill') OR j.server_name IS NULL OR j.state = 'running'
+                           OR (SELECT count(*) FROM jobs r WHERE r.state = 'running' AND r.server_name = j.server_name
+                               AND r.kind IN ('backup', 'drill')) < $2)
                     ORDER BY j.seq LIMIT 1 FOR UPDATE OF j SKIP LOCKED
-                    """, [only?.rawValue])
+                    """, [only?.rawValue, String(perServer)])
                 guard !candidate.rows.isEmpty else { return (nil, false) }
                 let job = jobRecord(candidate, 0)
                 let reclaimed = job.state == .running

@@ -18,12 +18,15 @@ public struct BackupOutcome: Sendable {
 extension Controller {
     var pgDump: PgDump { PgDump(path: configuration.pgDumpPath) }
 
-    func backupPath(_ record: BackupRecord) -> String { configuration.backupDirectory + "/" + record.path }
+    /// The backup store (a directory, or an object store through rclone).
+    var backupStore: any BackupStore { configuration.backupStore.open() }
 
-    /// Backs a hosted database up into the backup store: written under a temporary name,
-    /// fsynced, verified completely, then published by rename and only then recorded as
-    /// `verified` (B3, B4). A failure is recorded as `failed` and never touches an older backup.
-    public func backupDatabase(_ id: DatabaseID, progress: TransferProgress = TransferProgress()) throws(TenureError) -> BackupOutcome {
+    /// Backs a hosted database up into the backup store: written (a directory: under a
+    /// temporary name, fsynced; an object store: streamed to its key), read back from the
+    /// store and verified completely (the same bytes as written, every checksum, the
+    /// signature), then published and only then recorded as `verified` (B3, B4). A failure is
+    /// recorded as `failed`, removes what it wrote and never touches an older backup.
+    public func backupDatabase(_ id: DatabaseID, scheduled: Bool = false, progress: TransferProgress = TransferProgress()) throws(TenureError) -> BackupOutcome {
         let database = try catalog.database(id)
         switch database.state {
         case .trial, .active, .deactivated: break
@@ -36,10 +39,11 @@ extension Controller {
         var record = BackupRecord(
             id: backupID, databaseID: id, state: .running, format: "native", path: "\(id)/\(backupID).tenure", startedAt: now,
             lockKey: Int64.random(in: 1...Int64.max))
+        record.scheduled = scheduled
         try catalog.lock(key: record.lockKey)
         defer { try? catalog.unlock(key: record.lockKey) }
         try catalog.insertBackup(record)
-        let directory = configuration.backupDirectory + "/" + id.rawValue
+        let store = backupStore
         do throws(TenureError) {
             // A destroy that began meanwhile wins: it waits for running backups (their locks)
             // before it deletes the store, and a backup registered after that sees the state.
@@ -47,29 +51,38 @@ extension Controller {
             guard current != .destroyed else {
                 throw TenureError(.lifecycleConflict, "database \(id) was destroyed while the backup started; nothing was kept", context: ["database_id": id.rawValue])
             }
-            do { try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true) } catch {
-                throw TenureError(.internal, "cannot create the backup directory \(directory): \(error.localizedDescription)")
-            }
-            let sink = try AtomicFileSink(path: backupPath(record), publishOnFinish: false)
+            let writer = try store.create(record.path)
+            let counted = CountingSink(writer)
             var options = BackupOptions(
                 source: try adminParameters(server, database: database.postgresDatabase), jobs: configuration.engineJobs, format: .native,
                 pgDump: pgDump, createdAt: now)
             let key = try ArchiveKey.load(home: configuration.home, create: true)
             options.signingKey = key
-            let summary = try runBackup(options, sink: CancellableSink(sink, progress: progress), progress: progress)
-            // Read before the file is published: from then on any failure must remove it.
+            let summary = try watching(server, "backup", progress: progress) { () throws(TenureError) in
+                try runBackup(options, sink: CancellableSink(counted, progress: progress), progress: progress)
+            }
+            // Read before the object is published: from then on any failure must remove it.
             let previous = try catalog.backups(databaseID: id, state: .verified).last
             do throws(TenureError) {
-                let verified = try runVerify(source: try DescriptorSource(path: sink.temporaryPath), key: key)
+                // What the store holds, read back whole: every part's checksum, the manifest's
+                // signature, and the same bytes (count and XXH64) as were written.
+                let stored = HashingSource(try writer.verificationSource())
+                let verified = try runVerify(source: stored, key: key)
                 guard verified.signature == .valid else { throw TenureError(.internal, "the new backup's signature did not check out") }
+                try stored.drain()
+                guard stored.count == counted.count, stored.digest == counted.digest else {
+                    throw TenureError(
+                        .internal,
+                        "the backup store \(store.location) holds \(stored.count) bytes (XXH64 \(XXH64.hex(stored.digest))) where \(counted.count) (\(XXH64.hex(counted.digest))) were written")
+                }
                 Failpoint.backupBeforePublish.hit()
                 if progress.isCancelled { throw TenureError(.cancelled, "the backup was cancelled; nothing was kept") }
-                try sink.publish()
+                try writer.publish()
             } catch {
-                sink.abort()
+                writer.abort()
                 throw error
             }
-            let size = (try? FileManager.default.attributesOfItem(atPath: backupPath(record))[.size] as? Int64) ?? nil
+            let size: Int64? = counted.count
             let finished = clock.now()
             do throws(TenureError) {
                 try catalog.transaction { () throws(TenureError) in
@@ -80,9 +93,9 @@ extension Controller {
                         detail: ["backup_id": backupID.rawValue, "bytes": String(size ?? 0), "rows": String(summary.rowCount)])
                 }
             } catch {
-                // Not recorded (the catalog failed, or this job attempt lost its lease): a file
-                // no row calls verified must not stay in the store.
-                unlink(backupPath(record))
+                // Not recorded (the catalog failed, or this job attempt lost its lease): an
+                // object no row calls verified must not stay in the store.
+                try? store.delete(record.path)
                 throw error
             }
             record = try catalog.backup(backupID)
@@ -168,12 +181,14 @@ extension Controller {
         let admin = try connectAdmin(server)
         defer { admin.close() }
         do throws(TenureError) {
-            let source = try DescriptorSource(path: backupPath(backup))
+            let source = try backupStore.open(backup.path, offset: 0, length: nil)
             var options = RestoreOptions(target: try adminParameters(server, database: newName), jobs: configuration.engineJobs)
             options.target["options"] = nil
             options.key = try ArchiveKey.load(home: configuration.home, create: false)
             options.grantPublicConnect = false
-            _ = try runRestore(source: source, options: options, progress: progress)
+            _ = try watching(server, "restore", progress: progress) { () throws(TenureError) in
+                try runRestore(source: source, options: options, progress: progress)
+            }
             // Tenant rules on the new database before anyone can reach it.
             let role = quoteIdentifier(database.postgresRole)
             try admin.execute("ALTER DATABASE \(quoteIdentifier(newName)) OWNER TO \(role)")
@@ -252,14 +267,11 @@ extension Controller {
         for backup in try catalog.backups(state: .running) {
             guard try catalog.tryLock(key: backup.lockKey) else { continue }
             defer { try? catalog.unlock(key: backup.lockKey) }
-            let directory = configuration.backupDirectory + "/" + backup.databaseID.rawValue
-            let prefix = ".\(backup.id).tenure.partial-"
-            for name in (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? [] where name.hasPrefix(prefix) {
-                unlink(directory + "/" + name)
-            }
+            let store = backupStore
+            store.removeLeftovers(of: backup.path)
             // Published but never recorded verified (the process died, or lost the catalog,
             // in between): not a backup anyone may count on.
-            unlink(directory + "/\(backup.id).tenure")
+            try store.delete(backup.path)
             try catalog.finishBackup(backup.id, state: .failed, byteCount: nil, rowCount: nil, tableCount: nil, error: "interrupted", now: clock.now())
         }
     }
@@ -272,12 +284,7 @@ extension Controller {
             try catalog.lock(key: running.lockKey)
             try catalog.unlock(key: running.lockKey)
         }
-        let directory = configuration.backupDirectory + "/" + id.rawValue
-        if FileManager.default.fileExists(atPath: directory) {
-            do { try FileManager.default.removeItem(atPath: directory) } catch {
-                throw TenureError(.internal, "cannot delete the backups of \(id) in \(directory): \(error.localizedDescription)")
-            }
-        }
+        try backupStore.deleteDirectory(id.rawValue)
         try catalog.deleteBackups(of: id, now: clock.now())
     }
 }

@@ -18,8 +18,11 @@ public struct TenureConfiguration: Sendable {
     /// PostgreSQL server programs for the embedded cluster.
     public var postgresBinDirectory: String
     public var logLevel: String
-    /// Where managed backups live (`$TENURE_HOME/backups` by default).
+    /// Where managed backups live when the store is a local directory (`$TENURE_HOME/backups`).
     public var backupDirectory: String
+    /// The backup store: `TENURE_BACKUP_STORE` (a directory or `rclone:REMOTE:PATH`), else
+    /// the directory `TENURE_BACKUP_DIR`.
+    public var backupStore: BackupStoreLocation
     /// Parallel connections for managed backups and restores.
     public var engineJobs: Int
     /// The pg_dump used for schema sections (TENURE_PG_DUMP, else the one beside the server).
@@ -39,6 +42,8 @@ public struct TenureConfiguration: Sendable {
     public var jobs: JobSettings
     /// Deadlines of sessions to tenant servers.
     public var serverDeadlines = ServerDeadlines()
+    /// Scheduled backups, retention and restore drills.
+    public var backupPolicy = BackupPolicySettings()
 
     /// Every setting the file and the environment accept, with its documented default.
     public static let settings: [(key: String, defaultValue: String, help: String)] = [
@@ -52,7 +57,8 @@ public struct TenureConfiguration: Sendable {
         ("TENURE_SWEEP_INTERVAL", "1m", "how often `tenure serve` runs the expiry sweep"),
         ("TENURE_PG_BIN", EmbeddedDefaults.postgresBinDirectory, "PostgreSQL 15 server programs for the embedded cluster"),
         ("TENURE_LOG_LEVEL", "info", "trace, debug, info, notice, warning, error or critical"),
-        ("TENURE_BACKUP_DIR", "$TENURE_HOME/backups", "the backup store for `tenure db backup`"),
+        ("TENURE_BACKUP_STORE", "$TENURE_HOME/backups", "the backup store: a directory, or rclone:REMOTE:PATH for any object store rclone reaches (S3, GCS, Azure, SFTP, ...)"),
+        ("TENURE_BACKUP_DIR", "$TENURE_HOME/backups", "the backup store's directory (an older name; TENURE_BACKUP_STORE wins)"),
         ("TENURE_JOBS", "(cores)", "parallel connections for managed backups and restores"),
         ("TENURE_PG_DUMP", "$TENURE_PG_BIN/pg_dump", "the pg_dump used for schema sections"),
         ("TENURE_CONFIG", "$TENURE_HOME/tenure.conf", "optional configuration file of KEY=value lines"),
@@ -78,10 +84,22 @@ public struct TenureConfiguration: Sendable {
         ("TENURE_JOB_BACKOFF", "10s", "wait before a job's second attempt (doubled for each further one, at most 5m)"),
         ("TENURE_JOB_RETENTION", "30d", "how long finished jobs are kept"),
         ("TENURE_EXPORT_WAIT", "30s", "how long an export over HTTP waits for the database's running job (409 after)"),
+        ("TENURE_BACKUP_INTERVAL", "24h", "every live database is backed up this often, at a slot spread over the interval by its id (`off`: no schedule)"),
+        ("TENURE_BACKUP_CONCURRENCY_PER_SERVER", "1", "backups and drills running at once on one tenant server"),
+        ("TENURE_BACKUP_MAX_AGE", "26h", "a database whose newest verified backup is older than this is stale"),
+        ("TENURE_BACKUP_KEEP_LAST", "1", "newest verified backups kept per database"),
+        ("TENURE_BACKUP_KEEP_DAILY", "7", "UTC days whose newest verified backup is kept"),
+        ("TENURE_BACKUP_KEEP_WEEKLY", "4", "ISO weeks whose newest verified backup is kept"),
+        ("TENURE_BACKUP_KEEP_MONTHLY", "3", "months whose newest verified backup is kept"),
+        ("TENURE_DRILL_INTERVAL", "24h", "how often restore drills are picked (`off`: none scheduled)"),
+        ("TENURE_DRILL_COUNT", "1", "backups drilled at least each drill interval"),
+        ("TENURE_DRILL_MAX_AGE", "30d", "every live database's newest backup is drilled within this"),
+        ("TENURE_DRILL_SERVER", "default", "the tenant server drills restore onto (into a scratch database)"),
         ("TENURE_REPLICA_ID", "(host:pid)", "this process's name in job leases and /readyz"),
         ("TENURE_SERVER_CONNECT_TIMEOUT", "10s", "longest wait to connect to a tenant server"),
         ("TENURE_SERVER_STATEMENT_TIMEOUT", "60s", "longest a control statement on a tenant server may run (the client gives up 15 s later)"),
         ("TENURE_SERVER_LOCK_TIMEOUT", "10s", "longest a control statement on a tenant server waits for a lock"),
+        ("TENURE_SERVER_STALL_PROBE", "30s", "a backup, restore or upgrade that made no progress this long checks that its server still answers (stopped if not)"),
     ]
 
     public static func load(environment: [String: String] = ProcessInfo.processInfo.environment) throws(TenureError) -> TenureConfiguration {
@@ -127,6 +145,12 @@ public struct TenureConfiguration: Sendable {
         logLevel = values["TENURE_LOG_LEVEL"] ?? "info"
         pgDumpPath = values["TENURE_PG_DUMP"].flatMap { $0.isEmpty ? nil : $0 } ?? (postgresBinDirectory + "/pg_dump")
         backupDirectory = values["TENURE_BACKUP_DIR"].flatMap { $0.isEmpty ? nil : $0 } ?? (home + "/backups")
+        if let text = values["TENURE_BACKUP_STORE"], !text.isEmpty {
+            backupStore = try BackupStoreLocation.parse(text, setting: "TENURE_BACKUP_STORE")
+            if case .directory(let path) = backupStore { backupDirectory = path }
+        } else {
+            backupStore = .directory(backupDirectory)
+        }
         let cores = max(1, ProcessInfo.processInfo.activeProcessorCount)
         if let text = values["TENURE_JOBS"] {
             guard let jobs = Int(text), (1...64).contains(jobs) else {
@@ -163,13 +187,14 @@ public struct TenureConfiguration: Sendable {
         jobs = try JobSettings(values: values)
         for (key, path) in [
             ("TENURE_SERVER_CONNECT_TIMEOUT", \ServerDeadlines.connect), ("TENURE_SERVER_STATEMENT_TIMEOUT", \ServerDeadlines.statement),
-            ("TENURE_SERVER_LOCK_TIMEOUT", \ServerDeadlines.lock),
+            ("TENURE_SERVER_LOCK_TIMEOUT", \ServerDeadlines.lock), ("TENURE_SERVER_STALL_PROBE", \ServerDeadlines.stallProbe),
         ] {
             guard let text = values[key] else { continue }
             let value = try PolicyDuration.parse(text, setting: key)
             guard value >= .seconds(1) else { throw TenureError(.invalidConfiguration, "\(key) must be at least 1s") }
             serverDeadlines[keyPath: path] = value
         }
+        backupPolicy = try BackupPolicySettings(values: values)
         let levels = ["trace", "debug", "info", "notice", "warning", "error", "critical"]
         guard levels.contains(logLevel) else {
             throw TenureError(.invalidConfiguration, "TENURE_LOG_LEVEL='\(printable(logLevel))' must be one of \(levels.joined(separator: ", "))")
@@ -245,6 +270,62 @@ public struct ServerDeadlines: Sendable {
     public var connect: Duration = .seconds(10)
     public var statement: Duration = .seconds(60)
     public var lock: Duration = .seconds(10)
+    /// How long a data operation may go without progress before its server is asked whether
+    /// it still answers.
+    public var stallProbe: Duration = .seconds(30)
+}
+
+/// The backup policy's settings, with their documented defaults.
+public struct BackupPolicySettings: Sendable {
+    /// Nil: no scheduled backups (`TENURE_BACKUP_INTERVAL=off`).
+    public var interval: Duration? = .seconds(86_400)
+    public var concurrencyPerServer = 1
+    public var maxAge: Duration = .seconds(26 * 3600)
+    public var retention = RetentionPolicy()
+    /// Nil: no scheduled drills.
+    public var drillInterval: Duration? = .seconds(86_400)
+    public var drillCount = 1
+    public var drillMaxAge: Duration = .seconds(30 * 86_400)
+    public var drillServer = "default"
+
+    public init() {}
+
+    init(values: [String: String]) throws(TenureError) {
+        func duration(_ key: String, off: Bool) throws(TenureError) -> Duration?? {
+            guard let text = values[key] else { return .none }
+            if off && text == "off" { return .some(nil) }
+            let value = try PolicyDuration.parse(text, setting: key)
+            guard value >= .seconds(1) else { throw TenureError(.invalidConfiguration, "\(key) must be at least 1s\(off ? " (or off)" : "")") }
+            return .some(value)
+        }
+        func count(_ key: String, _ range: ClosedRange<Int>) throws(TenureError) -> Int? {
+            guard let text = values[key] else { return nil }
+            guard let value = Int(text), range.contains(value) else {
+                throw TenureError(.invalidConfiguration, "\(key)='\(printable(text))' must be a whole number from \(range.lowerBound) to \(range.upperBound)")
+            }
+            return value
+        }
+        if let value = try duration("TENURE_BACKUP_INTERVAL", off: true) { interval = value }
+        if let value = try duration("TENURE_BACKUP_MAX_AGE", off: false) { maxAge = value ?? maxAge }
+        if let value = try duration("TENURE_DRILL_INTERVAL", off: true) { drillInterval = value }
+        if let value = try duration("TENURE_DRILL_MAX_AGE", off: false) { drillMaxAge = value ?? drillMaxAge }
+        concurrencyPerServer = try count("TENURE_BACKUP_CONCURRENCY_PER_SERVER", 1...64) ?? concurrencyPerServer
+        drillCount = try count("TENURE_DRILL_COUNT", 0...10_000) ?? drillCount
+        retention = RetentionPolicy(
+            keepLast: try count("TENURE_BACKUP_KEEP_LAST", 1...10_000) ?? retention.keepLast,
+            keepDaily: try count("TENURE_BACKUP_KEEP_DAILY", 0...10_000) ?? retention.keepDaily,
+            keepWeekly: try count("TENURE_BACKUP_KEEP_WEEKLY", 0...10_000) ?? retention.keepWeekly,
+            keepMonthly: try count("TENURE_BACKUP_KEEP_MONTHLY", 0...10_000) ?? retention.keepMonthly)
+        if let text = values["TENURE_DRILL_SERVER"] {
+            guard (try? ServerName(validating: text)) != nil else {
+                throw TenureError(.invalidConfiguration, "TENURE_DRILL_SERVER='\(printable(text))' is not a server name")
+            }
+            drillServer = text
+        }
+    }
+
+    /// The schedule's pure rules (an interval of a day when scheduling is off, for status).
+    public var schedule: BackupSchedule { BackupSchedule(interval: interval ?? .seconds(86_400), maxAge: maxAge) }
 }
 
 /// Settings of durable jobs, with their documented defaults.

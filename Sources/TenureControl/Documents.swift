@@ -122,6 +122,9 @@ public func backupDocument(_ record: BackupRecord, store: String?) -> [String: A
     if let store { document["path"] = store + "/" + record.path }
     if let bytes = record.byteCount { document["bytes"] = bytes }
     if let rows = record.rowCount { document["rows"] = rows }
+    document["scheduled"] = record.scheduled
+    document["drilled_at"] = record.drilledAt.map { RFC3339.format($0) as Any } ?? NSNull()
+    document["drill_outcome"] = record.drillOutcome.map { $0.rawValue as Any } ?? NSNull()
     if let tables = record.tableCount { document["tables"] = tables }
     if let error = record.error { document["error"] = error }
     return document

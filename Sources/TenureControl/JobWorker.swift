@@ -34,6 +34,8 @@ public struct JobAttemptReport: Sendable {
     public var recorded: Bool
     public var bytes: Int64
     public var seconds: Double
+    /// The result document (JSON text) of a succeeded attempt.
+    public var result: String? = nil
 }
 
 /// Runs durable jobs in this process: claims the oldest runnable job while a transfer slot
@@ -220,7 +222,9 @@ public final class JobWorker: Sendable {
         while slots.tryAcquire() {
             let claimed: ClaimedJob?
             do {
-                claimed = try catalog.claimJob(owner: replicaID, lease: configuration.jobs.lease, policy: configuration.jobs.retry, now: Date(), only: only)
+                claimed = try catalog.claimJob(
+                    owner: replicaID, lease: configuration.jobs.lease, policy: configuration.jobs.retry, now: Date(), only: only,
+                    perServer: configuration.backupPolicy.concurrencyPerServer)
             } catch {
                 slots.release()
                 throw error
@@ -316,7 +320,7 @@ public final class JobWorker: Sendable {
             } else if cancelRequested || failure.code == .cancelled {
                 end = .cancelled
             } else {
-                end = .failed(retryable: job.kind.retriesEveryFailure || JobRetryPolicy.isRetryable(failure.code))
+                end = .failed(retryable: job.kind.retriesEveryFailure || JobRetryPolicy.isRetryable(failure.code, sqlState: failure.sqlState))
             }
         }
         let decision = configuration.jobs.retry.decide(attempt: job.attempt, end: end, cancelRequested: cancelRequested)
@@ -341,7 +345,7 @@ public final class JobWorker: Sendable {
         onAttemptEnd(
             JobAttemptReport(
                 job: job, state: finalState, recorded: recorded, bytes: Self.counters(job.kind, progress)["bytes"] ?? 0,
-                seconds: Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18))
+                seconds: Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18, result: result))
         wakeup.signal()
     }
 }

@@ -21,7 +21,7 @@ extension Controller {
         case .provisioning, .destroyed:
             throw TenureError(.lifecycleConflict, "a \(record.state.rawValue) database cannot be backed up", context: ["database_id": id.rawValue])
         }
-        return try enqueue(.backup, subject: id.rawValue, arguments: [:])
+        return try enqueue(.backup, subject: id.rawValue, arguments: [:], serverName: record.serverName)
     }
 
     /// Queues a restore of one of the database's verified backups.
@@ -65,10 +65,12 @@ extension Controller {
     /// Takes this job for this replica if its turn has come (no earlier unfinished job of its
     /// subject); nil while it waits.
     public func claimTurn(_ id: JobID) throws(TenureError) -> JobRecord? {
-        try catalog.claimJob(owner: configuration.jobs.replicaID, lease: configuration.jobs.lease, policy: configuration.jobs.retry, now: clock.now(), only: id)?.job
+        try catalog.claimJob(
+            owner: configuration.jobs.replicaID, lease: configuration.jobs.lease, policy: configuration.jobs.retry, now: clock.now(), only: id,
+            perServer: configuration.backupPolicy.concurrencyPerServer)?.job
     }
 
-    private func enqueue(_ kind: JobKind, subject: String, arguments: [String: String]) throws(TenureError) -> JobRecord {
+    private func enqueue(_ kind: JobKind, subject: String, arguments: [String: String], serverName: String? = nil) throws(TenureError) -> JobRecord {
         let limit = configuration.http.maximumQueuedJobs
         let queued = try catalog.queuedJobCount()
         // Jobs that start at once on a free transfer slot do not count as waiting.
@@ -77,7 +79,8 @@ extension Controller {
                 .limitExceeded, "too many jobs are waiting (\(queued), limit \(limit)); retry later", context: ["retry_after": "10", "limit": String(limit)])
         }
         let job = try catalog.insertJob(
-            kind: kind, subject: subject, arguments: arguments, actor: actor, maxAttempts: configuration.jobs.retry.maxAttempts, now: clock.now())
+            kind: kind, subject: subject, arguments: arguments, actor: actor, maxAttempts: configuration.jobs.retry.maxAttempts, now: clock.now(),
+            serverName: serverName)
         logger.info("job queued", metadata: ["tenure.job_id": "\(job.id)", "tenure.kind": "\(kind.rawValue)", "tenure.subject": "\(subject)"])
         return job
     }
@@ -130,10 +133,20 @@ extension Controller {
         let document: [String: Any]
         switch job.kind {
         case .backup:
-            let outcome = try backupDatabase(try DatabaseID(parsing: job.subject), progress: progress)
+            let id = try DatabaseID(parsing: job.subject)
+            let outcome = try backupDatabase(id, scheduled: job.arguments["scheduled"] == "true", progress: progress)
             var backup = backupDocument(outcome.record, store: nil)
             if let warning = outcome.warning { backup["warning"] = warning }
-            document = ["backup": backup]
+            // The new backup is recorded; the rotation it allows follows (a failure of it does
+            // not undo the backup: the next one rotates again).
+            var deleted = 0
+            do { deleted = try applyRetention(id) } catch {
+                logger.warning("retention after a backup failed", metadata: ["tenure.database_id": "\(id)", "tenure.error": "\(error.message)"])
+            }
+            document = ["backup": backup, "retention": ["deleted": deleted]]
+        case .drill:
+            let drill = try runDrill(job, progress: progress)
+            document = ["drill": drillDocument(drill)]
         case .restore:
             guard let backup = job.arguments["backup_id"] else { throw TenureError(.internal, "restore job \(job.id) has no backup_id") }
             let backupID = try BackupID(parsing: backup)

@@ -253,36 +253,42 @@ extension Controller {
         let role = quoteIdentifier(current.postgresRole)
         var watchdog: RoleWatchdog?
         var failedScript: String?
+        let adminInterrupter = admin.interrupter
+        progress.onStop { adminInterrupter.interrupt() }
         do throws(TenureError) {
-            try endRoleAccess(admin, role: current.postgresRole)
-            try admin.query("SELECT count(pg_terminate_backend(pid, 10000)) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()", [source])
-            // Copying a big database takes as long as it takes: no control-statement deadline.
-            try admin.execute("SET statement_timeout = 0")
-            admin.deadline = nil
-            try admin.execute("CREATE DATABASE \(quoteIdentifier(copy)) TEMPLATE \(quoteIdentifier(source)) OWNER \(role)")
-            admin.deadline = configuration.serverDeadlines.statement + .seconds(15)
-            try admin.execute("RESET statement_timeout")
-            Failpoint.upgradeAfterCopy.hit()
-            try admin.execute("REVOKE ALL ON DATABASE \(quoteIdentifier(copy)) FROM PUBLIC")
-            try admin.execute("GRANT CONNECT, TEMPORARY ON DATABASE \(quoteIdentifier(copy)) TO \(role)")
-            let password = Self.randomPassword()
-            let verifier = try admin.scramVerifier(password: password, role: current.postgresRole)
-            try admin.execute("ALTER ROLE \(role) LOGIN PASSWORD \(quoteLiteral(verifier))")
-            watchdog = try RoleWatchdog(parameters: try adminParameters(server), role: current.postgresRole, limit: configuration.uploadLimits.statementTimeout, logger: logger)
-            let session = try PostgresConnection(try roleParameters(server, database: copy, role: current.postgresRole, password: password), applicationName: "tenure-upgrade")
-            defer { session.close() }
-            for script in scripts {
-                if progress.isCancelled { throw TenureError(.cancelled, "the upgrade was cancelled; the previous result is kept") }
-                failedScript = script
-                try applyScript(configuration.upgradeScriptsDirectory + "/" + script, name: script, on: session)
+            try watching(server, "upgrade", progress: progress) { () throws(TenureError) in
+                try endRoleAccess(admin, role: current.postgresRole)
+                try admin.query("SELECT count(pg_terminate_backend(pid, 10000)) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()", [source])
+                // Copying a big database takes as long as it takes: no control-statement deadline.
+                try admin.execute("SET statement_timeout = 0")
+                admin.deadline = nil
+                try admin.execute("CREATE DATABASE \(quoteIdentifier(copy)) TEMPLATE \(quoteIdentifier(source)) OWNER \(role)")
+                admin.deadline = configuration.serverDeadlines.statement + .seconds(15)
+                try admin.execute("RESET statement_timeout")
+                Failpoint.upgradeAfterCopy.hit()
+                try admin.execute("REVOKE ALL ON DATABASE \(quoteIdentifier(copy)) FROM PUBLIC")
+                try admin.execute("GRANT CONNECT, TEMPORARY ON DATABASE \(quoteIdentifier(copy)) TO \(role)")
+                let password = Self.randomPassword()
+                let verifier = try admin.scramVerifier(password: password, role: current.postgresRole)
+                try admin.execute("ALTER ROLE \(role) LOGIN PASSWORD \(quoteLiteral(verifier))")
+                watchdog = try RoleWatchdog(parameters: try adminParameters(server), role: current.postgresRole, limit: configuration.uploadLimits.statementTimeout, logger: logger)
+                let session = try PostgresConnection(try roleParameters(server, database: copy, role: current.postgresRole, password: password), applicationName: "tenure-upgrade")
+                defer { session.close() }
+                let sessionInterrupter = session.interrupter
+                progress.onStop { sessionInterrupter.interrupt() }
+                for script in scripts {
+                    if progress.isCancelled { throw TenureError(.cancelled, "the upgrade was cancelled; the previous result is kept") }
+                    failedScript = script
+                    try applyScript(configuration.upgradeScriptsDirectory + "/" + script, name: script, on: session)
+                }
+                failedScript = nil
+                session.close()
+                watchdog?.stop()
+                watchdog = nil
+                try endRoleAccess(admin, role: current.postgresRole)
+                try checkUploadedDatabase(server, database: copy, role: current.postgresRole)
+                try reassertPublicSchema(server, database: copy)
             }
-            failedScript = nil
-            session.close()
-            watchdog?.stop()
-            watchdog = nil
-            try endRoleAccess(admin, role: current.postgresRole)
-            try checkUploadedDatabase(server, database: copy, role: current.postgresRole)
-            try reassertPublicSchema(server, database: copy)
         } catch {
             watchdog?.stop()
             try? endRoleAccess(admin, role: current.postgresRole)

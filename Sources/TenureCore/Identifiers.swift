@@ -8,6 +8,7 @@ public enum IDKind: String, Sendable, CaseIterable {
     case job = "job"
     case intent = "in"
     case apiKey = "key"
+    case drill = "dr"
 
     public var noun: String {
         switch self {
@@ -17,6 +18,7 @@ public enum IDKind: String, Sendable, CaseIterable {
         case .upload: return "upload"
         case .job: return "job"
         case .intent: return "intent"
+        case .drill: return "restore drill"
         }
     }
 }
@@ -109,6 +111,12 @@ public struct UploadID: TypedID {
 
 public struct APIKeyID: TypedID {
     public static let kind = IDKind.apiKey
+    public let rawValue: String
+    public init(unchecked: String) { rawValue = unchecked }
+}
+
+public struct DrillID: TypedID {
+    public static let kind = IDKind.drill
     public let rawValue: String
     public init(unchecked: String) { rawValue = unchecked }
 }

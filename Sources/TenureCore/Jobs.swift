@@ -8,6 +8,8 @@ public enum JobKind: String, Sendable, CaseIterable, Codable {
     case export
     /// The backup store of a destroyed database deleted.
     case purge
+    /// A restore drill: a backup restored into a scratch database, checked, dropped.
+    case drill
 
     /// Every failure of this kind is worth another attempt (a file system that refused once).
     public var retriesEveryFailure: Bool { self == .purge }
@@ -93,9 +95,15 @@ public struct JobRetryPolicy: Sendable, Equatable {
     /// Failures worth another attempt: a server or the catalog out of reach, a timeout. An
     /// error PostgreSQL reported (a failing upgrade script, a permission) would only repeat,
     /// and so would a wrong request, a conflict or an internal error: those are final.
-    public static func isRetryable(_ code: TenureError.Code) -> Bool {
+    /// An error PostgreSQL reported with a SQLSTATE of a server going away or restarting
+    /// (class 08, connection exception; 57P01–57P03, shut down or not yet accepting
+    /// connections) or of a transaction that lost a race (40001, 40P01) is transient too.
+    public static func isRetryable(_ code: TenureError.Code, sqlState: String? = nil) -> Bool {
         switch code {
         case .serverUnreachable, .catalogUnavailable, .embeddedServer, .timeout: return true
+        case .postgres:
+            guard let sqlState else { return false }
+            return sqlState.hasPrefix("08") || ["57P01", "57P02", "57P03", "40001", "40P01"].contains(sqlState)
         default: return false
         }
     }

@@ -84,6 +84,13 @@ public enum IntentKind: String, Sendable {
 /// (the only state that counts, restores and downloads), `failed`, or `deleted` with its database.
 public enum BackupState: String, Sendable, CaseIterable, Codable {
     case running, verified, failed, deleted
+    /// Published and checked, but a restore drill of it failed: it no longer counts as verified.
+    case drillFailed = "drill_failed"
+}
+
+/// How a restore drill ended.
+public enum DrillOutcome: String, Sendable, CaseIterable, Codable {
+    case passed, failed
 }
 
 /// How an intent ended; `pending` while its process carries it out (or until recovery does).
@@ -105,6 +112,11 @@ public struct BackupRecord: Sendable, Equatable {
     public var finishedAt: Date?
     public var error: String?
     public var lockKey: Int64
+    /// Taken by the scheduler rather than asked for.
+    public var scheduled = false
+    /// The backup's last restore drill.
+    public var drilledAt: Date?
+    public var drillOutcome: DrillOutcome?
 
     public init(id: BackupID, databaseID: DatabaseID, state: BackupState, format: String, path: String, startedAt: Date, lockKey: Int64) {
         self.id = id

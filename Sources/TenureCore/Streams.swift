@@ -80,10 +80,58 @@ public final class TransferProgress: Sendable {
     public let expectedBytes = Atomic<Int64>(0)
     /// Set by whoever wants the transfer stopped; the stream checks it between chunks.
     public let cancelled = Atomic<Bool>(false)
+    private let stops = Locked(Stops())
+
+    private struct Stops {
+        var next = 0
+        var handlers: [Int: @Sendable () -> Void] = [:]
+        var reason: TenureError?
+    }
+
     public init() {}
 
-    public func cancel() { cancelled.store(true, ordering: .relaxed) }
+    /// Stops the transfer: the flag its loops check, and every registered interrupter (the
+    /// sessions and child processes it may be blocked in) is run, once.
+    public func cancel() { stop(because: nil) }
+
+    /// Stops the transfer for a reason other than a cancel (its server stopped answering):
+    /// the attempt then ends with `reason` rather than with what the interrupted call said.
+    public func stop(because reason: TenureError?) {
+        let handlers = stops.withLock { stops -> [@Sendable () -> Void] in
+            if stops.reason == nil { stops.reason = reason }
+            // Set under the lock: a handler registered after this runs at once.
+            cancelled.store(true, ordering: .relaxed)
+            let handlers = Array(stops.handlers.values)
+            stops.handlers = [:]
+            return handlers
+        }
+        for handler in handlers { handler() }
+    }
+
     public var isCancelled: Bool { cancelled.load(ordering: .relaxed) }
+
+    /// Why the transfer was stopped, when it was not a cancel.
+    public var stopReason: TenureError? { stops.withLock { $0.reason } }
+
+    /// Registers what wakes the transfer from a blocking call when it is stopped (closing a
+    /// session's socket, killing a child). Already stopped: runs it now. Returns a token
+    /// for `unregister`, needed when the handler must not outlive what it interrupts.
+    @discardableResult
+    public func onStop(_ handler: @escaping @Sendable () -> Void) -> Int {
+        let token = stops.withLock { stops -> Int? in
+            guard !isCancelled else { return nil }
+            stops.next += 1
+            stops.handlers[stops.next] = handler
+            return stops.next
+        }
+        guard let token else {
+            handler()
+            return 0
+        }
+        return token
+    }
+
+    public func unregister(_ token: Int) { stops.withLock { _ = $0.handlers.removeValue(forKey: token) } }
 }
 
 /// A value shared between threads behind a lock. Decide under the lock, act outside it.

@@ -89,7 +89,7 @@ final class Backup {
     func run() throws(TenureError) -> BackupSummary {
         precondition(options.jobs >= 1, "jobs")
         let dumpVersion = try options.pgDump.version()
-        let coordinator = try PostgresConnection(options.source, applicationName: "tenure-backup")
+        let coordinator = try progress.session(options.source, applicationName: "tenure-backup")
         defer { coordinator.close() }
         guard dumpVersion.major >= coordinator.serverMajorVersion else {
             throw TenureError(
@@ -114,7 +114,8 @@ final class Backup {
         // Both schema sections from one pg_dump run, before the data: pg_dump reads the whole
         // catalog whatever the section, so one run costs what one section did.
         let (preData, postData) = try options.pgDump.dumpSchema(
-            parameters: options.source, snapshot: snapshot, restrictKey: restrictKey, maximumBytes: options.limits.maximumSchemaBytes)
+            parameters: options.source, snapshot: snapshot, restrictKey: restrictKey, maximumBytes: options.limits.maximumSchemaBytes,
+            progress: progress)
 
         let header = ArchiveHeader(
             format: ArchiveLayout.formatName, formatVersion: ArchiveLayout.formatVersion, createdAt: RFC3339.format(options.createdAt),
@@ -332,7 +333,7 @@ struct BackupWorker {
     let progress: TransferProgress
 
     func run(_ work: Locked<ArraySlice<BackupTask>>) throws(TenureError) {
-        let connection = try PostgresConnection(options.source, applicationName: "tenure-backup-worker")
+        let connection = try progress.session(options.source, applicationName: "tenure-backup-worker")
         defer { connection.close() }
         try prepareSession(connection)
         try connection.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")

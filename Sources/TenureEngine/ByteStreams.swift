@@ -134,6 +134,13 @@ public final class DescriptorSource: ByteSource {
 
     deinit { if ownsDescriptor { close(descriptor) } }
 
+    /// Moves the read position of a regular file to `offset`.
+    public func seek(to offset: Int64) throws(TenureError) {
+        guard lseek(descriptor, off_t(offset), SEEK_SET) >= 0 else {
+            throw TenureError(.invalidRequest, "cannot seek in \(what): \(String(cString: strerror(errno)))")
+        }
+    }
+
     /// Reads up to `count` bytes; 0 at end of stream.
     public func read(into buffer: UnsafeMutableRawBufferPointer) throws(TenureError) -> Int {
         while true {

@@ -1,6 +1,7 @@
 import Foundation
 import Synchronization
 import TenureCore
+import TenurePQ
 
 /// A bounded blocking queue between data-plane threads: producers wait when it is full, so a
 /// slow consumer slows the producers and memory stays bounded. `fail` wakes everyone.
@@ -84,3 +85,18 @@ func runThreads(count: Int, name: String, _ body: @escaping @Sendable (Int) -> V
     group.wait()
 }
 
+
+extension TransferProgress {
+    /// Opens a data session that stopping this transfer wakes (a cancel, a lost lease, a
+    /// server found not answering): the blocked call fails at once instead of waiting on the
+    /// server. See `SessionInterrupter`.
+    func session(_ parameters: ConnectionParameters, applicationName: String) throws(TenureError) -> PostgresConnection {
+        let connection = try PostgresConnection(parameters, applicationName: applicationName)
+        // The server gives up a statement whose client went away (a session stopped this way)
+        // within 10 s rather than when the statement ends (PostgreSQL 14 and later).
+        if connection.serverMajorVersion >= 14 { try connection.execute("SET client_connection_check_interval = 10000") }
+        let interrupter = connection.interrupter
+        onStop { interrupter.interrupt() }
+        return connection
+    }
+}

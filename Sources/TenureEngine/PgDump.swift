@@ -39,8 +39,9 @@ public struct PgDump: Sendable {
     /// dependency pg_dump records on an object it did not dump (the data of an unpopulated
     /// materialized view, say) is dropped from the rendered headers, as `pg_restore` ignores it,
     /// so every dependency left names an entry the scripts carry. Thread: blocks.
-    public func dumpSchema(parameters: ConnectionParameters, snapshot: String, restrictKey: String?, maximumBytes: Int)
-        throws(TenureError) -> (preData: String, postData: String)
+    public func dumpSchema(
+        parameters: ConnectionParameters, snapshot: String, restrictKey: String?, maximumBytes: Int, progress: TransferProgress? = nil
+    ) throws(TenureError) -> (preData: String, postData: String)
     {
         let directory = NSTemporaryDirectory() + "tenure-schema-\(getpid())-\(UInt64.random(in: 0...UInt64.max))"
         guard mkdir(directory, 0o700) == 0 else {
@@ -58,7 +59,7 @@ public struct PgDump: Sendable {
         // The password never goes on the command line or into the environment.
         let keywords = parameters.values.filter { $0.0 != "password" }.map { "\($0.0)=\(Self.quoteConnectionValue($0.1))" }
         arguments += ["--dbname=" + keywords.joined(separator: " ")]
-        _ = try run(path, arguments, password: parameters["password"], maximumBytes: 65_536)
+        _ = try run(path, arguments, password: parameters["password"], maximumBytes: 65_536, stoppedBy: progress)
         var status = stat()
         guard stat(archive, &status) == 0 else { throw TenureError(.internal, "pg_dump wrote no schema archive") }
         guard Int(status.st_size) <= maximumBytes else {
@@ -86,8 +87,10 @@ public struct PgDump: Sendable {
     }
 
     /// Runs pg_dump or pg_restore (`executable`), collecting stdout (bounded) and stderr
-    /// through pipes with poll().
-    func run(_ executable: String, _ arguments: [String], password: String?, maximumBytes: Int) throws(TenureError) -> String {
+    /// through pipes with poll(). Stopping `progress` stops the child (SIGTERM).
+    func run(
+        _ executable: String, _ arguments: [String], password: String?, maximumBytes: Int, stoppedBy progress: TransferProgress? = nil
+    ) throws(TenureError) -> String {
         let name = executable.split(separator: "/").last.map(String.init) ?? executable
         var environment = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("PG") && !$0.key.hasPrefix("TENURE_") }
         var passDirectory: String?
@@ -140,13 +143,18 @@ public struct PgDump: Sendable {
             throw TenureError(.internal, "cannot run \(executable): \(String(cString: strerror(spawned)))")
         }
         var output: [UInt8] = []
-        let (status, errors, failure) = drainChild(pid, stdout: stdoutPipe[0], stderr: stderrPipe[0], errorLimit: 65_536) { (chunk) throws(TenureError) in
+        let (status, errors, failure) = drainChild(
+            pid, stdout: stdoutPipe[0], stderr: stderrPipe[0], errorLimit: 65_536, stop: progress.map { progress in { progress.isCancelled } }
+        ) { (chunk) throws(TenureError) in
             guard output.count + chunk.count <= maximumBytes else {
                 throw TenureError(.internal, "\(name)'s output is larger than the limit of \(maximumBytes) bytes")
             }
             output.append(contentsOf: chunk)
         }
         if let failure { throw failure }
+        if let progress, progress.isCancelled {
+            throw progress.stopReason ?? TenureError(.cancelled, "\(name) was stopped: the operation was cancelled")
+        }
         let exited = (status & 0x7f) == 0 && ((status >> 8) & 0xff) == 0
         guard exited else {
             let message = String(decoding: errors, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
@@ -170,15 +178,23 @@ public func stripRestrictLines(_ script: String, key: String?) -> String {
 /// stdout is discarded, and the error is returned), stderr is kept up to `errorLimit` bytes.
 /// Then reaps the child and returns its wait status. The caller closes the descriptors.
 func drainChild(
-    _ pid: pid_t, stdout: Int32, stderr: Int32, errorLimit: Int, output: (UnsafeRawBufferPointer) throws(TenureError) -> Void
+    _ pid: pid_t, stdout: Int32, stderr: Int32, errorLimit: Int, stop: (() -> Bool)? = nil,
+    output: (UnsafeRawBufferPointer) throws(TenureError) -> Void
 ) -> (status: Int32, errors: [UInt8], failure: TenureError?) {
     var errors: [UInt8] = []
     var failure: TenureError?
     var buffer = [UInt8](repeating: 0, count: 256 << 10)
     var open = [stdout, stderr]
+    var stopped = false
     while !open.isEmpty {
         var descriptors = open.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
-        let ready = poll(&descriptors, nfds_t(descriptors.count), -1)
+        // With a stop condition, looked at every half second (the child is not reaped
+        // before this loop ends, so its pid cannot have been reused when it is killed).
+        let ready = poll(&descriptors, nfds_t(descriptors.count), stop == nil ? -1 : 500)
+        if !stopped, let stop, stop() {
+            stopped = true
+            kill(pid, SIGTERM)
+        }
         if ready < 0 {
             if errno == EINTR { continue }
             break

@@ -98,6 +98,35 @@ public func runRestore(source: any ByteSource, options: RestoreOptions, progress
     }
 }
 
+/// Restores a native archive into a new database named exactly `options.target`'s database
+/// (no temporary name, no rename; checked against the manifest like every restore): a restore
+/// drill's scratch database, whose name the caller derives from the drill so that a dead
+/// attempt's leftover can be found and dropped. On failure the database is dropped. Thread: blocks.
+public func runRestoreIntoNewDatabase(source: any ByteSource, options: RestoreOptions, progress: TransferProgress = TransferProgress())
+    throws(TenureError) -> RestoreSummary
+{
+    guard let target = options.target["dbname"], !target.isEmpty else {
+        throw TenureError(.invalidRequest, "the restore target must name the database")
+    }
+    let admin = try connectMaintenance(options.target)
+    defer { admin.close() }
+    var created = false
+    do throws(TenureError) {
+        let restore = Restore(options: options, temporary: target, progress: progress) { (encoding) throws(TenureError) in
+            guard encoding.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "_" }) else {
+                throw TenureError(.invalidRequest, "archive header names an invalid encoding '\(printable(encoding))'")
+            }
+            try admin.execute("CREATE DATABASE \(quoteIdentifier(target)) TEMPLATE template0 ENCODING '\(encoding)'")
+            created = true
+            try admin.execute("REVOKE CONNECT, TEMPORARY ON DATABASE \(quoteIdentifier(target)) FROM PUBLIC")
+        }
+        return try restore.run(source: source)
+    } catch {
+        if created { dropQuietly(target, admin: admin, parameters: options.target) }
+        throw error
+    }
+}
+
 /// Restores a native archive into an existing, empty database (`options.target` names it)
 /// with no database-level steps: the upgrade service creates the database and its role, and
 /// connects as that role. The caller drops the database if this fails. Thread: blocks.
@@ -157,7 +186,7 @@ final class Restore {
     var parameters: ConnectionParameters { options.target.with(database: temporary) }
 
     func connect() throws(TenureError) -> PostgresConnection {
-        let connection = try PostgresConnection(parameters, applicationName: "tenure-restore")
+        let connection = try progress.session(parameters, applicationName: "tenure-restore")
         try connection.execute(restoreSessionSettings(options))
         return connection
     }
@@ -351,7 +380,7 @@ final class Restore {
         Thread {
             runThreads(count: queues.count, name: "tenure-restore") { index in
                 do throws(TenureError) {
-                    let connection = try PostgresConnection(parameters, applicationName: "tenure-restore-worker")
+                    let connection = try progress.session(parameters, applicationName: "tenure-restore-worker")
                     defer { connection.close() }
                     try connection.execute(settings)
                     let decompressor = FrameDecompressor()
@@ -441,8 +470,9 @@ final class Restore {
         if let workers = options.indexBuildWorkers { settings += "; SET max_parallel_maintenance_workers = \(workers)" }
         let timing = self.timing
         let started = self.started
+        let progress = self.progress
         try runPostDataPool(schedule, jobs: options.jobs, name: "tenure-post-data") { [settings] () throws(TenureError) in
-            let connection = try PostgresConnection(parameters, applicationName: "tenure-restore-worker")
+            let connection = try progress.session(parameters, applicationName: "tenure-restore-worker")
             do throws(TenureError) {
                 try connection.execute(settings)
                 try connection.execute(preamble)

@@ -447,7 +447,7 @@ public struct UploadImporter: Sendable {
             summary.decompressedByteCount = outcome.produced
             summary.binaryTableCount = outcome.binaryTables
         case .sql, .sqlZst, .pgDumpCustom, .pgDumpTar, .sqlGz, .zip:
-            let connection = try PostgresConnection(target, applicationName: "tenure-upload")
+            let connection = try progress.session(target, applicationName: "tenure-upload")
             defer { connection.close() }
             let lexer = SQLLexer(maximumStatementBytes: limits.maximumStatementBytes)
             let runner = StatementRunner(connection: connection, lexer: lexer, limits: limits)

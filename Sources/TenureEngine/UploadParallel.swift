@@ -141,7 +141,7 @@ struct ParallelCustomUpload: Sendable {
         parts: [PostgresConnection] = []
     ) throws(TenureError) {
         let connection: PostgresConnection
-        if let given { connection = given } else { connection = try PostgresConnection(importer.target, applicationName: "tenure-upload") }
+        if let given { connection = given } else { connection = try progress.session(importer.target, applicationName: "tenure-upload") }
         defer { if given == nil { connection.close() } }
         let lexer = SQLLexer(maximumStatementBytes: importer.limits.maximumStatementBytes)
         let runner = StatementRunner(connection: connection, lexer: lexer, limits: importer.limits, policy: true, creates: shared.creates)
@@ -226,7 +226,7 @@ struct ParallelCustomUpload: Sendable {
         let extraParts = max(1, min(importer.jobs, Self.maximumDataSessions / workers)) - 1
         runThreads(count: workers, name: "tenure-upload-data") { worker in
             do throws(TenureError) {
-                let connection = try PostgresConnection(upload.importer.target, applicationName: "tenure-upload-data")
+                let connection = try upload.progress.session(upload.importer.target, applicationName: "tenure-upload-data")
                 defer { connection.close() }
                 // A table loaded alone is split over this session and `jobs - 1` more.
                 var parts: [PostgresConnection] = []
@@ -248,7 +248,7 @@ struct ParallelCustomUpload: Sendable {
                     if singleItems.contains(index) && upload.binary {
                         do throws(TenureError) {
                             while parts.count < extraParts {
-                                parts.append(try PostgresConnection(upload.importer.target, applicationName: "tenure-upload-data"))
+                                parts.append(try upload.progress.session(upload.importer.target, applicationName: "tenure-upload-data"))
                             }
                             try upload.runScript(arguments: arguments, connection: connection, shared: shared, extensions: false, binary: true, parts: parts)
                             continue
@@ -293,7 +293,7 @@ struct ParallelCustomUpload: Sendable {
         let upload = self
         let settings = "SET maintenance_work_mem = '\(RestoreOptions(target: importer.target, jobs: 1).maintenanceWorkMemory)'"
         try runPostDataPool(schedule.schedule, jobs: min(importer.jobs, Self.maximumDataSessions), name: "tenure-upload-post-data") { () throws(TenureError) in
-            let connection = try PostgresConnection(upload.importer.target, applicationName: "tenure-upload-post-data")
+            let connection = try upload.progress.session(upload.importer.target, applicationName: "tenure-upload-post-data")
             do throws(TenureError) {
                 try connection.execute(settings)
                 try upload.runText(preamble, on: connection, shared: shared)
@@ -306,7 +306,7 @@ struct ParallelCustomUpload: Sendable {
             }
         }
         guard !schedule.last.isEmpty else { return }
-        let connection = try PostgresConnection(importer.target, applicationName: "tenure-upload-post-data")
+        let connection = try progress.session(importer.target, applicationName: "tenure-upload-post-data")
         defer { connection.close() }
         try runText(preamble, on: connection, shared: shared)
         for entry in schedule.last {

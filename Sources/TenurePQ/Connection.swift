@@ -63,6 +63,26 @@ public struct ConnectionParameters: Sendable, CustomStringConvertible, Equatable
     }
 }
 
+/// Stops a session from another thread: shuts its socket down, so that a call blocked on it
+/// (a COPY, a query waiting for a lock or for a server that stopped answering) fails at
+/// once as if the server had closed the connection. The descriptor stays open until the
+/// session is closed, and an interrupter of a closed session does nothing, so it can never
+/// touch a descriptor reused by someone else. The server notices the lost client at its next
+/// write, or within `client_connection_check_interval` when the session sets it.
+public final class SessionInterrupter: Sendable {
+    private let socket: Locked<Int32>
+
+    init(socket: Int32) { self.socket = Locked(socket) }
+
+    public func interrupt() {
+        socket.withLock { socket in
+            if socket >= 0 { _ = shutdown(socket, Int32(SHUT_RDWR)) }
+        }
+    }
+
+    func detach() { socket.withLock { $0 = -1 } }
+}
+
 /// A result set in text format.
 public struct QueryResult: Sendable {
     public var columns: [String]
@@ -120,11 +140,17 @@ public final class PostgresConnection {
         }
         PQsetNoticeProcessor(connection, { _, _ in }, nil)
         handle = connection
+        interrupter = SessionInterrupter(socket: PQsocket(connection))
     }
 
     deinit { close() }
 
+    /// Wakes whichever thread is blocked on this session, from any thread (see
+    /// `SessionInterrupter`).
+    public private(set) var interrupter = SessionInterrupter(socket: -1)
+
     public func close() {
+        interrupter.detach()
         if let handle { PQfinish(handle) }
         handle = nil
     }

@@ -16,8 +16,20 @@ final class JobService: Service, Sendable {
         worker = pool.makeJobWorker { report in
             metrics.add("tenure_jobs_total", [("kind", report.job.kind.rawValue), ("outcome", report.recorded ? report.state.rawValue : "refused")])
             metrics.record("tenure_job_duration_seconds", [("kind", report.job.kind.rawValue)], .milliseconds(Int64(report.seconds * 1000)))
-            if report.state == .succeeded {
-                metrics.add(report.job.kind == .backup ? "tenure_backup_bytes_total" : "tenure_restore_bytes_total", [], Double(report.bytes))
+            guard report.state == .succeeded else { return }
+            let result = report.result.flatMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] } ?? [:]
+            switch report.job.kind {
+            case .backup:
+                metrics.add("tenure_backup_bytes_total", [], Double(report.bytes))
+                let deleted = (result["retention"] as? [String: Any])?["deleted"] as? Int ?? 0
+                if deleted > 0 { metrics.add("tenure_backup_retention_deleted_total", [], Double(deleted)) }
+            case .restore:
+                metrics.add("tenure_restore_bytes_total", [], Double(report.bytes))
+            case .drill:
+                let outcome = (result["drill"] as? [String: Any])?["outcome"] as? String ?? "failed"
+                metrics.add("tenure_drills_total", [("outcome", outcome == "passed" ? "passed" : "failed")])
+            case .upgrade, .export, .purge:
+                break
             }
         }
     }

@@ -20,10 +20,20 @@ final class ServerMetrics: Sendable {
         factory.durationHistogramBuckets["tenure_job_duration_seconds"] = [1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 12 * 3600].map { Duration.seconds($0) }
         self.factory = factory
         // Series that exist from the start, at zero.
-        for name in ["tenure_backup_bytes_total", "tenure_restore_bytes_total", "tenure_sweep_destroyed_total"] {
+        for name in [
+            "tenure_backup_bytes_total", "tenure_restore_bytes_total", "tenure_sweep_destroyed_total", "tenure_backup_retention_deleted_total",
+            "tenure_backups_scheduled_total", "tenure_drills_scheduled_total",
+        ] {
             Counter(label: name, factory: factory).increment(by: 0)
         }
-        for name in ["tenure_jobs_running", "tenure_jobs_queued", "tenure_exports_running"] {
+        for outcome in ["passed", "failed"] {
+            Counter(label: "tenure_drills_total", dimensions: [("outcome", outcome)], factory: factory).increment(by: 0)
+        }
+        Meter(label: "tenure_catalog_up", factory: factory).set(1)
+        for name in [
+            "tenure_jobs_running", "tenure_jobs_queued", "tenure_exports_running", "tenure_backups_stale", "tenure_backups_drill_failed",
+            "tenure_backup_newest_verified_oldest_age_seconds", "tenure_databases_live",
+        ] {
             Meter(label: name, factory: factory).set(0)
         }
     }

@@ -55,6 +55,7 @@ struct Routes: Sendable {
         v1.get("databases/:id/export") { request, context in try await export(request, context) }
         v1.get("expiry") { request, context in try await expiry(request, context) }
         registerUploads(on: v1)
+        registerPolicy(on: v1)
         v1.get("jobs") { request, context in try await listJobs(request, context) }
         v1.get("jobs/:id") { request, context in try await showJob(request, context) }
         v1.post("jobs/:id/cancel") { request, context in try await cancelJob(request, context) }
@@ -321,9 +322,61 @@ struct Routes: Sendable {
         guard backup.state == .verified else {
             throw TenureError(.lifecycleConflict, "backup \(backupID) is \(backup.state.rawValue); only verified backups can be downloaded")
         }
-        return try serveFile(
-            configuration.backupDirectory + "/" + backup.path, request: request, etag: "\"\(backupID.rawValue)\"", contentType: "application/x-tar",
-            filename: "\(backupID).tenure", missing: TenureError(.backupNotFound, "the file of backup \(backupID) is missing from the backup store"))
+        let etag = "\"\(backupID.rawValue)\""
+        switch configuration.backupStore {
+        case .directory(let root):
+            return try serveFile(
+                root + "/" + backup.path, request: request, etag: etag, contentType: "application/x-tar", filename: "\(backupID).tenure",
+                missing: TenureError(.backupNotFound, "the file of backup \(backupID) is missing from the backup store"))
+        case .rclone:
+            guard let size = backup.byteCount else { throw TenureError(.internal, "backup \(backupID) has no recorded size") }
+            let (range, headers) = try ranged(request, size: size, etag: etag, contentType: "application/x-tar", filename: "\(backupID).tenure")
+            let store = configuration.backupStore.open()
+            let first = range?.first ?? 0
+            let count = range?.count ?? size
+            let path = backup.path
+            // The object streams from the store as the client reads (rclone cat --offset --count).
+            let source = try await pool.withBlocking { () throws(TenureError) -> SourceBox in
+                SourceBox(try store.open(path, offset: first, length: count))
+            }
+            let body = ResponseBody(contentLength: Int(count)) { writer in
+                var remaining = count
+                while remaining > 0 {
+                    let want = Int(min(remaining, 256 << 10))
+                    let bytes = try await pool.withBlocking { () throws(TenureError) -> [UInt8] in
+                        var bytes = [UInt8](repeating: 0, count: want)
+                        let read = try bytes.withMutableBytes { (raw) throws(TenureError) in try source.source.readFully(into: raw) }
+                        guard read > 0 else { throw TenureError(.internal, "backup \(backupID) ended early in the backup store") }
+                        bytes.removeSubrange(read...)
+                        return bytes
+                    }
+                    try await writer.write(ByteBuffer(bytes: bytes))
+                    remaining -= Int64(bytes.count)
+                }
+                try await writer.finish(nil)
+            }
+            return Response(status: range == nil ? .ok : .partialContent, headers: headers, body: body)
+        }
+    }
+
+    /// The range a request asks for (honouring If-Range) and the headers of its answer; a
+    /// range that cannot be satisfied is a 416 naming the size.
+    func ranged(_ request: Request, size: Int64, etag: String, contentType: String, filename: String) throws -> (ByteRange?, HTTPFields) {
+        var range: ByteRange?
+        do throws(TenureError) {
+            if request.headers[.ifRange] == nil || request.headers[.ifRange] == etag {
+                range = try ByteRange.parse(request.headers[.range], size: size)
+            }
+        } catch {
+            var problem = Problem(error)
+            problem.headers[.contentRange] = "bytes */\(size)"
+            throw ProblemError(problem: problem)
+        }
+        var headers: HTTPFields = [
+            .contentType: contentType, .acceptRanges: "bytes", .eTag: etag, .contentDisposition: "attachment; filename=\"\(filename)\"",
+        ]
+        if let range { headers[.contentRange] = "bytes \(range.first)-\(range.last)/\(size)" }
+        return (range, headers)
     }
 
     /// A stored file, with single-range support so a broken download resumes (If-Range
@@ -337,23 +390,14 @@ struct Routes: Sendable {
             throw TenureError(.internal, "cannot stat \(path)")
         }
         let size = Int64(info.st_size)
-        var range: ByteRange?
-        do throws(TenureError) {
-            if request.headers[.ifRange] == nil || request.headers[.ifRange] == etag {
-                range = try ByteRange.parse(request.headers[.range], size: size)
-            }
-        } catch {
+        let range: ByteRange?
+        let headers: HTTPFields
+        do { (range, headers) = try ranged(request, size: size, etag: etag, contentType: contentType, filename: filename) } catch {
             close(descriptor)
-            var problem = Problem(error)
-            problem.headers[.contentRange] = "bytes */\(size)"
-            throw ProblemError(problem: problem)
+            throw error
         }
         let first = range?.first ?? 0
         let count = range?.count ?? size
-        var headers: HTTPFields = [
-            .contentType: contentType, .acceptRanges: "bytes", .eTag: etag, .contentDisposition: "attachment; filename=\"\(filename)\"",
-        ]
-        if let range { headers[.contentRange] = "bytes \(range.first)-\(range.last)/\(size)" }
         let handle = FileDescriptorBox(descriptor)
         let body = ResponseBody(contentLength: Int(count)) { writer in
             defer { handle.close() }
@@ -493,6 +537,12 @@ struct Routes: Sendable {
         jobs.worker.cancelLocal(id)
         return jsonResponse(jobs.document(job), status: .accepted)
     }
+}
+
+/// A store object's stream, read by one request's body (one read at a time, on the pool).
+final class SourceBox: @unchecked Sendable {
+    let source: any ByteSource
+    init(_ source: any ByteSource) { self.source = source }
 }
 
 /// An open file descriptor shared by a response body's reads, closed once.

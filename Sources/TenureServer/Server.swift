@@ -11,6 +11,7 @@ import TenureCore
 public struct APIServer: Sendable {
     let application: Application<RouterResponder<APIContext>>
     let jobs: JobService
+    let schedule: ScheduleService
     let pool: ControlPool
     public let metrics: APIMetrics
 
@@ -32,12 +33,13 @@ public struct APIServer: Sendable {
             onServerRunning: { channel in onListening(channel.localAddress?.port ?? 0) },
             logger: serverLogger)
         self.jobs = jobs
+        schedule = ScheduleService(pool: pool, jobs: jobs, metrics: metrics)
         self.pool = pool
         self.metrics = APIMetrics(metrics: metrics)
     }
 
     /// The services to run: the job runner first, so it outlives the HTTP server's drain.
-    public var services: [any Service] { [jobs, application] }
+    public var services: [any Service] { [jobs, schedule, application] }
 
     public func shutdown() async { await pool.shutdown() }
 }

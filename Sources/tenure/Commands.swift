@@ -35,7 +35,7 @@ struct Tenure: AsyncParsableCommand {
             """,
         subcommands: [
             Migrate.self, ServerCommand.self, DatabaseCommand.self, AuditCommand.self, Expire.self, Serve.self, ConfigCommand.self,
-            BackupCommand.self, RestoreCommand.self, VerifyCommand.self, APIKeyCommand.self, UploadCommand.self, JobCommand.self,
+            BackupCommand.self, RestoreCommand.self, VerifyCommand.self, APIKeyCommand.self, UploadCommand.self, JobCommand.self, BackupStatusCommand.self, DrillCommand.self,
         ]
     )
 }
@@ -407,6 +407,7 @@ struct ConfigCommand: ParsableCommand {
                 "TENURE_PG_BIN": configuration.postgresBinDirectory,
                 "TENURE_LOG_LEVEL": configuration.logLevel,
                 "TENURE_BACKUP_DIR": configuration.backupDirectory,
+                "TENURE_BACKUP_STORE": redactPassword(in: configuration.backupStore.description),
                 "TENURE_JOBS": configuration.engineJobs,
                 "TENURE_PG_DUMP": configuration.pgDumpPath,
             ]

@@ -179,7 +179,7 @@ extension DatabaseCommand {
                     let result = try session.runJob(try session.controller.requestBackup(id), json: options.json)
                     let backup = result["backup"] as? [String: Any] ?? [:]
                     let record = try session.controller.backup(try BackupID(parsing: backup["id"] as? String ?? ""))
-                    var document = backupDocument(record, store: session.configuration.backupDirectory)
+                    var document = backupDocument(record, store: session.configuration.backupStore.description)
                     if let warning = backup["warning"] as? String {
                         document["warning"] = warning
                         FileHandle.standardError.write(Data("tenure: warning: \(warning)\n".utf8))
@@ -202,7 +202,7 @@ extension DatabaseCommand {
                 let id = try DatabaseID(parsing: id)
                 try Session.with(options) { (session) throws(TenureError) in
                     let backups = try session.controller.backups(of: id)
-                    output.emit(json: ["backups": backups.map { backupDocument($0, store: session.configuration.backupDirectory) }]) {
+                    output.emit(json: ["backups": backups.map { backupDocument($0, store: session.configuration.backupStore.description) }]) {
                         table(
                             ["ID", "STATE", "STARTED", "BYTES", "ROWS"],
                             backups.map { [$0.id.rawValue, $0.state.rawValue, RFC3339.format($0.startedAt), $0.byteCount.map(String.init) ?? "-", $0.rowCount.map(String.init) ?? "-"] })

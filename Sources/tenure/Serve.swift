@@ -23,6 +23,8 @@ struct Serve: AsyncParsableCommand {
         let configuration: TenureConfiguration
         do { configuration = try options.configuration() } catch { Output(json: false).fail(error) }
         let logger = makeLogger(configuration, defaultLevel: .info)
+        // A backup store that cannot be used is refused now, not at the first backup.
+        do { try configuration.backupStore.open().check() } catch { Output(json: false).fail(error) }
 
         let session: Session
         do {

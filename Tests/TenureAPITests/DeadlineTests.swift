@@ -69,6 +69,109 @@ import Glibc
         #expect(api.stop().status == 0)
     }
 
+    /// A data job has no statement deadline, so what stops it is its server found not
+    /// answering (or a cancel): a backup blocked on a lock goes on while its server answers,
+    /// is stopped at once by a cancel, and fails naming its server once that server is stopped.
+    @Test func aBlockedBackupIsReachedByACancelAndByItsServerStopping() throws {
+        let root = "/tmp/tenure-stalled-\(getpid())"
+        try? FileManager.default.removeItem(atPath: root)
+        let second = EmbeddedCluster(root: root, extraSettings: ["fsync = off", "max_connections = 50"])
+        try second.start()
+        var stopped: [pid_t] = []
+        defer {
+            for pid in stopped { kill(pid, SIGCONT) }
+            second.stopImmediately()
+            try? FileManager.default.removeItem(atPath: root)
+        }
+        let port = second.port!
+        let api = try APIFixture(["TENURE_SERVER_CONNECT_TIMEOUT": "3s", "TENURE_SERVER_STALL_PROBE": "2s", "TENURE_JOB_MAX_ATTEMPTS": "1"])
+        let url = "postgresql://postgres@/postgres?host=\(second.socketDirectory)&port=\(port)"
+        let add = try api.tenure(["server", "add", "second", "--url", url, "--public-host", "127.0.0.1", "--public-port", String(port)])
+        try #require(add.status == 0, "\(add)")
+        let far = try api.call("POST", "/v1/databases", json: ["name": "stalled", "server": "second"])
+        try #require(far.status == 201, "\(far)")
+        let farID = far.json["id"] as! String
+        let tenantURL = far.json["connection_url"] as! String
+        try fill(tenantURL, rows: 1_000)
+        let nearID = try api.create("near")["id"] as! String
+        let admin = try PostgresConnection(try ConnectionParameters(parsing: url), applicationName: "test")
+        defer { admin.close() }
+        func tenureSessions() throws -> Int {
+            Int(try admin.query("SELECT count(*)::text AS n FROM pg_stat_activity WHERE application_name LIKE 'tenure%' OR application_name = 'pg_dump'")[0, "n"]!)!
+        }
+        func running(_ job: String) throws {
+            let deadline = Date().addingTimeInterval(30)
+            while Date() < deadline, try api.call("GET", "/v1/jobs/\(job)").json["state"] as? String != "running" { usleep(50_000) }
+        }
+
+        // 1. Blocked on a lock the tenant holds: the server answers its probes, so it runs on.
+        let locker = try PostgresConnection(try ConnectionParameters(parsing: tenantURL))
+        try locker.execute("BEGIN; LOCK TABLE items IN ACCESS EXCLUSIVE MODE")
+        let first = try api.call("POST", "/v1/databases/\(farID)/backups").json["id"] as! String
+        try running(first)
+        sleep(6)
+        #expect(try api.call("GET", "/v1/jobs/\(first)").json["state"] as? String == "running")
+        // A cancel reaches it while it waits, not when the lock is released.
+        let cancelled = Date()
+        #expect(try api.call("POST", "/v1/jobs/\(first)/cancel").status == 202)
+        let firstDone = try api.waitForJob(first, seconds: 30)
+        #expect(firstDone["state"] as? String == "cancelled" && Date().timeIntervalSince(cancelled) < 10, "\(firstDone)")
+
+        // 2. Blocked again, and then the whole server stops (SIGSTOP): the backup fails, naming
+        // the server, while the API answers about the other database within a second.
+        let second2 = try api.call("POST", "/v1/databases/\(farID)/backups").json["id"] as! String
+        try running(second2)
+        sleep(1)
+        let postmaster = try #require(Self.postmasterPID(second))
+        stopped = [postmaster] + Self.children(of: postmaster)
+        for pid in stopped { kill(pid, SIGSTOP) }
+        let stalled = Date()
+        var answered = 0
+        while Date().timeIntervalSince(stalled) < 40 {
+            let started = Date()
+            let near = try api.call("GET", "/v1/databases/\(nearID)")
+            #expect(near.status == 200 && Date().timeIntervalSince(started) < 1, "\(near)")
+            answered += 1
+            let job = try api.call("GET", "/v1/jobs/\(second2)").json
+            if job["state"] as? String != "running" { break }
+            usleep(250_000)
+        }
+        let secondDone = try api.waitForJob(second2, seconds: 5)
+        let error = secondDone["error"] as? [String: Any] ?? [:]
+        #expect(secondDone["state"] as? String == "failed" && error["code"] as? String == "server.unreachable", "\(secondDone)")
+        #expect((error["message"] as? String ?? "").contains("'second'"), "\(secondDone)")
+        #expect(Date().timeIntervalSince(stalled) < 20 && answered > 3)
+        for pid in stopped { kill(pid, SIGCONT) }
+        stopped = []
+
+        // 3. The lock released, nothing of Tenure's is left on the server, and a backup works.
+        try locker.execute("ROLLBACK")
+        locker.close()
+        let deadline = Date().addingTimeInterval(30)
+        while Date() < deadline, try tenureSessions() > 0 { usleep(200_000) }
+        #expect(try tenureSessions() == 0)
+        let third = try api.call("POST", "/v1/databases/\(farID)/backups").json["id"] as! String
+        #expect(try api.waitForJob(third)["state"] as? String == "succeeded")
+        let states = try api.catalogRows("SELECT state FROM backups WHERE database_id = $1 AND state = 'running'", [farID])
+        #expect(states.isEmpty, "\(states)")
+        let files = (try? FileManager.default.contentsOfDirectory(atPath: api.home + "/backups/" + farID)) ?? []
+        #expect(files.count == 1 && !files.contains { $0.contains("partial") }, "\(files)")
+        #expect(api.stop().status == 0)
+    }
+
+    /// The processes whose parent is `pid` (a postmaster's backends and helpers).
+    static func children(of pid: pid_t) -> [pid_t] {
+        let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
+        return entries.compactMap { entry -> pid_t? in
+            guard let child = pid_t(entry), let stat = try? String(contentsOfFile: "/proc/\(entry)/stat", encoding: .utf8),
+                let close = stat.lastIndex(of: ")")
+            else { return nil }
+            // "pid (comm) state ppid ..."
+            let fields = stat[stat.index(after: close)...].split(separator: " ")
+            return fields.count > 1 && pid_t(fields[1]) == pid ? child : nil
+        }
+    }
+
     static func postmasterPID(_ cluster: EmbeddedCluster) -> pid_t? {
         guard let text = try? String(contentsOfFile: cluster.dataDirectory + "/postmaster.pid", encoding: .utf8) else { return nil }
         return text.split(separator: "\n").first.flatMap { pid_t($0.trimmingCharacters(in: .whitespaces)) }

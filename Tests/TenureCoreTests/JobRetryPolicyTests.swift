@@ -41,6 +41,15 @@ import Testing
         for code in [TenureError.Code.cancelled, .postgres, .internal, .lifecycleConflict, .databaseNotFound, .backupNotFound, .invalidRequest, .legalHold] {
             #expect(!JobRetryPolicy.isRetryable(code), "\(code)")
         }
+        // PostgreSQL's own errors: a server restarting or a lost race is transient, the rest is not.
+        let states: [(String?, Bool)] = [
+            ("57P01", true), ("57P02", true), ("57P03", true), ("08006", true), ("08001", true), ("40001", true), ("40P01", true),
+            ("42P01", false), ("23505", false), ("53100", false), ("57014", false), (nil, false),
+        ]
+        for (state, retryable) in states {
+            #expect(JobRetryPolicy.isRetryable(.postgres, sqlState: state) == retryable, "\(state ?? "nil")")
+            #expect(!JobRetryPolicy.isRetryable(.internal, sqlState: state), "\(state ?? "nil")")
+        }
     }
 
     @Test func statesSayWhetherTheyAreFinal() {

@@ -323,3 +323,31 @@ func buildTar(_ members: [RawMember], end: Bool = true) -> [UInt8] {
         #expect(try String(contentsOfFile: output, encoding: .utf8) == "precious")
     }
 }
+
+/// A session blocked in the server is woken from another thread by its interrupter (what a
+/// cancel or a stalled server does to a data session), and the server ends the statement.
+@Suite struct SessionInterruptTests {
+    @Test func anInterruptWakesABlockedSessionAndTheServerGivesUp() throws {
+        let server = try TestServer.shared()
+        let progress = TransferProgress()
+        let blocked = try PostgresConnection(server.parameters(), applicationName: "tenure-interrupt-test")
+        try blocked.execute("SET client_connection_check_interval = 1000")
+        let interrupter = blocked.interrupter
+        progress.onStop { interrupter.interrupt() }
+        let pid = try blocked.query("SELECT pg_backend_pid()::text AS p")[0, "p"]!
+        DispatchQueue.global().asyncAfter(deadline: .now() + 1) { progress.cancel() }
+        let started = Date()
+        var failure: TenureError?
+        do throws(TenureError) { try blocked.execute("SELECT pg_sleep(60)") } catch { failure = error }
+        #expect(failure != nil && Date().timeIntervalSince(started) < 5, "\(String(describing: failure))")
+        blocked.close()
+        interrupter.interrupt()  // after close: does nothing
+        // Registered after the stop: run at once.
+        let late = Locked(false)
+        progress.onStop { late.withLock { $0 = true } }
+        #expect(late.withLock { $0 })
+        let deadline = Date().addingTimeInterval(10)
+        while Date() < deadline, try !server.rows("SELECT 1 FROM pg_stat_activity WHERE pid = $1", [pid]).isEmpty { usleep(100_000) }
+        #expect(try server.rows("SELECT 1 FROM pg_stat_activity WHERE pid = $1", [pid]).isEmpty)
+    }
+}

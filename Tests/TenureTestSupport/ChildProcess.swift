@@ -24,14 +24,21 @@ public final class ChildProcess: @unchecked Sendable {
         }
     }
 
-    public init(_ arguments: [String], environment: [String: String]) throws {
+    /// Starts `arguments`; `input`, when given, is its stdin (else /dev/null).
+    public init(_ arguments: [String], environment: [String: String], input: [UInt8]? = nil) throws {
         let base = NSTemporaryDirectory() + "tenure-child-\(getpid())-\(UInt64.random(in: 0...UInt64.max))"
         outputPath = base + ".out"
         errorPath = base + ".err"
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        if let input {
+            FileManager.default.createFile(atPath: base + ".in", contents: Data(input), attributes: [.posixPermissions: 0o600])
+            posix_spawn_file_actions_addopen(&actions, 0, base + ".in", O_RDONLY, 0)
+        } else {
+            posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        }
+        defer { if input != nil { unlink(base + ".in") } }
         posix_spawn_file_actions_addopen(&actions, 1, outputPath, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
         posix_spawn_file_actions_addopen(&actions, 2, errorPath, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
         let argv = arguments.map { strdup($0) } + [nil]
@@ -128,6 +135,10 @@ public func runTenure(_ arguments: [String], environment: [String: String]) thro
 
 public func startTenure(_ arguments: [String], environment: [String: String]) throws -> ChildProcess {
     var base = ["PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin", "HOME": "/tmp", "USER": "test", "LANG": "C.UTF-8"]
+    // No scheduled backups or drills unless a test asks for them: they would take turns
+    // among the jobs other tests count and order.
+    base["TENURE_BACKUP_INTERVAL"] = "off"
+    base["TENURE_DRILL_INTERVAL"] = "off"
     for (key, value) in environment { base[key] = value }
     return try ChildProcess([tenureExecutable()] + arguments, environment: base)
 }
