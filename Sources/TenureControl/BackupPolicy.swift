@@ -106,7 +106,9 @@ extension Controller {
         let target = max(policy.drillCount, share)
         let already = try catalog.scheduledDrillCount(since: now.addingTimeInterval(-intervalSeconds))
         guard already < target else { return 0 }
-        let pendingDrills = Set(try catalog.jobs(subject: nil, state: .queued, kind: .drill, limit: 1000, before: nil).map(\.subject))
+        let pendingDrills = Set(
+            try catalog.jobs(subject: nil, state: .queued, kind: .drill, limit: 1000, before: nil).map(\.subject)
+                + catalog.jobs(subject: nil, state: .running, kind: .drill, limit: 1000, before: nil).map(\.subject))
         let candidates = withBackups.filter { $0.newestVerifiedDrilledAt == nil && !pendingDrills.contains($0.databaseID.rawValue) }
             .sorted { ($0.lastDrillAt ?? .distantPast, $0.databaseID.rawValue) < ($1.lastDrillAt ?? .distantPast, $1.databaseID.rawValue) }
         var queued = 0
@@ -198,8 +200,18 @@ extension Controller {
         let scratch = Self.drillDatabaseName(job.id)
         let admin = try connectAdmin(server)
         defer { admin.close() }
-        // A dead attempt's scratch database goes first.
+        // A dead attempt's scratch database goes first, and so does that of any drill job that
+        // ended without cleaning up (its process died on its last attempt).
         try admin.execute("DROP DATABASE IF EXISTS \(quoteIdentifier(scratch)) WITH (FORCE)")
+        let prefix = "tenure_drill_"
+        for row in try admin.query("SELECT datname FROM pg_database WHERE datname LIKE 'tenure\\_drill\\_%'").rows {
+            guard let name = row[0], name.hasPrefix(prefix) else { continue }
+            let owner = (try? catalog.job(JobID(unchecked: "job_" + name.dropFirst(prefix.count))))
+            if owner == nil || owner?.state.isFinished == true {
+                logger.notice("dropping a scratch database a dead drill left", metadata: ["tenure.database": "\(name)"])
+                try admin.execute("DROP DATABASE IF EXISTS \(quoteIdentifier(name)) WITH (FORCE)")
+            }
+        }
         let started = clock.now()
         var detail: [String: String] = ["scratch_database": scratch]
         var outcome = DrillOutcome.passed

@@ -295,7 +295,8 @@ final class RcloneProcess {
         let (ok, message) = process.wait()
         if !ok {
             if missingIsNil && (message.contains("not found") || message.contains("doesn't exist") || message.contains("NoSuchKey")) { return nil }
-            throw TenureError(.serverUnreachable, "the backup store \(store.location) failed (\(process.command)): \(message)")
+            throw TenureError(
+                .serverUnreachable, "the backup store \(store.location) failed (\(process.command)): \(message)", context: ["backup_store": "\(store.location)"])
         }
         return String(decoding: output, as: UTF8.self)
     }
@@ -342,18 +343,28 @@ final class RcloneWriter: StoreWriter {
             if written < 0 {
                 if errno == EINTR { continue }
                 let (_, message) = process.wait()
-                throw TenureError(.serverUnreachable, "uploading to the backup store \(store.location) failed: \(message)")
+                throw TenureError(
+                    .serverUnreachable, "uploading to the backup store \(store.location) failed: \(message)", context: ["backup_store": "\(store.location)"])
             }
             offset += written
         }
     }
 
-    func finish() throws(TenureError) {
+    private var inputClosed = false
+
+    private func closeInput() {
+        guard !inputClosed else { return }
+        inputClosed = true
         close(process.input)
+    }
+
+    func finish() throws(TenureError) {
+        closeInput()
         let (ok, message) = process.wait()
         guard ok else {
             abort()
-            throw TenureError(.serverUnreachable, "uploading to the backup store \(store.location) failed: \(message)")
+            throw TenureError(
+                .serverUnreachable, "uploading to the backup store \(store.location) failed: \(message)", context: ["backup_store": "\(store.location)"])
         }
         finished = true
     }
@@ -362,7 +373,7 @@ final class RcloneWriter: StoreWriter {
         guard !aborted else { return }
         aborted = true
         if !finished {
-            close(process.input)
+            closeInput()
             process.kill()
             _ = process.wait()
         }
@@ -407,7 +418,9 @@ final class RcloneSource: ByteSource {
             ended = true
             close(process.output)
             let (ok, message) = process.wait()
-            guard ok else { throw TenureError(.serverUnreachable, "reading \(what) from the backup store failed: \(message)") }
+            guard ok else {
+                throw TenureError(.serverUnreachable, "reading \(what) from the backup store failed: \(message)", context: ["backup_store": what])
+            }
             return 0
         }
     }

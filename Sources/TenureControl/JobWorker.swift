@@ -36,6 +36,8 @@ public struct JobAttemptReport: Sendable {
     public var seconds: Double
     /// The result document (JSON text) of a succeeded attempt.
     public var result: String? = nil
+    /// What a failed attempt failed with.
+    public var error: TenureError? = nil
 }
 
 /// Runs durable jobs in this process: claims the oldest runnable job while a transfer slot
@@ -345,7 +347,7 @@ public final class JobWorker: Sendable {
         onAttemptEnd(
             JobAttemptReport(
                 job: job, state: finalState, recorded: recorded, bytes: Self.counters(job.kind, progress)["bytes"] ?? 0,
-                seconds: Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18, result: result))
+                seconds: Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18, result: result, error: error))
         wakeup.signal()
     }
 }

@@ -16,6 +16,7 @@ final class JobService: Service, Sendable {
         worker = pool.makeJobWorker { report in
             metrics.add("tenure_jobs_total", [("kind", report.job.kind.rawValue), ("outcome", report.recorded ? report.state.rawValue : "refused")])
             metrics.record("tenure_job_duration_seconds", [("kind", report.job.kind.rawValue)], .milliseconds(Int64(report.seconds * 1000)))
+            if report.error?.context["backup_store"] != nil { metrics.add("tenure_backup_store_errors_total") }
             guard report.state == .succeeded else { return }
             let result = report.result.flatMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] } ?? [:]
             switch report.job.kind {

@@ -22,7 +22,7 @@ final class ServerMetrics: Sendable {
         // Series that exist from the start, at zero.
         for name in [
             "tenure_backup_bytes_total", "tenure_restore_bytes_total", "tenure_sweep_destroyed_total", "tenure_backup_retention_deleted_total",
-            "tenure_backups_scheduled_total", "tenure_drills_scheduled_total",
+            "tenure_backups_scheduled_total", "tenure_drills_scheduled_total", "tenure_backup_store_errors_total",
         ] {
             Counter(label: name, factory: factory).increment(by: 0)
         }

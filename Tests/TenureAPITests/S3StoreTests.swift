@@ -138,6 +138,33 @@ import Glibc
         #expect(api.stop().status == 0)
     }
 
+    @Test func aStoreThatGoesAwayFailsTheBackupAndKeepsTheOlderOnes() throws {
+        let s3 = try S3Server()
+        var settings = s3.environment
+        settings["TENURE_BACKUP_STORE"] = "rclone:tenures3:tenure-test/backups"
+        settings["TENURE_JOB_MAX_ATTEMPTS"] = "1"
+        let api = try APIFixture(settings)
+        let created = try api.create("store-gone")
+        let id = created["id"] as! String
+        try fill(created["connection_url"] as! String, rows: 2_000)
+        let first = try api.waitForJob(try api.call("POST", "/v1/databases/\(id)/backups").json["id"] as! String)
+        try #require(first["state"] as? String == "succeeded", "\(first)")
+        let kept = ((first["result"] as? [String: Any])?["backup"] as? [String: Any])?["id"] as? String
+        // The store stops answering: the next backup fails, naming the store; the older stays.
+        s3.process.signal(SIGKILL)
+        _ = s3.process.wait()
+        let second = try api.waitForJob(try api.call("POST", "/v1/databases/\(id)/backups").json["id"] as! String)
+        let error = second["error"] as? [String: Any] ?? [:]
+        #expect(second["state"] as? String == "failed" && error["code"] as? String == "server.unreachable", "\(second)")
+        #expect((error["message"] as? String ?? "").contains("backup store rclone:tenures3:tenure-test/backups"), "\(second)")
+        let backups = try api.call("GET", "/v1/databases/\(id)/backups").json["backups"] as? [[String: Any]] ?? []
+        #expect(backups.filter { $0["state"] as? String == "verified" }.compactMap { $0["id"] as? String } == [kept].compactMap { $0 }, "\(backups)")
+        #expect(backups.contains { $0["state"] as? String == "failed" }, "\(backups)")
+        let metrics = try api.call("GET", "/metrics", key: "").text
+        #expect(metrics.contains("tenure_backup_store_errors_total 1"), "\(metrics)")
+        #expect(api.stop().status == 0)
+    }
+
     @Test func aStoreThatCannotBeUsedIsRefusedAtStart() throws {
         let s3 = try S3Server()
         let server = try TestServer.shared()
