@@ -372,7 +372,7 @@ public final class Catalog {
     // MARK: - Backups
 
     static let backupColumns = """
-        id, database_id, state, format, path, byte_count, row_count, table_count, error, lock_key, scheduled, drill_outcome,
+        id, database_id, state, format, path, byte_count, row_count, table_count, error, lock_key, scheduled, drill_outcome, xxh64,
         extract(epoch FROM started_at)::text AS started_at, extract(epoch FROM finished_at)::text AS finished_at,
         extract(epoch FROM drilled_at)::text AS drilled_at
         """
@@ -398,6 +398,11 @@ public final class Catalog {
             WHERE id = $1
             """,
             [id.rawValue, state.rawValue, byteCount.map { String($0) }, rowCount.map { String($0) }, tableCount.map { String($0) }, error, epoch(now)])
+    }
+
+    /// Records the XXH64 of a backup's stored bytes.
+    public func setBackupDigest(_ id: BackupID, _ digest: String) throws(TenureError) {
+        try connection.query("UPDATE backups SET xxh64 = $2 WHERE id = $1", [id.rawValue, digest])
     }
 
     public func backups(databaseID: DatabaseID? = nil, state: BackupState? = nil) throws(TenureError) -> [BackupRecord] {
@@ -442,6 +447,7 @@ public final class Catalog {
         record.error = result[row, "error"]
         record.finishedAt = date(result[row, "finished_at"])
         record.scheduled = result[row, "scheduled"] == "t"
+        record.digest = result[row, "xxh64"]
         record.drilledAt = date(result[row, "drilled_at"])
         record.drillOutcome = result[row, "drill_outcome"].flatMap { DrillOutcome(rawValue: $0) }
         return record

@@ -291,4 +291,10 @@ ALTER TABLE jobs DROP CONSTRAINT jobs_kind_check;
 ALTER TABLE jobs ADD CONSTRAINT jobs_kind_check CHECK (kind IN ('backup', 'restore', 'upgrade', 'export', 'purge', 'drill'));
 CREATE INDEX jobs_running_by_server ON jobs (server_name) WHERE state = 'running';
 """#),
+    (11, "0011_backup_digest.sql", #"""
+-- The XXH64 of a backup's bytes as written and read back from the store when it was verified:
+-- a whole download checks the bytes it streams against it, so an object altered in the store
+-- is caught when it is downloaded (its last bytes are never sent), not only by a drill.
+ALTER TABLE backups ADD COLUMN xxh64 text CHECK (xxh64 ~ '^[0-9a-f]{16}$');
+"""#),
 ]

@@ -88,6 +88,7 @@ extension Controller {
                 try catalog.transaction { () throws(TenureError) in
                     try catalog.finishBackup(
                         backupID, state: .verified, byteCount: size, rowCount: summary.rowCount, tableCount: summary.tableCount, error: nil, now: finished)
+                    try catalog.setBackupDigest(backupID, XXH64.hex(counted.digest))
                     try catalog.audit(
                         at: finished, databaseID: id.rawValue, actor: actor, action: "backup", from: nil, to: nil, reason: nil,
                         detail: ["backup_id": backupID.rawValue, "bytes": String(size ?? 0), "rows": String(summary.rowCount)])

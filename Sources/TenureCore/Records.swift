@@ -114,6 +114,8 @@ public struct BackupRecord: Sendable, Equatable {
     public var lockKey: Int64
     /// Taken by the scheduler rather than asked for.
     public var scheduled = false
+    /// XXH64 (hex) of the stored bytes, checked when it was verified (nil for older backups).
+    public var digest: String?
     /// The backup's last restore drill.
     public var drilledAt: Date?
     public var drillOutcome: DrillOutcome?

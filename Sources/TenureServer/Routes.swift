@@ -323,40 +323,52 @@ struct Routes: Sendable {
             throw TenureError(.lifecycleConflict, "backup \(backupID) is \(backup.state.rawValue); only verified backups can be downloaded")
         }
         let etag = "\"\(backupID.rawValue)\""
-        switch configuration.backupStore {
-        case .directory(let root):
-            return try serveFile(
-                root + "/" + backup.path, request: request, etag: etag, contentType: "application/x-tar", filename: "\(backupID).tenure",
-                missing: TenureError(.backupNotFound, "the file of backup \(backupID) is missing from the backup store"))
-        case .rclone:
-            guard let size = backup.byteCount else { throw TenureError(.internal, "backup \(backupID) has no recorded size") }
-            let (range, headers) = try ranged(request, size: size, etag: etag, contentType: "application/x-tar", filename: "\(backupID).tenure")
-            let store = configuration.backupStore.open()
-            let first = range?.first ?? 0
-            let count = range?.count ?? size
-            let path = backup.path
-            // The object streams from the store as the client reads (rclone cat --offset --count).
-            let source = try await pool.withBlocking { () throws(TenureError) -> SourceBox in
-                SourceBox(try store.open(path, offset: first, length: count))
+        guard let size = backup.byteCount else { throw TenureError(.internal, "backup \(backupID) has no recorded size") }
+        let (range, headers) = try ranged(request, size: size, etag: etag, contentType: "application/x-tar", filename: "\(backupID).tenure")
+        let store = configuration.backupStore.open()
+        let first = range?.first ?? 0
+        let count = range?.count ?? size
+        let path = backup.path
+        // A whole download is checked against the digest recorded when the backup was
+        // verified; the last chunk is held back until it matches, so a client never receives
+        // all of an object that was altered in the store (the transfer ends short instead).
+        let digest = range == nil ? backup.digest : nil
+        let logger = self.logger
+        // The object streams from the store as the client reads.
+        let source = try await pool.withBlocking { () throws(TenureError) -> SourceBox in
+            do throws(TenureError) { return SourceBox(try store.open(path, offset: first, length: count)) } catch {
+                guard error.code == .invalidRequest else { throw error }
+                throw TenureError(.backupNotFound, "the file of backup \(backupID) is missing from the backup store")
             }
-            let body = ResponseBody(contentLength: Int(count)) { writer in
-                var remaining = count
-                while remaining > 0 {
-                    let want = Int(min(remaining, 256 << 10))
-                    let bytes = try await pool.withBlocking { () throws(TenureError) -> [UInt8] in
-                        var bytes = [UInt8](repeating: 0, count: want)
-                        let read = try bytes.withMutableBytes { (raw) throws(TenureError) in try source.source.readFully(into: raw) }
-                        guard read > 0 else { throw TenureError(.internal, "backup \(backupID) ended early in the backup store") }
-                        bytes.removeSubrange(read...)
-                        return bytes
-                    }
-                    try await writer.write(ByteBuffer(bytes: bytes))
-                    remaining -= Int64(bytes.count)
-                }
-                try await writer.finish(nil)
-            }
-            return Response(status: range == nil ? .ok : .partialContent, headers: headers, body: body)
         }
+        let body = ResponseBody(contentLength: Int(count)) { writer in
+            var remaining = count
+            var hasher = XXH64()
+            var held: [UInt8]?
+            while remaining > 0 {
+                let want = Int(min(remaining, 256 << 10))
+                let bytes = try await pool.withBlocking { () throws(TenureError) -> [UInt8] in
+                    var bytes = [UInt8](repeating: 0, count: want)
+                    let read = try bytes.withMutableBytes { (raw) throws(TenureError) in try source.source.readFully(into: raw) }
+                    guard read > 0 else { throw TenureError(.internal, "backup \(backupID) ended early in the backup store") }
+                    bytes.removeSubrange(read...)
+                    return bytes
+                }
+                if digest != nil { hasher.update(bytes) }
+                if let held { try await writer.write(ByteBuffer(bytes: held)) }
+                held = bytes
+                remaining -= Int64(bytes.count)
+            }
+            if let digest, XXH64.hex(hasher.digest()) != digest {
+                logger.error(
+                    "a backup's stored bytes differ from those verified; the download was cut short",
+                    metadata: ["tenure.backup_id": "\(backupID)", "tenure.store": "\(store.location)"])
+                throw TenureError(.internal, "backup \(backupID) was altered in the backup store")
+            }
+            if let held { try await writer.write(ByteBuffer(bytes: held)) }
+            try await writer.finish(nil)
+        }
+        return Response(status: range == nil ? .ok : .partialContent, headers: headers, body: body)
     }
 
     /// The range a request asks for (honouring If-Range) and the headers of its answer; a

@@ -161,6 +161,7 @@ import Glibc
         let bad = try api.call("GET", "/v1/databases/\(ids[1])/backups/\(backups[1])").json
         #expect(bad["state"] as? String == "drill_failed" && bad["drill_outcome"] as? String == "failed", "\(bad)")
         #expect(try api.call("POST", "/v1/databases/\(ids[1])/restore", json: ["backup_id": backups[1]]).status == 409)
+        #expect(try api.call("GET", "/v1/databases/\(ids[1])/backups/\(backups[1])/download").status == 409)
         let actions = (try api.call("GET", "/v1/databases/\(ids[1])/audit").json["events"] as? [[String: Any]] ?? []).compactMap { $0["action"] as? String }
         #expect(actions.contains("drill_failed"), "\(actions)")
         usleep(2_500_000)
@@ -186,6 +187,17 @@ import Glibc
         #expect(cli.status == 0 && ((cli.json["drills"] as? [Any])?.count ?? 0) >= 2, "\(cli)")
         let run = try api.tenure(["drill", "run", "--backup", backups[0], "--json"])
         #expect(run.status == 0 && run.json["outcome"] as? String == "passed", "\(run)")
+        // A whole download checks the stored bytes against those verified: once the file is
+        // altered in the store, the download ends short instead of delivering it.
+        let whole = try api.call("GET", "/v1/databases/\(ids[0])/backups/\(backups[0])/download")
+        #expect(whole.status == 200)
+        let goodPath = api.home + "/backups/\(ids[0])/\(backups[0]).tenure"
+        let goodHandle = try #require(FileHandle(forUpdatingAtPath: goodPath))
+        try goodHandle.seek(toOffset: UInt64(whole.body.count / 3))
+        try goodHandle.write(contentsOf: Data([0x00, 0xff, 0x00, 0xff]))
+        try goodHandle.close()
+        #expect(
+            (try? httpRequest(port: api.port, "GET", "/v1/databases/\(ids[0])/backups/\(backups[0])/download", headers: ["Authorization": "Bearer \(api.adminKey)"])) == nil)
         #expect(api.stop().status == 0)
     }
 }

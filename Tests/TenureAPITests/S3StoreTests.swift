@@ -122,6 +122,9 @@ import Glibc
         let altered = Array(whole.body[0..<(whole.body.count / 2)]) + [0xde, 0xad] + Array(whole.body[(whole.body.count / 2 + 2)...])
         let put = try s3.rclone(["rcat", "tenures3:tenure-test/backups/\(id)/\(backupID).tenure"], input: altered)
         #expect(put.status == 0, "\(put)")
+        #expect(
+            (try? httpRequest(port: api.port, "GET", "/v1/databases/\(id)/backups/\(backupID)/download", headers: ["Authorization": "Bearer \(api.adminKey)"])) == nil,
+            "a whole download of an altered object must end short")
         let second = try api.call("POST", "/v1/drills", json: ["backup_id": backupID])
         let failed = try api.waitForJob(second.json["id"] as! String)
         #expect(((failed["result"] as? [String: Any])?["drill"] as? [String: Any])?["outcome"] as? String == "failed", "\(failed)")
