@@ -29,6 +29,7 @@ public struct APIServer: Sendable {
         serverLogger.logLevel = max(logger.logLevel, .notice)
         application = Application(
             router: router,
+            server: .http1(configuration: .init(additionalChannelHandlers: [MalformedRequestResponder()])),
             configuration: .init(address: .hostname(configuration.http.host, port: configuration.http.port), serverName: "tenure"),
             onServerRunning: { channel in onListening(channel.localAddress?.port ?? 0) },
             logger: serverLogger)

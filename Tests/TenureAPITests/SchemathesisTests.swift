@@ -3,7 +3,8 @@ import Testing
 import TenureTestSupport
 
 /// schemathesis (PyPI, pinned in the Makefile) against a live `tenure serve`: every operation
-/// of `docs/openapi.json`, generated requests, every check. Any finding fails the test.
+/// of `docs/openapi.json`, generated valid and invalid requests, every check but one (below).
+/// Any finding fails the test.
 @Suite(.serialized) struct SchemathesisTests {
     @Test func theDocumentAndTheServerAgree() throws {
         let tool = ProcessInfo.processInfo.environment["TENURE_SCHEMATHESIS"] ?? (APIFixture.repository + "/.build/tools/bin/st")
@@ -17,6 +18,11 @@ import TenureTestSupport
                 tool, "run", "http://127.0.0.1:\(api.port)/openapi.json", "--experimental=openapi-3.1", "--checks", "all",
                 "-H", "Authorization: Bearer \(api.adminKey)", "--hypothesis-max-examples", "30", "--hypothesis-derandomize", "--workers", "1",
                 "--no-color",
+                // Valid and invalid requests (headers with control characters, wrong types, ids out of
+                // pattern): every answer documented. The one check left out, negative_data_rejection,
+                // reports valid requests: schemathesis 3.39 sends an object-valued "invalid" query
+                // parameter such as limit={"1": …} as `limit=1`.
+                "--data-generation-method", "all", "--exclude-checks", "negative_data_rejection",
             ],
             environment: ["PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp", "LANG": "C.UTF-8", "SCHEMATHESIS_TELEMETRY": "false"]
         ).wait()

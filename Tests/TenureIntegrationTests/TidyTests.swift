@@ -17,7 +17,7 @@ import Testing
         "TenureEmbedded": ["TenureCore", "TenurePQ"],
         "TenureCatalog": ["TenureCore", "TenurePQ"],
         "TenureControl": ["TenureCore", "TenurePQ", "TenureZstd", "TenureZlib", "TenureEngine", "TenureEmbedded", "TenureCatalog", "Logging", "NIOPosix"],
-        "TenureServer": ["TenureCore", "TenureControl", "Hummingbird", "HTTPTypes", "NIOCore", "Logging", "ServiceLifecycle", "Metrics", "Prometheus"],
+        "TenureServer": ["TenureCore", "TenureControl", "Hummingbird", "HTTPTypes", "NIOCore", "NIOHTTP1", "NIOHTTPTypes", "Logging", "ServiceLifecycle", "Metrics", "Prometheus"],
     ]
 
     @Test func everyImportCrossesOnlyAllowedLines() throws {
