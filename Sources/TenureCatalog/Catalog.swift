@@ -421,6 +421,11 @@ public final class Catalog {
         return result.rows.indices.map { backupRecord(result, $0) }
     }
 
+    /// How many backups are in `state`, fleet-wide.
+    public func backupCount(state: BackupState) throws(TenureError) -> Int {
+        Int(try connection.query("SELECT count(*)::text FROM backups WHERE state = $1", [state.rawValue]).rows.first?[0] ?? "0") ?? 0
+    }
+
     public func backup(_ id: BackupID) throws(TenureError) -> BackupRecord {
         let result = try connection.query("SELECT \(Self.backupColumns) FROM backups WHERE id = $1", [id.rawValue])
         guard !result.rows.isEmpty else {

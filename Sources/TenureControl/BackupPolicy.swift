@@ -37,10 +37,12 @@ extension Controller {
     // MARK: Status
 
     public func backupStatus(staleOnly: Bool = false) throws(TenureError) -> BackupStatus {
+        try backupStatus(of: try catalog.backupFacts(), staleOnly: staleOnly, now: clock.now())
+    }
+
+    private func backupStatus(of facts: [BackupFacts], staleOnly: Bool, now: Date) throws(TenureError) -> BackupStatus {
         let policy = configuration.backupPolicy
         let schedule = policy.schedule
-        let now = clock.now()
-        let facts = try catalog.backupFacts()
         var entries: [BackupStatusEntry] = []
         var stale = 0
         var never = 0
@@ -54,7 +56,7 @@ extension Controller {
                 ? nil : schedule.nextDue(id: fact.databaseID.rawValue, lastStarted: fact.lastStarted ?? fact.createdAt, pending: fact.pending, now: now)
             entries.append(BackupStatusEntry(facts: fact, stale: isStale, nextDue: due))
         }
-        let drillFailed = try catalog.backups(state: .drillFailed).count
+        let drillFailed = try catalog.backupCount(state: .drillFailed)
         return BackupStatus(
             entries: entries, databases: facts.count, stale: stale, neverBackedUp: never, oldestNewestVerifiedAge: oldest, drillFailed: drillFailed,
             scheduleOn: policy.interval != nil)
@@ -90,7 +92,8 @@ extension Controller {
         if let interval = policy.drillInterval {
             report.drillsQueued = try scheduleDrills(facts, interval: interval, now: now)
         }
-        report.status = try backupStatus()
+        // The freshness figures from the facts read above: queuing changes none of them.
+        report.status = try backupStatus(of: facts, staleOnly: false, now: now)
         return report
     }
 

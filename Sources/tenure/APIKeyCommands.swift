@@ -10,17 +10,17 @@ struct APIKeyCommand: ParsableCommand {
         commandName: "apikey", abstract: "Create, list and revoke API keys for the HTTP API (stored only as hashes).",
         subcommands: [Create.self, List.self, Revoke.self])
 
-    struct Create: ParsableCommand {
+    struct Create: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Create an API key; the key is printed once and never stored.")
         @OptionGroup var options: GlobalOptions
         @Argument(help: "A name for the key (a DNS label).") var name: String
         @Option(name: .customLong("scope"), help: "read, write or admin; repeat or separate with commas.") var scopes: [String] = []
 
-        func run() {
-            runCommand(json: options.json) { (output) throws(TenureError) in
+        func run() async {
+            await runCommand(json: options.json) { (output) async throws(TenureError) in
                 let scopes = self.scopes.flatMap { $0.split(separator: ",").map { String($0).trimmingCharacters(in: .whitespaces) } }
-                try Session.with(options) { (session) throws(TenureError) in
-                    let created = try session.controller.createAPIKey(name: name, scopes: scopes)
+                try await Session.with(options) { (session) async throws(TenureError) in
+                    let created = try await session.call { (controller) throws(TenureError) in try controller.createAPIKey(name: name, scopes: scopes) }
                     var document = apiKeyDocument(created.record)
                     document["key"] = created.key
                     output.emit(json: document) {
@@ -31,14 +31,14 @@ struct APIKeyCommand: ParsableCommand {
         }
     }
 
-    struct List: ParsableCommand {
+    struct List: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "List API keys (never the keys themselves).")
         @OptionGroup var options: GlobalOptions
 
-        func run() {
-            runCommand(json: options.json) { (output) throws(TenureError) in
-                try Session.with(options) { (session) throws(TenureError) in
-                    let keys = try session.controller.apiKeys()
+        func run() async {
+            await runCommand(json: options.json) { (output) async throws(TenureError) in
+                try await Session.with(options) { (session) async throws(TenureError) in
+                    let keys = try await session.call { (controller) throws(TenureError) in try controller.apiKeys() }
                     output.emit(json: ["api_keys": keys.map(apiKeyDocument)]) {
                         table(
                             ["ID", "NAME", "SCOPES", "CREATED", "STATE"],
@@ -51,16 +51,16 @@ struct APIKeyCommand: ParsableCommand {
         }
     }
 
-    struct Revoke: ParsableCommand {
+    struct Revoke: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Revoke an API key.")
         @OptionGroup var options: GlobalOptions
         @Argument(help: "API key id (key_…).") var id: String
 
-        func run() {
-            runCommand(json: options.json) { (output) throws(TenureError) in
+        func run() async {
+            await runCommand(json: options.json) { (output) async throws(TenureError) in
                 let id = try APIKeyID(parsing: id)
-                try Session.with(options) { (session) throws(TenureError) in
-                    let record = try session.controller.revokeAPIKey(id)
+                try await Session.with(options) { (session) async throws(TenureError) in
+                    let record = try await session.call { (controller) throws(TenureError) in try controller.revokeAPIKey(id) }
                     output.emit(json: apiKeyDocument(record)) { "revoked API key \(id) (\(record.name))" }
                 }
             }

@@ -40,14 +40,14 @@ struct Tenure: AsyncParsableCommand {
     )
 }
 
-struct Migrate: ParsableCommand {
+struct Migrate: AsyncParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Apply the catalog's migrations (also done at every start).")
     @OptionGroup var options: GlobalOptions
 
-    func run() {
-        runCommand(json: options.json) { (output) throws(TenureError) in
-            try Session.with(options) { (session) throws(TenureError) in
-                let status = try session.controller.migrationStatus()
+    func run() async {
+        await runCommand(json: options.json) { (output) async throws(TenureError) in
+            try await Session.with(options) { (session) async throws(TenureError) in
+                let status = try await session.call { (controller) throws(TenureError) in try controller.migrationStatus() }
                 output.emit(json: ["version": status.applied, "latest": status.known]) {
                     "catalog schema at version \(status.applied) (latest known \(status.known))"
                 }
@@ -63,7 +63,7 @@ struct ServerCommand: ParsableCommand {
         commandName: "server", abstract: "Register and list the PostgreSQL servers that host tenant databases.",
         subcommands: [Add.self, List.self])
 
-    struct Add: ParsableCommand {
+    struct Add: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Register a tenant server (checked by connecting to it).")
         @OptionGroup var options: GlobalOptions
         @Argument(help: "Server name (a DNS label).") var name: String
@@ -71,24 +71,24 @@ struct ServerCommand: ParsableCommand {
         @Option(help: "Host tenants connect to (default: the URL's host).") var publicHost: String?
         @Option(help: "Port tenants connect to (default: the URL's port).") var publicPort: Int?
 
-        func run() {
-            runCommand(json: options.json) { (output) throws(TenureError) in
-                try Session.with(options) { (session) throws(TenureError) in
-                    let server = try session.controller.addServer(name: name, url: url, publicHost: publicHost, publicPort: publicPort)
+        func run() async {
+            await runCommand(json: options.json) { (output) async throws(TenureError) in
+                try await Session.with(options) { (session) async throws(TenureError) in
+                    let server = try await session.serverWork { (controller) throws(TenureError) in try controller.addServer(name: name, url: url, publicHost: publicHost, publicPort: publicPort) }
                     output.emit(json: serverDocument(server)) { "registered server \(server.name) (\(server.redactedURL))" }
                 }
             }
         }
     }
 
-    struct List: ParsableCommand {
+    struct List: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "List tenant servers.")
         @OptionGroup var options: GlobalOptions
 
-        func run() {
-            runCommand(json: options.json) { (output) throws(TenureError) in
-                try Session.with(options) { (session) throws(TenureError) in
-                    let servers = try session.controller.servers()
+        func run() async {
+            await runCommand(json: options.json) { (output) async throws(TenureError) in
+                try await Session.with(options) { (session) async throws(TenureError) in
+                    let servers = try await session.call { (controller) throws(TenureError) in try controller.servers() }
                     output.emit(json: ["servers": servers.map(serverDocument)]) {
                         table(["NAME", "PUBLIC", "ADMIN URL"], servers.map { [$0.name.rawValue, "\($0.publicHost):\($0.publicPort)", $0.redactedURL] })
                     }
@@ -119,18 +119,18 @@ struct DatabaseCommand: ParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Extensions of a hosted database.", subcommands: [Add.self])
 
-        struct Add: ParsableCommand {
+        struct Add: AsyncParsableCommand {
             static let configuration = CommandConfiguration(
                 abstract: "Create an extension in a trial or active database: a trusted one, or one TENURE_EXTENSIONS lists (its tables go to the database's owner). Audited; idempotent.")
             @OptionGroup var options: GlobalOptions
             @Argument(help: "Database id (db_…).") var id: String
             @Argument(help: "Extension name, as PostgreSQL spells it (postgis, pg_trgm, …).") var name: String
 
-            func run() {
-                runCommand(json: options.json) { (output) throws(TenureError) in
+            func run() async {
+                await runCommand(json: options.json) { (output) async throws(TenureError) in
                     let id = try DatabaseID(parsing: id)
-                    try Session.with(options) { (session) throws(TenureError) in
-                        let added = try session.controller.addExtension(id, name: name)
+                    try await Session.with(options) { (session) async throws(TenureError) in
+                        let added = try await session.serverWork { (controller) throws(TenureError) in try controller.addExtension(id, name: name) }
                         output.emit(json: ["database_id": id.rawValue, "extension": added.name, "version": added.version, "created": added.created]) {
                             added.created ? "extension \(added.name) \(added.version) created in \(id)" : "\(id) already has extension \(added.name) \(added.version)"
                         }
@@ -140,7 +140,7 @@ struct DatabaseCommand: ParsableCommand {
         }
     }
 
-    struct Create: ParsableCommand {
+    struct Create: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Create a database and its owner role; prints the connection URL with its password, once.")
         @OptionGroup var options: GlobalOptions
@@ -148,10 +148,10 @@ struct DatabaseCommand: ParsableCommand {
         @Option(help: "trial or paid.") var plan: Plan = .trial
         @Option(help: "Tenant server to place it on (default: default).") var server: String?
 
-        func run() {
-            runCommand(json: options.json) { (output) throws(TenureError) in
-                try Session.with(options) { (session) throws(TenureError) in
-                    let created = try session.controller.createDatabase(name: name, plan: plan, serverName: server)
+        func run() async {
+            await runCommand(json: options.json) { (output) async throws(TenureError) in
+                try await Session.with(options) { (session) async throws(TenureError) in
+                    let created = try await session.serverWork { (controller) throws(TenureError) in try controller.createDatabase(name: name, plan: plan, serverName: server) }
                     var document = databaseDocument(created.record)
                     document["connection_url"] = created.connectionURL
                     output.emit(json: document) {
@@ -162,15 +162,15 @@ struct DatabaseCommand: ParsableCommand {
         }
     }
 
-    struct List: ParsableCommand {
+    struct List: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "List databases.")
         @OptionGroup var options: GlobalOptions
         @Option(help: "Only this state: provisioning, trial, active, deactivated or destroyed.") var state: DatabaseState?
 
-        func run() {
-            runCommand(json: options.json) { (output) throws(TenureError) in
-                try Session.with(options) { (session) throws(TenureError) in
-                    let records = try session.controller.databases(state: state, after: nil, limit: 1_000_000)
+        func run() async {
+            await runCommand(json: options.json) { (output) async throws(TenureError) in
+                try await Session.with(options) { (session) async throws(TenureError) in
+                    let records = try await session.call { (controller) throws(TenureError) in try controller.databases(state: state, after: nil, limit: 1_000_000) }
                     output.emit(json: ["databases": records.map(databaseDocument)]) {
                         table(
                             ["ID", "NAME", "STATE", "PLAN", "SERVER", "DEADLINE", "HOLD"],
@@ -191,86 +191,86 @@ struct DatabaseCommand: ParsableCommand {
         }
     }
 
-    struct Show: ParsableCommand {
+    struct Show: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Show one database (or its tombstone).")
         @OptionGroup var options: GlobalOptions
         @Argument(help: "Database id (db_…).") var id: String
 
-        func run() {
-            runCommand(json: options.json) { (output) throws(TenureError) in
+        func run() async {
+            await runCommand(json: options.json) { (output) async throws(TenureError) in
                 let id = try DatabaseID(parsing: id)
-                try Session.with(options) { (session) throws(TenureError) in
-                    let record = try session.controller.database(id)
+                try await Session.with(options) { (session) async throws(TenureError) in
+                    let record = try await session.call { (controller) throws(TenureError) in try controller.database(id) }
                     output.emit(json: databaseDocument(record)) { databaseDetail(record) }
                 }
             }
         }
     }
 
-    struct Subscribe: ParsableCommand {
+    struct Subscribe: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Turn a trial into a paid, active database.")
         @OptionGroup var options: GlobalOptions
         @Argument(help: "Database id (db_…).") var id: String
-        func run() { transition(options, id, .subscribe) }
+        func run() async { await transition(options, id, .subscribe) }
     }
 
-    struct Cancel: ParsableCommand {
+    struct Cancel: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Cancel an active database: login disabled, sessions ended, data kept for the grace period.")
         @OptionGroup var options: GlobalOptions
         @Argument(help: "Database id (db_…).") var id: String
-        func run() { transition(options, id, .cancel) }
+        func run() async { await transition(options, id, .cancel) }
     }
 
-    struct Reactivate: ParsableCommand {
+    struct Reactivate: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Reactivate a deactivated database within its grace period.")
         @OptionGroup var options: GlobalOptions
         @Argument(help: "Database id (db_…).") var id: String
         @Flag(help: "Also set and print a new password (shown once).") var newPassword = false
-        func run() { transition(options, id, .reactivate, newPassword: newPassword) }
+        func run() async { await transition(options, id, .reactivate, newPassword: newPassword) }
     }
 
-    struct Destroy: ParsableCommand {
+    struct Destroy: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Request deletion: destroy the database and its role now, keeping a tombstone.")
         @OptionGroup var options: GlobalOptions
         @Argument(help: "Database id (db_…).") var id: String
         @Option(help: "The database's name, to confirm.") var confirm: String
 
-        func run() {
-            runCommand(json: options.json) { (output) throws(TenureError) in
+        func run() async {
+            await runCommand(json: options.json) { (output) async throws(TenureError) in
                 let id = try DatabaseID(parsing: id)
-                try Session.with(options) { (session) throws(TenureError) in
-                    let outcome = try session.controller.requestDeletion(id, confirmName: confirm)
-                    try session.runPendingPurges()
+                try await Session.with(options) { (session) async throws(TenureError) in
+                    let outcome = try await session.serverWork { (controller) throws(TenureError) in try controller.requestDeletion(id, confirmName: confirm) }
+                    try await session.runPendingPurges()
                     output.emit(json: databaseDocument(outcome.record)) { "destroyed \(id) (\(outcome.record.name))" }
                 }
             }
         }
     }
 
-    struct Hold: ParsableCommand {
+    struct Hold: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Place a legal hold: no destruction until released.")
         @OptionGroup var options: GlobalOptions
         @Argument(help: "Database id (db_…).") var id: String
         @Option(help: "Why (recorded in the audit trail).") var reason: String
-        func run() { transition(options, id, .hold, reason: reason) }
+        func run() async { await transition(options, id, .hold, reason: reason) }
     }
 
-    struct Release: ParsableCommand {
+    struct Release: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Lift a legal hold.")
         @OptionGroup var options: GlobalOptions
         @Argument(help: "Database id (db_…).") var id: String
-        func run() { transition(options, id, .release) }
+        func run() async { await transition(options, id, .release) }
     }
 }
 
 /// The shared path of the transition commands.
-func transition(_ options: GlobalOptions, _ text: String, _ event: LifecycleEvent, reason: String? = nil, newPassword: Bool = false) {
-    runCommand(json: options.json) { (output) throws(TenureError) in
+func transition(_ options: GlobalOptions, _ text: String, _ event: LifecycleEvent, reason: String? = nil, newPassword: Bool = false) async {
+    await runCommand(json: options.json) { (output) async throws(TenureError) in
         let id = try DatabaseID(parsing: text)
-        try Session.with(options) { (session) throws(TenureError) in
-            let outcome = try session.controller.apply(event, to: id, reason: reason, newPassword: newPassword)
+        try await Session.with(options) { (session) async throws(TenureError) in
+            let outcome = try await session.serverWork { (controller) throws(TenureError) in try controller.apply(event, to: id, reason: reason, newPassword: newPassword) }
             var document = databaseDocument(outcome.record)
             if let url = outcome.connectionURL { document["connection_url"] = url }
             output.emit(json: document) {
@@ -285,18 +285,18 @@ func transition(_ options: GlobalOptions, _ text: String, _ event: LifecycleEven
 
 // MARK: - audit
 
-struct AuditCommand: ParsableCommand {
+struct AuditCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "audit", abstract: "Show the audit trail (of one database, or the latest events).")
     @OptionGroup var options: GlobalOptions
     @Argument(help: "Database id (db_…); all databases if omitted.") var id: String?
     @Option(help: "At most this many events.") var limit: Int = 200
 
-    func run() {
-        runCommand(json: options.json) { (output) throws(TenureError) in
+    func run() async {
+        await runCommand(json: options.json) { (output) async throws(TenureError) in
             let id = try id.map { (text) throws(TenureError) in try DatabaseID(parsing: text) }
             guard (1...100_000).contains(limit) else { throw TenureError(.invalidRequest, "--limit must be from 1 to 100000") }
-            try Session.with(options) { (session) throws(TenureError) in
-                let events = try session.controller.auditTrail(id, limit: limit)
+            try await Session.with(options) { (session) async throws(TenureError) in
+                let events = try await session.call { (controller) throws(TenureError) in try controller.auditTrail(id, limit: limit) }
                 // A rolled-back create leaves no database row, only its audit trail.
                 output.emit(json: [
                     "events": events.map(auditDocument)
@@ -314,7 +314,7 @@ struct AuditCommand: ParsableCommand {
 
 // MARK: - expire
 
-struct Expire: ParsableCommand {
+struct Expire: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Run the expiry sweep: end trials past their end, destroy deactivated databases past their grace and uploads past their hold.",
         discussion: """
@@ -326,16 +326,16 @@ struct Expire: ParsableCommand {
     @Flag(help: "Only say what would be done.") var dryRun = false
     @Option(help: ArgumentHelp("With --dry-run: the instant to plan for (RFC 3339).", valueName: "instant")) var asOf: String?
 
-    func run() {
+    func run() async {
         var refused = false
-        runCommand(json: options.json) { (output) throws(TenureError) in
+        await runCommand(json: options.json) { (output) async throws(TenureError) in
             let asOf = try asOf.map { (text) throws(TenureError) in try RFC3339.parse(text, setting: "--as-of") }
             if asOf != nil && !dryRun {
                 throw TenureError(.invalidRequest, "--as-of needs --dry-run: a real sweep runs only at the current time")
             }
-            try Session.with(options) { (session) throws(TenureError) in
-                let report = try session.controller.sweep(dryRun: dryRun, asOf: asOf)
-                if !dryRun { try session.runPendingPurges() }
+            try await Session.with(options) { (session) async throws(TenureError) in
+                let report = try await session.serverWork { (controller) throws(TenureError) in try controller.sweep(dryRun: dryRun, asOf: asOf) }
+                if !dryRun { try await session.runPendingPurges() }
                 output.emit(json: sweepDocument(report)) { sweepText(report) }
                 refused = report.refusal != nil || report.plan.refusal != nil || report.uploadPlan.refusal != nil
             }
@@ -387,13 +387,13 @@ func sweepText(_ report: SweepReport) -> String {
 
 // MARK: - config
 
-struct ConfigCommand: ParsableCommand {
+struct ConfigCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "config", abstract: "Show the effective configuration (secrets redacted) and every setting with its default.")
     @OptionGroup var options: GlobalOptions
 
-    func run() {
-        runCommand(json: options.json) { (output) throws(TenureError) in
+    func run() async {
+        await runCommand(json: options.json) { (output) async throws(TenureError) in
             let configuration = try options.configuration()
             let effective: [String: Any] = [
                 "TENURE_HOME": configuration.home,

@@ -57,7 +57,7 @@ func openInput(_ input: String) throws(TenureError) -> DescriptorSource {
     input == "-" ? DescriptorSource(descriptor: 0, what: "stdin") : try DescriptorSource(path: input)
 }
 
-struct BackupCommand: ParsableCommand {
+struct BackupCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "backup", abstract: "Back up any PostgreSQL database (the URL names it) to a .tenure archive or a .sql.zst export.",
         discussion: """
@@ -71,8 +71,8 @@ struct BackupCommand: ParsableCommand {
     @Option(help: "native (.tenure archive) or sql (.sql.zst for psql).") var format: BackupFormat = .native
     @Option(help: "zstd compression level, 1–19.") var level: Int32 = BackupOptions.defaultLevel
 
-    func run() {
-        runCommand(json: options.json) { (output) throws(TenureError) in
+    func run() async {
+        await runCommand(json: options.json) { (output) async throws(TenureError) in
             let configuration = try options.configuration()
             let jobs = jobs ?? defaultJobs()
             guard (1...64).contains(jobs) else { throw TenureError(.invalidRequest, "--jobs must be from 1 to 64") }
@@ -103,7 +103,7 @@ struct BackupCommand: ParsableCommand {
     }
 }
 
-struct RestoreCommand: ParsableCommand {
+struct RestoreCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "restore", abstract: "Restore a .tenure archive into a new database (the URL names it; it must not exist yet).",
         discussion: "All or nothing: the data goes into a temporary database that is renamed into place only after every part checked out.")
@@ -112,8 +112,8 @@ struct RestoreCommand: ParsableCommand {
     @Option(help: "Connection URL naming the database to create.") var url: String
     @Option(help: "Parallel loader connections (default: the number of cores).") var jobs: Int?
 
-    func run() {
-        runCommand(json: options.json) { (output) throws(TenureError) in
+    func run() async {
+        await runCommand(json: options.json) { (output) async throws(TenureError) in
             let jobs = jobs ?? defaultJobs()
             guard (1...64).contains(jobs) else { throw TenureError(.invalidRequest, "--jobs must be from 1 to 64") }
             let target = try ConnectionParameters(parsing: url, setting: "--url")
@@ -137,14 +137,14 @@ struct RestoreCommand: ParsableCommand {
     }
 }
 
-struct VerifyCommand: ParsableCommand {
+struct VerifyCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "verify", abstract: "Check a .tenure archive completely without a database: frames, rows, order, manifest, end marker.")
     @OptionGroup var options: GlobalOptions
     @Argument(help: "Archive file, or - for stdin.") var input: String
 
-    func run() {
-        runCommand(json: options.json) { (output) throws(TenureError) in
+    func run() async {
+        await runCommand(json: options.json) { (output) async throws(TenureError) in
             let source = try openInput(input)
             let key = try ArchiveKey.load(home: try options.configuration().home, create: false)
             let progress = TransferProgress()
@@ -166,19 +166,21 @@ struct VerifyCommand: ParsableCommand {
 
 
 extension DatabaseCommand {
-    struct Backup: ParsableCommand {
+    struct Backup: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             commandName: "backup", abstract: "Back a database up into the backup store (verified, then published and recorded as bk_…).")
         @OptionGroup var options: GlobalOptions
         @Argument(help: "Database id (db_…).") var id: String
 
-        func run() {
-            runCommand(json: options.json) { (output) throws(TenureError) in
+        func run() async {
+            await runCommand(json: options.json) { (output) async throws(TenureError) in
                 let id = try DatabaseID(parsing: id)
-                try Session.with(options) { (session) throws(TenureError) in
-                    let result = try session.runJob(try session.controller.requestBackup(id), json: options.json)
+                try await Session.with(options) { (session) async throws(TenureError) in
+                    let job = try await session.call { (controller) throws(TenureError) in try controller.requestBackup(id) }
+                    let result = try await session.runJob(job, json: options.json)
                     let backup = result["backup"] as? [String: Any] ?? [:]
-                    let record = try session.controller.backup(try BackupID(parsing: backup["id"] as? String ?? ""))
+                    let backupID = try BackupID(parsing: backup["id"] as? String ?? "")
+                    let record = try await session.call { (controller) throws(TenureError) in try controller.backup(backupID) }
                     var document = backupDocument(record, store: session.configuration.backupStore.description)
                     if let warning = backup["warning"] as? String {
                         document["warning"] = warning
@@ -192,16 +194,16 @@ extension DatabaseCommand {
         }
     }
 
-    struct Backups: ParsableCommand {
+    struct Backups: AsyncParsableCommand {
         static let configuration = CommandConfiguration(commandName: "backups", abstract: "List a database's backups (only verified ones count).")
         @OptionGroup var options: GlobalOptions
         @Argument(help: "Database id (db_…).") var id: String
 
-        func run() {
-            runCommand(json: options.json) { (output) throws(TenureError) in
+        func run() async {
+            await runCommand(json: options.json) { (output) async throws(TenureError) in
                 let id = try DatabaseID(parsing: id)
-                try Session.with(options) { (session) throws(TenureError) in
-                    let backups = try session.controller.backups(of: id)
+                try await Session.with(options) { (session) async throws(TenureError) in
+                    let backups = try await session.call { (controller) throws(TenureError) in try controller.backups(of: id) }
                     output.emit(json: ["backups": backups.map { backupDocument($0, store: session.configuration.backupStore.description) }]) {
                         table(
                             ["ID", "STATE", "STARTED", "BYTES", "ROWS"],
@@ -212,7 +214,7 @@ extension DatabaseCommand {
         }
     }
 
-    struct Export: ParsableCommand {
+    struct Export: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             commandName: "export", abstract: "Stream a fresh backup of a database to a file or stdout (nothing is stored).")
         @OptionGroup var options: GlobalOptions
@@ -220,13 +222,15 @@ extension DatabaseCommand {
         @Option(name: .shortAndLong, help: "Output file, or - for stdout.") var output: String
         @Option(help: "native (.tenure) or sql (.sql.zst).") var format: BackupFormat = .native
 
-        func run() {
-            runCommand(json: options.json) { (printer) throws(TenureError) in
+        func run() async {
+            await runCommand(json: options.json) { (printer) async throws(TenureError) in
                 let id = try DatabaseID(parsing: id)
                 if output == "-" && isatty(1) == 1 { throw TenureError(.invalidRequest, "refusing to write an export to a terminal; redirect stdout") }
-                try Session.with(options) { (session) throws(TenureError) in
-                    let sink: any ByteSink = output == "-" ? DescriptorSink(descriptor: 1, what: "stdout") : try AtomicFileSink(path: output)
-                    let summary = try session.controller.exportDatabase(id, format: format, sink: sink)
+                try await Session.with(options) { (session) async throws(TenureError) in
+                    let summary = try await session.serverWork { (controller) throws(TenureError) in
+                        let sink: any ByteSink = output == "-" ? DescriptorSink(descriptor: 1, what: "stdout") : try AtomicFileSink(path: output)
+                        return try controller.exportDatabase(id, format: format, sink: sink)
+                    }
                     if output == "-" {
                         FileHandle.standardError.write(Data("export: \(summary.tableCount) tables, \(summary.rowCount) rows\n".utf8))
                     } else {
@@ -239,7 +243,7 @@ extension DatabaseCommand {
         }
     }
 
-    struct RestoreBackup: ParsableCommand {
+    struct RestoreBackup: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             commandName: "restore",
             abstract: "Replace a database's contents with one of its verified backups (the old contents stay until the new are complete).")
@@ -247,13 +251,13 @@ extension DatabaseCommand {
         @Argument(help: "Database id (db_…).") var id: String
         @Option(help: "Backup id (bk_…) of this database.") var backup: String
 
-        func run() {
-            runCommand(json: options.json) { (output) throws(TenureError) in
+        func run() async {
+            await runCommand(json: options.json) { (output) async throws(TenureError) in
                 let id = try DatabaseID(parsing: id)
                 let backupID = try BackupID(parsing: backup)
-                try Session.with(options) { (session) throws(TenureError) in
-                    _ = try session.runJob(try session.controller.requestRestore(id, backupID: backupID), json: options.json)
-                    let record = try session.controller.database(id)
+                try await Session.with(options) { (session) async throws(TenureError) in
+                    _ = try await session.runJob(try await session.call { (controller) throws(TenureError) in try controller.requestRestore(id, backupID: backupID) }, json: options.json)
+                    let record = try await session.call { (controller) throws(TenureError) in try controller.database(id) }
                     var document = databaseDocument(record)
                     document["backup_id"] = backupID.rawValue
                     output.emit(json: document) { "restored \(id) (\(record.name)) from \(backupID)" }

@@ -9,11 +9,15 @@ extension Session {
     /// Runs a job just queued by this command in this process (or follows the `tenure serve`
     /// replica that took it first) and returns its result document; a failed or cancelled
     /// job is the command's error.
-    func runJob(_ job: JobRecord, json: Bool) throws(TenureError) -> [String: Any] {
-        let logger = makeLogger(configuration, defaultLevel: .notice)
-        let finished = try JobWorker.runToCompletion(job.id, catalog: catalog, configuration: configuration, logger: logger) { waiting in
-            if let ahead = waiting.waitingFor {
-                FileHandle.standardError.write(Data("tenure: job \(waiting.id) waits for job \(ahead) on \(waiting.subject)\n".utf8))
+    func runJob(_ job: JobRecord, json: Bool) async throws(TenureError) -> [String: Any] {
+        let configuration = self.configuration
+        let finished = try await serverWork { (controller) throws(TenureError) in
+            try JobWorker.runToCompletion(
+                job.id, catalog: controller.catalog, configuration: configuration, logger: makeLogger(configuration, defaultLevel: .notice)
+            ) { waiting in
+                if let ahead = waiting.waitingFor {
+                    FileHandle.standardError.write(Data("tenure: job \(waiting.id) waits for job \(ahead) on \(waiting.subject)\n".utf8))
+                }
             }
         }
         switch finished.state {
@@ -25,21 +29,22 @@ extension Session {
             throw TenureError(code, finished.errorMessage ?? "job \(finished.id) \(finished.state.rawValue)", context: ["job_id": finished.id.rawValue])
         }
     }
-}
 
-extension Session {
     /// Runs the store deletions (purge jobs) of destroyed databases that are still queued, in
     /// this process (a `tenure serve` replica may take one first; it is followed then), so a
     /// command that destroyed something returns with its backups gone. One that fails is an
     /// error naming its job; it stays queued for a retry.
-    func runPendingPurges() throws(TenureError) {
-        for job in try controller.pendingPurges() {
-            let logger = makeLogger(configuration, defaultLevel: .notice)
-            let finished = try JobWorker.runToCompletion(job.id, catalog: catalog, configuration: configuration, logger: logger)
-            guard finished.state == .succeeded else {
-                throw TenureError(
-                    .internal, "deleting the backups of \(job.subject) failed (job \(job.id): \(finished.errorMessage ?? finished.state.rawValue))",
-                    context: ["job_id": job.id.rawValue])
+    func runPendingPurges() async throws(TenureError) {
+        let configuration = self.configuration
+        try await serverWork { (controller) throws(TenureError) in
+            for job in try controller.pendingPurges() {
+                let logger = makeLogger(configuration, defaultLevel: .notice)
+                let finished = try JobWorker.runToCompletion(job.id, catalog: controller.catalog, configuration: configuration, logger: logger)
+                guard finished.state == .succeeded else {
+                    throw TenureError(
+                        .internal, "deleting the backups of \(job.subject) failed (job \(job.id): \(finished.errorMessage ?? finished.state.rawValue))",
+                        context: ["job_id": job.id.rawValue])
+                }
             }
         }
     }
@@ -51,7 +56,7 @@ struct JobCommand: ParsableCommand {
         abstract: "Durable jobs: backups, restores and upgrade runs, as recorded in the catalog by every replica and command.",
         subcommands: [List.self, Show.self, Cancel.self])
 
-    struct List: ParsableCommand {
+    struct List: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "List jobs, newest first.")
         @OptionGroup var options: GlobalOptions
         @Option(help: "Only jobs of this database (db_…).") var database: String?
@@ -60,8 +65,8 @@ struct JobCommand: ParsableCommand {
         @Option(help: "At most this many (1 to 1000).") var limit: Int = 100
         @Option(help: "The next_cursor of the previous page.") var cursor: String?
 
-        func run() {
-            runCommand(json: options.json) { (output) throws(TenureError) in
+        func run() async {
+            await runCommand(json: options.json) { (output) async throws(TenureError) in
                 let databaseID = try database.map { (text) throws(TenureError) in try DatabaseID(parsing: text) }
                 let uploadID = try upload.map { (text) throws(TenureError) in try UploadID(parsing: text) }
                 let jobState = try state.map { (text) throws(TenureError) -> JobState in
@@ -70,8 +75,8 @@ struct JobCommand: ParsableCommand {
                     }
                     return value
                 }
-                try Session.with(options) { (session) throws(TenureError) in
-                    let page = try session.controller.listJobs(databaseID: databaseID, uploadID: uploadID, state: jobState, limit: limit, cursor: cursor)
+                try await Session.with(options) { (session) async throws(TenureError) in
+                    let page = try await session.call { (controller) throws(TenureError) in try controller.listJobs(databaseID: databaseID, uploadID: uploadID, state: jobState, limit: limit, cursor: cursor) }
                     let now = Date()
                     output.emit(json: ["jobs": page.jobs.map { jobDocument($0, now: now) }, "next_cursor": page.nextCursor.map { $0 as Any } ?? NSNull()]) {
                         table(
@@ -85,33 +90,33 @@ struct JobCommand: ParsableCommand {
         }
     }
 
-    struct Show: ParsableCommand {
+    struct Show: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Show one job: state, attempts, progress, result or error.")
         @OptionGroup var options: GlobalOptions
         @Argument(help: "Job id (job_…).") var id: String
 
-        func run() {
-            runCommand(json: options.json) { (output) throws(TenureError) in
+        func run() async {
+            await runCommand(json: options.json) { (output) async throws(TenureError) in
                 let id = try JobID(parsing: id)
-                try Session.with(options) { (session) throws(TenureError) in
-                    let job = try session.controller.job(id)
+                try await Session.with(options) { (session) async throws(TenureError) in
+                    let job = try await session.call { (controller) throws(TenureError) in try controller.job(id) }
                     output.emit(json: jobDocument(job, now: Date())) { jobDetail(job) }
                 }
             }
         }
     }
 
-    struct Cancel: ParsableCommand {
+    struct Cancel: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Cancel a job: a queued one at once; a running one stops at its replica's next lease renewal and cleans up.")
         @OptionGroup var options: GlobalOptions
         @Argument(help: "Job id (job_…).") var id: String
 
-        func run() {
-            runCommand(json: options.json) { (output) throws(TenureError) in
+        func run() async {
+            await runCommand(json: options.json) { (output) async throws(TenureError) in
                 let id = try JobID(parsing: id)
-                try Session.with(options) { (session) throws(TenureError) in
-                    let job = try session.controller.cancelJob(id)
+                try await Session.with(options) { (session) async throws(TenureError) in
+                    let job = try await session.call { (controller) throws(TenureError) in try controller.cancelJob(id) }
                     output.emit(json: jobDocument(job, now: Date())) {
                         job.state == .cancelled ? "job \(id) cancelled" : "job \(id) asked to stop (it is \(job.state.rawValue))"
                     }

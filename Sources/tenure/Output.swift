@@ -48,10 +48,10 @@ struct Output {
 }
 
 /// Runs a command body, turning a thrown `TenureError` into its message and exit code.
-func runCommand(json: Bool, _ body: (Output) throws(TenureError) -> Void) {
+func runCommand(json: Bool, _ body: (Output) async throws(TenureError) -> Void) async {
     let output = Output(json: json)
     do throws(TenureError) {
-        try body(output)
+        try await body(output)
     } catch {
         output.fail(error)
     }

@@ -49,8 +49,10 @@ struct Serve: AsyncParsableCommand {
 
         // First start: an admin key, shown once on stdout (never logged).
         do {
-            if try session.controller.apiKeys().isEmpty {
-                let created = try session.controller.createAPIKey(name: "admin", scopes: ["read", "write", "admin"])
+            let created = try await session.call { (controller) throws(TenureError) -> CreatedAPIKey? in
+                try controller.apiKeys().isEmpty ? try controller.createAPIKey(name: "admin", scopes: ["read", "write", "admin"]) : nil
+            }
+            if let created {
                 FileHandle.standardOutput.write(
                     Data("First start: created admin API key \(created.record.id) (shown once, keep it safe):\n  \(created.key)\n".utf8))
             }
@@ -59,7 +61,7 @@ struct Serve: AsyncParsableCommand {
         }
         let host = configuration.http.host
         // The control plane every service of this process reaches the use cases through.
-        let pool = ControlPool(parameters: session.catalog.parameters, configuration: configuration, logger: logger)
+        let pool = session.pool
         let api = APIServer(pool: pool) { port in
             let shown = host.contains(":") ? "[\(host)]" : host
             FileHandle.standardOutput.write(Data("Tenure API listening on http://\(shown):\(port)\n".utf8))
@@ -81,7 +83,7 @@ struct Serve: AsyncParsableCommand {
         }
         await api.shutdown()
         logger.info("shutting down")
-        session.close()
+        await session.close()
         if session.cluster != nil { logger.info("embedded PostgreSQL stopped") }
     }
 }

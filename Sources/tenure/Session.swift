@@ -6,18 +6,27 @@ import TenureCore
 import TenureEmbedded
 import TenurePQ
 
-/// Everything a command needs: configuration, the catalog (migrated), the controller, and,
-/// in the embedded default, a lease on the private cluster. Opening a session also finishes
-/// or rolls back any operation a crashed process left half-done.
+/// Everything a command needs: configuration, the catalog (migrated), and, in the embedded
+/// default, a lease on the private cluster. Opening a session also finishes or rolls back any
+/// operation a crashed process left half-done.
+///
+/// Commands reach the use cases only through `pool`, the same `ControlPool` the HTTP API
+/// calls: `call` for work on the catalog alone, `serverWork` for work that waits on a tenant
+/// server or streams. The session's own catalog connection is for start-up only (migrations,
+/// recovery, the embedded cluster's lease).
 final class Session {
     let configuration: TenureConfiguration
     let catalog: Catalog
-    let controller: Controller
+    let pool: ControlPool
+    let actor: String
     let lease: EmbeddedLease?
     let cluster: EmbeddedCluster?
+    /// Recovery finished a drop whose store deletion is still to run.
+    private(set) var recoveredDrops = false
 
     init(configuration: TenureConfiguration, actor: String, logger: Logger, ownCluster: Bool = false, recover: Bool = true) throws(TenureError) {
         self.configuration = configuration
+        self.actor = actor
         var parameters: ConnectionParameters
         var publicPort = 5432
         if let url = configuration.catalogURL {
@@ -42,26 +51,53 @@ final class Session {
         try catalog.migrate()
         let clock = SystemWallClock()
         try catalog.ensureDefaultServer(publicHost: host, publicPort: publicPort, now: clock.now())
-        controller = Controller(catalog: catalog, configuration: configuration, clock: clock, actor: actor, logger: logger)
+        pool = ControlPool(parameters: catalog.parameters, configuration: configuration, logger: logger)
         if recover {
-            // A drop finished here queues its store deletion: run it now too.
-            if try controller.recover().contains(where: { $0.outcome == "destroy finished" }) { try runPendingPurges() }
+            let controller = Controller(catalog: catalog, configuration: configuration, clock: clock, actor: actor, logger: logger)
+            recoveredDrops = try controller.recover().contains(where: { $0.outcome == "destroy finished" })
         }
     }
 
-    func close() {
+    /// One use case on the catalog, run as the HTTP API runs it: on the pool, awaited.
+    func call<T: Sendable>(_ body: @escaping @Sendable (Controller) throws(TenureError) -> T) async throws(TenureError) -> T {
+        try await pool.withController(actor: actor, body)
+    }
+
+    /// One use case that waits on a tenant server, streams or runs a job: on a thread and
+    /// catalog session of its own, as the HTTP API runs such work.
+    func serverWork<T: Sendable>(_ body: @escaping @Sendable (Controller) throws(TenureError) -> T) async throws(TenureError) -> T {
+        try await pool.withServerWork(actor: actor, body)
+    }
+
+    func close() async {
+        await pool.shutdown()
         catalog.close()
         try? lease?.release()
     }
 
-    /// Opens a session for one command, runs `body`, and always closes it.
-    static func with<T>(_ options: GlobalOptions, _ body: (Session) throws(TenureError) -> T) throws(TenureError) -> T {
+    /// Opens a session for one command, runs `body`, and always closes it. A drop that
+    /// recovery finished has its store deletion run first.
+    static func with<T>(_ options: GlobalOptions, _ body: (Session) async throws(TenureError) -> T) async throws(TenureError) -> T {
         let configuration = try options.configuration()
         let logger = makeLogger(configuration, defaultLevel: .notice)
         let session = try Session(configuration: configuration, actor: commandActor(), logger: logger)
-        defer { session.close() }
-        return try body(session)
+        do {
+            if session.recoveredDrops { try await session.runPendingPurges() }
+            let value = try await body(session)
+            await session.close()
+            return value
+        } catch {
+            await session.close()
+            throw error
+        }
     }
+}
+
+/// A value opened by the command's task and handed to the pool thread that uses it; the
+/// task does not touch it afterwards.
+struct Handoff<Value>: @unchecked Sendable {
+    let value: Value
+    init(_ value: Value) { self.value = value }
 }
 
 extension EmbeddedCluster {

@@ -25,19 +25,20 @@ struct UploadCommand: ParsableCommand {
             """,
         subcommands: [Create.self, List.self, Show.self, Upgrade.self, Download.self, Delete.self, Hold.self, Release.self])
 
-    struct Create: ParsableCommand {
+    struct Create: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Upload a database dump from a file or stdin (-).")
         @OptionGroup var options: GlobalOptions
         @Argument(help: "The dump: a .tenure archive, a pg_dump -Fc archive, a .sql or .sql.zst file, or - for stdin.") var path: String
         @Option(help: "A name to show for it (default: the file name).") var name: String?
         @Option(help: "The tenant server to restore it on (default: default).") var server: String?
 
-        func run() {
-            runCommand(json: options.json) { (output) throws(TenureError) in
-                let source = try openInput(path)
+        func run() async {
+            await runCommand(json: options.json) { (output) async throws(TenureError) in
+                // Opened here, so a missing file is refused before anything else; read on the pool.
+                let source = Handoff(try openInput(path))
                 let label = name ?? (path == "-" ? "stdin" : URL(fileURLWithPath: path).lastPathComponent)
-                try Session.with(options) { (session) throws(TenureError) in
-                    let record = try session.controller.createUpload(source: source, label: label, serverName: server)
+                try await Session.with(options) { (session) async throws(TenureError) in
+                    let record = try await session.serverWork { (controller) throws(TenureError) in try controller.createUpload(source: source.value, label: label, serverName: server) }
                     output.emit(json: uploadDocument(record, hold: session.configuration.upgradeHold)) {
                         "uploaded \(record.id) (\(record.format ?? "?"), \(record.byteCount) bytes, \(record.statementCount) statements"
                             + (record.skippedCount > 0 ? ", \(record.skippedCount) ownership/privilege statements skipped" : "") + ")"
@@ -47,15 +48,15 @@ struct UploadCommand: ParsableCommand {
         }
     }
 
-    struct List: ParsableCommand {
+    struct List: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "List uploads.")
         @OptionGroup var options: GlobalOptions
         @Option(help: "Only uploads in this state.") var state: UploadState?
 
-        func run() {
-            runCommand(json: options.json) { (output) throws(TenureError) in
-                try Session.with(options) { (session) throws(TenureError) in
-                    let records = try session.controller.uploads(state: state, after: nil, limit: 1_000_000)
+        func run() async {
+            await runCommand(json: options.json) { (output) async throws(TenureError) in
+                try await Session.with(options) { (session) async throws(TenureError) in
+                    let records = try await session.call { (controller) throws(TenureError) in try controller.uploads(state: state, after: nil, limit: 1_000_000) }
                     let hold = session.configuration.upgradeHold
                     output.emit(json: ["uploads": records.map { uploadDocument($0, hold: hold) }]) {
                         records.isEmpty
@@ -75,34 +76,34 @@ struct UploadCommand: ParsableCommand {
         }
     }
 
-    struct Show: ParsableCommand {
+    struct Show: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Show one upload: state, hold, last failure.")
         @OptionGroup var options: GlobalOptions
         @Argument(help: "Upload id (up_…).") var id: String
 
-        func run() {
-            runCommand(json: options.json) { (output) throws(TenureError) in
+        func run() async {
+            await runCommand(json: options.json) { (output) async throws(TenureError) in
                 let id = try UploadID(parsing: id)
-                try Session.with(options) { (session) throws(TenureError) in
-                    let record = try session.controller.upload(id)
+                try await Session.with(options) { (session) async throws(TenureError) in
+                    let record = try await session.call { (controller) throws(TenureError) in try controller.upload(id) }
                     output.emit(json: uploadDocument(record, hold: session.configuration.upgradeHold)) { uploadText(record, hold: session.configuration.upgradeHold) }
                 }
             }
         }
     }
 
-    struct Upgrade: ParsableCommand {
+    struct Upgrade: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Apply the upgrade scripts to a copy of the upload; on failure the previous data is kept and the error recorded.")
         @OptionGroup var options: GlobalOptions
         @Argument(help: "Upload id (up_…).") var id: String
 
-        func run() {
-            runCommand(json: options.json) { (output) throws(TenureError) in
+        func run() async {
+            await runCommand(json: options.json) { (output) async throws(TenureError) in
                 let id = try UploadID(parsing: id)
-                try Session.with(options) { (session) throws(TenureError) in
-                    _ = try session.runJob(try session.controller.requestUpgrade(id), json: options.json)
-                    let record = try session.controller.upload(id)
+                try await Session.with(options) { (session) async throws(TenureError) in
+                    _ = try await session.runJob(try await session.call { (controller) throws(TenureError) in try controller.requestUpgrade(id) }, json: options.json)
+                    let record = try await session.call { (controller) throws(TenureError) in try controller.upload(id) }
                     output.emit(json: uploadDocument(record, hold: session.configuration.upgradeHold)) {
                         "upgraded \(record.id) with \(record.appliedScripts.count) scripts; kept until \(RFC3339.format(record.candidate.holdEnds(session.configuration.upgradeHold)))"
                     }
@@ -111,34 +112,37 @@ struct UploadCommand: ParsableCommand {
         }
     }
 
-    struct Download: ParsableCommand {
+    struct Download: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Write the upgraded result to a file or stdout.")
         @OptionGroup var options: GlobalOptions
         @Argument(help: "Upload id (up_…).") var id: String
         @Option(name: .shortAndLong, help: "Output file, or - for stdout.") var output: String
         @Option(help: "native (.tenure) or sql (.sql.zst).") var format: BackupFormat = .native
 
-        func run() {
-            runCommand(json: options.json) { (printer) throws(TenureError) in
+        func run() async {
+            await runCommand(json: options.json) { (printer) async throws(TenureError) in
                 let id = try UploadID(parsing: id)
                 if output == "-" && isatty(1) == 1 { throw TenureError(.invalidRequest, "refusing to write a download to a terminal; redirect stdout") }
-                try Session.with(options) { (session) throws(TenureError) in
-                    let (path, _) = try session.controller.uploadResultFile(id, format: format)
-                    let source = try DescriptorSource(path: path)
-                    let sink: any ByteSink = output == "-" ? DescriptorSink(descriptor: 1, what: "stdout") : try AtomicFileSink(path: output)
-                    var buffer = [UInt8](repeating: 0, count: 1 << 20)
-                    var total: Int64 = 0
-                    do throws(TenureError) {
-                        while true {
-                            let count = try buffer.withMutableBytes { (raw) throws(TenureError) in try source.read(into: raw) }
-                            if count == 0 { break }
-                            try buffer.withBytes { (raw) throws(TenureError) in try sink.write(UnsafeRawBufferPointer(rebasing: raw[0..<count])) }
-                            total += Int64(count)
+                try await Session.with(options) { (session) async throws(TenureError) in
+                    let total = try await session.serverWork { (controller) throws(TenureError) -> Int64 in
+                        let (path, _) = try controller.uploadResultFile(id, format: format)
+                        let source = try DescriptorSource(path: path)
+                        let sink: any ByteSink = output == "-" ? DescriptorSink(descriptor: 1, what: "stdout") : try AtomicFileSink(path: output)
+                        var buffer = [UInt8](repeating: 0, count: 1 << 20)
+                        var total: Int64 = 0
+                        do throws(TenureError) {
+                            while true {
+                                let count = try buffer.withMutableBytes { (raw) throws(TenureError) in try source.read(into: raw) }
+                                if count == 0 { break }
+                                try buffer.withBytes { (raw) throws(TenureError) in try sink.write(UnsafeRawBufferPointer(rebasing: raw[0..<count])) }
+                                total += Int64(count)
+                            }
+                            try sink.finish()
+                        } catch {
+                            sink.abort()
+                            throw error
                         }
-                        try sink.finish()
-                    } catch {
-                        sink.abort()
-                        throw error
+                        return total
                     }
                     if output != "-" {
                         printer.emit(json: ["id": id.rawValue, "output": output, "format": format.rawValue, "bytes": total]) {
@@ -150,54 +154,54 @@ struct UploadCommand: ParsableCommand {
         }
     }
 
-    struct Delete: ParsableCommand {
+    struct Delete: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Destroy an upload now: its databases, role and files (refused under a legal hold).")
         @OptionGroup var options: GlobalOptions
         @Argument(help: "Upload id (up_…).") var id: String
         @Option(help: "Repeat the id to confirm.") var confirm: String
 
-        func run() {
-            runCommand(json: options.json) { (output) throws(TenureError) in
+        func run() async {
+            await runCommand(json: options.json) { (output) async throws(TenureError) in
                 let id = try UploadID(parsing: id)
                 guard confirm == id.rawValue else {
                     throw TenureError(.confirmationMismatch, "--confirm must repeat the upload id (\(id)); nothing was destroyed")
                 }
-                try Session.with(options) { (session) throws(TenureError) in
-                    let record = try session.controller.deleteUpload(id)
+                try await Session.with(options) { (session) async throws(TenureError) in
+                    let record = try await session.serverWork { (controller) throws(TenureError) in try controller.deleteUpload(id) }
                     output.emit(json: uploadDocument(record, hold: session.configuration.upgradeHold)) { "destroyed \(record.id): databases, role and files are gone" }
                 }
             }
         }
     }
 
-    struct Hold: ParsableCommand {
+    struct Hold: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Put an upload under a legal hold: nothing destroys it until released.")
         @OptionGroup var options: GlobalOptions
         @Argument(help: "Upload id (up_…).") var id: String
         @Option(help: "Why the data must be kept.") var reason: String
 
-        func run() {
-            runCommand(json: options.json) { (output) throws(TenureError) in
+        func run() async {
+            await runCommand(json: options.json) { (output) async throws(TenureError) in
                 let id = try UploadID(parsing: id)
-                try Session.with(options) { (session) throws(TenureError) in
-                    let record = try session.controller.setUploadHold(id, reason: reason)
+                try await Session.with(options) { (session) async throws(TenureError) in
+                    let record = try await session.call { (controller) throws(TenureError) in try controller.setUploadHold(id, reason: reason) }
                     output.emit(json: uploadDocument(record, hold: session.configuration.upgradeHold)) { "legal hold set on \(record.id)" }
                 }
             }
         }
     }
 
-    struct Release: ParsableCommand {
+    struct Release: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Lift an upload's legal hold.")
         @OptionGroup var options: GlobalOptions
         @Argument(help: "Upload id (up_…).") var id: String
 
-        func run() {
-            runCommand(json: options.json) { (output) throws(TenureError) in
+        func run() async {
+            await runCommand(json: options.json) { (output) async throws(TenureError) in
                 let id = try UploadID(parsing: id)
-                try Session.with(options) { (session) throws(TenureError) in
-                    let record = try session.controller.setUploadHold(id, reason: nil)
+                try await Session.with(options) { (session) async throws(TenureError) in
+                    let record = try await session.call { (controller) throws(TenureError) in try controller.setUploadHold(id, reason: nil) }
                     output.emit(json: uploadDocument(record, hold: session.configuration.upgradeHold)) { "legal hold lifted on \(record.id)" }
                 }
             }

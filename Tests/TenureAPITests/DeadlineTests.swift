@@ -13,29 +13,18 @@ import Glibc
 /// deadline and with its name; the API keeps answering about every other database.
 @Suite(.serialized) struct DeadlineTests {
     @Test func aStoppedTenantServerFailsOnlyItsOwnOperations() throws {
-        let root = "/tmp/tenure-stopped-\(getpid())"
-        try? FileManager.default.removeItem(atPath: root)
-        let second = EmbeddedCluster(root: root, extraSettings: ["fsync = off", "max_connections = 50"])
-        try second.start()
-        defer {
-            if let pid = Self.postmasterPID(second) { kill(pid, SIGCONT) }
-            second.stopImmediately()
-            try? FileManager.default.removeItem(atPath: root)
-        }
-        let port = second.port!
+        let second = try ExtraServer("stopped")
+        defer { withExtendedLifetime(second) {} }
         // One catalog session for API requests: the stuck operation must not hold it.
         let api = try APIFixture(["TENURE_SERVER_CONNECT_TIMEOUT": "3s", "TENURE_SERVER_STATEMENT_TIMEOUT": "3s", "TENURE_HTTP_CATALOG_CONNECTIONS": "1"])
-        let url = "postgresql://postgres@/postgres?host=\(second.socketDirectory)&port=\(port)"
-        let add = try api.tenure(["server", "add", "second", "--url", url, "--public-host", "127.0.0.1", "--public-port", String(port)])
-        try #require(add.status == 0, "\(add)")
+        try second.add(to: api, as: "second")
         let far = try api.call("POST", "/v1/databases", json: ["name": "far", "server": "second"])
         try #require(far.status == 201, "\(far)")
         let farID = far.json["id"] as! String
         let nearID = try api.create("near")["id"] as! String
         #expect(try api.call("POST", "/v1/databases/\(farID)/subscribe").status == 200)
 
-        let pid = try #require(Self.postmasterPID(second))
-        kill(pid, SIGSTOP)
+        try second.pause(backends: false)
         // The operation on the stopped server, from another thread.
         let outcome = Mutex<(status: Int, code: String, seconds: Double)?>(nil)
         let thread = Thread {
@@ -61,7 +50,7 @@ import Glibc
         let result = try #require(outcome.withLock { $0 }, "the operation on the stopped server never ended")
         #expect(result.status == 503 && result.code == "server.unreachable", "\(result)")
         #expect(result.seconds < 20, "\(result)")
-        kill(pid, SIGCONT)
+        second.resume()
         // Nothing changed: the far database is still active, and works again once its server does.
         let shown = try api.call("GET", "/v1/databases/\(farID)").json
         #expect(shown["state"] as? String == "active", "\(shown)")
@@ -73,21 +62,11 @@ import Glibc
     /// answering (or a cancel): a backup blocked on a lock goes on while its server answers,
     /// is stopped at once by a cancel, and fails naming its server once that server is stopped.
     @Test func aBlockedBackupIsReachedByACancelAndByItsServerStopping() throws {
-        let root = "/tmp/tenure-stalled-\(getpid())"
-        try? FileManager.default.removeItem(atPath: root)
-        let second = EmbeddedCluster(root: root, extraSettings: ["fsync = off", "max_connections = 50"])
-        try second.start()
-        var stopped: [pid_t] = []
-        defer {
-            for pid in stopped { kill(pid, SIGCONT) }
-            second.stopImmediately()
-            try? FileManager.default.removeItem(atPath: root)
-        }
-        let port = second.port!
+        let second = try ExtraServer("stalled")
+        defer { withExtendedLifetime(second) {} }
         let api = try APIFixture(["TENURE_SERVER_CONNECT_TIMEOUT": "3s", "TENURE_SERVER_STALL_PROBE": "2s", "TENURE_JOB_MAX_ATTEMPTS": "1"])
-        let url = "postgresql://postgres@/postgres?host=\(second.socketDirectory)&port=\(port)"
-        let add = try api.tenure(["server", "add", "second", "--url", url, "--public-host", "127.0.0.1", "--public-port", String(port)])
-        try #require(add.status == 0, "\(add)")
+        try second.add(to: api, as: "second")
+        let url = second.url()
         let far = try api.call("POST", "/v1/databases", json: ["name": "stalled", "server": "second"])
         try #require(far.status == 201, "\(far)")
         let farID = far.json["id"] as! String
@@ -122,9 +101,7 @@ import Glibc
         let second2 = try api.call("POST", "/v1/databases/\(farID)/backups").json["id"] as! String
         try running(second2)
         sleep(1)
-        let postmaster = try #require(Self.postmasterPID(second))
-        stopped = [postmaster] + Self.children(of: postmaster)
-        for pid in stopped { kill(pid, SIGSTOP) }
+        try second.pause(backends: true)
         let stalled = Date()
         var answered = 0
         while Date().timeIntervalSince(stalled) < 40 {
@@ -141,8 +118,7 @@ import Glibc
         #expect(secondDone["state"] as? String == "failed" && error["code"] as? String == "server.unreachable", "\(secondDone)")
         #expect((error["message"] as? String ?? "").contains("'second'"), "\(secondDone)")
         #expect(Date().timeIntervalSince(stalled) < 20 && answered > 3)
-        for pid in stopped { kill(pid, SIGCONT) }
-        stopped = []
+        second.resume()
 
         // 3. The lock released, nothing of Tenure's is left on the server, and a backup works.
         try locker.execute("ROLLBACK")
@@ -158,39 +134,16 @@ import Glibc
         #expect(files.count == 1 && !files.contains { $0.contains("partial") }, "\(files)")
         #expect(api.stop().status == 0)
     }
-
-    /// The processes whose parent is `pid` (a postmaster's backends and helpers).
-    static func children(of pid: pid_t) -> [pid_t] {
-        let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
-        return entries.compactMap { entry -> pid_t? in
-            guard let child = pid_t(entry), let stat = try? String(contentsOfFile: "/proc/\(entry)/stat", encoding: .utf8),
-                let close = stat.lastIndex(of: ")")
-            else { return nil }
-            // "pid (comm) state ppid ..."
-            let fields = stat[stat.index(after: close)...].split(separator: " ")
-            return fields.count > 1 && pid_t(fields[1]) == pid ? child : nil
-        }
-    }
-
-    static func postmasterPID(_ cluster: EmbeddedCluster) -> pid_t? {
-        guard let text = try? String(contentsOfFile: cluster.dataDirectory + "/postmaster.pid", encoding: .utf8) else { return nil }
-        return text.split(separator: "\n").first.flatMap { pid_t($0.trimmingCharacters(in: .whitespaces)) }
-    }
 }
 
 /// The catalog's PostgreSQL restarted while a job runs: the replica reconnects, the attempt
 /// that lost its session fails and the job is retried to success; nothing is left behind.
 @Suite(.serialized) struct CatalogRestartTests {
     @Test func aJobSurvivesARestartOfTheCatalog() throws {
-        let root = "/tmp/tenure-restart-\(getpid())"
-        try? FileManager.default.removeItem(atPath: root)
-        let cluster = EmbeddedCluster(root: root, extraSettings: ["fsync = off", "max_connections = 50"])
-        try cluster.start()
-        defer {
-            cluster.stopImmediately()
-            try? FileManager.default.removeItem(atPath: root)
-        }
-        let url = "postgresql://postgres@/tenure_catalog?host=\(cluster.socketDirectory)&port=\(cluster.port!)"
+        let catalog = try ExtraServer("restart")
+        defer { withExtendedLifetime(catalog) {} }
+        let cluster = catalog.cluster
+        let url = catalog.url(database: "tenure_catalog")
         let api = try APIFixture(["TENURE_CATALOG_URL": url, "TENURE_JOB_BACKOFF": "1s", "TENURE_FAILPOINT": "backup.before_publish:sleep"])
         let created = try api.create("restarted")
         let id = created["id"] as! String

@@ -12,27 +12,6 @@ import Glibc
 /// The backup policy on a real fleet: two tenant servers, a short interval, the per-server
 /// limit, retention, the status; restore drills passing and catching an altered backup.
 @Suite(.serialized) struct PolicyTests {
-    /// A second tenant server for a test, stopped and removed when it ends.
-    final class SecondServer {
-        let cluster: EmbeddedCluster
-        let root: String
-        init(_ name: String) throws {
-            root = "/tmp/tenure-\(name)-\(getpid())"
-            try? FileManager.default.removeItem(atPath: root)
-            cluster = EmbeddedCluster(root: root, extraSettings: ["fsync = off", "max_connections = 60"])
-            try cluster.start()
-        }
-        var url: String { "postgresql://postgres@/postgres?host=\(cluster.socketDirectory)&port=\(cluster.port!)" }
-        func add(to api: APIFixture, as name: String) throws {
-            let add = try api.tenure(["server", "add", name, "--url", url, "--public-host", "127.0.0.1", "--public-port", String(cluster.port!)])
-            try #require(add.status == 0, "\(add)")
-        }
-        deinit {
-            cluster.stopImmediately()
-            try? FileManager.default.removeItem(atPath: root)
-        }
-    }
-
     /// The most backup jobs that ran at once on each server, from the jobs' recorded times.
     static func peakConcurrency(_ api: APIFixture) throws -> [String: Int] {
         let rows = try api.catalogRows(
@@ -56,7 +35,8 @@ import Glibc
     }
 
     @Test func scheduledBackupsAreSpreadRotatedAndHeldToThePerServerLimit() throws {
-        let second = try SecondServer("policy")
+        let second = try ExtraServer("policy", maxConnections: 60)
+        defer { withExtendedLifetime(second) {} }
         let interval = 6.0
         let api = try APIFixture([
             "TENURE_BACKUP_INTERVAL": "6s", "TENURE_BACKUP_CONCURRENCY_PER_SERVER": "1", "TENURE_BACKUP_KEEP_LAST": "2", "TENURE_BACKUP_KEEP_DAILY": "0",

@@ -56,4 +56,26 @@ import Testing
             #expect(!block.contains(forbidden), "TenureServer depends on \(forbidden)")
         }
     }
+
+    /// The CLI reaches the use cases the way the HTTP API does: through the `ControlPool`
+    /// (`session.call`, `session.serverWork`), never a `Controller` of its own; only the
+    /// session's start-up (recovery) makes one.
+    @Test func theCommandsCallTheUseCasesThroughThePool() throws {
+        let directory = Self.sources.appendingPathComponent("tenure")
+        var violations: [String] = []
+        var calls = 0
+        for file in try FileManager.default.contentsOfDirectory(atPath: directory.path) where file.hasSuffix(".swift") {
+            let text = try String(contentsOf: directory.appendingPathComponent(file), encoding: .utf8)
+            calls += text.components(separatedBy: "session.call {").count + text.components(separatedBy: "session.serverWork {").count - 2
+            for (number, line) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+                let madeHere = line.range(of: #"(^|[^A-Za-z_])Controller\("#, options: .regularExpression) != nil
+                    && !(file == "Session.swift" && line.contains("let controller = Controller("))
+                if madeHere || line.contains("session.controller") || line.contains("session.catalog.") && !line.contains("parameters") {
+                    violations.append("\(file):\(number + 1): \(line.trimmingCharacters(in: .whitespaces))")
+                }
+            }
+        }
+        #expect(calls > 30, "\(calls) calls through the pool")
+        #expect(violations.isEmpty, "the CLI reaches past the control pool: \(violations)")
+    }
 }
