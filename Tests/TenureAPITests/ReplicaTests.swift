@@ -229,6 +229,7 @@ import Glibc
     @Test func aKilledReplicasUpgradeIsFinishedByAnother() throws {
         let scripts = "/tmp/tenure-replica-scripts-\(UUID().uuidString.prefix(8))"
         try FileManager.default.createDirectory(atPath: scripts, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: scripts) }
         try "ALTER TABLE items ADD COLUMN upgraded boolean NOT NULL DEFAULT true;\n".write(toFile: scripts + "/0001_flag.sql", atomically: true, encoding: .utf8)
         let common = Self.lease.merging(["TENURE_UPGRADE_SCRIPTS": scripts]) { $1 }
         // Replica A dies (kill -9) right after copying the upload's database for the upgrade.

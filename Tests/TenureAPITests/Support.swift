@@ -28,11 +28,13 @@ final class APIFixture: @unchecked Sendable {
         if let other {
             catalogName = other.catalogName
             home = other.home
+            ownsHome = false
             environment = other.environment.filter { !["TENURE_FAILPOINT", "TENURE_REPLICA_ID"].contains($0.key) }
         } else {
             let (name, url) = server.newCatalogURL()
             catalogName = name
             home = "/tmp/tenure-api-\(UUID().uuidString.prefix(8))"
+            ownsHome = true
             environment = ["TENURE_CATALOG_URL": url, "TENURE_HOME": home, "TENURE_HTTP_ADDRESS": "127.0.0.1:0", "TENURE_SWEEP_INTERVAL": "1h", "TENURE_JOBS": "2"]
         }
         for (key, value) in extra { environment[key] = value }
@@ -60,7 +62,13 @@ final class APIFixture: @unchecked Sendable {
         adminKey = key
     }
 
-    deinit { stop() }
+    /// The fixture that made the home (not a replica joining it) removes it when it goes.
+    private let ownsHome: Bool
+
+    deinit {
+        stop()
+        if ownsHome { try? FileManager.default.removeItem(atPath: home) }
+    }
 
     @discardableResult
     func stop() -> ChildProcess.Outcome {

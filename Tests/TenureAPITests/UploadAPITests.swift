@@ -8,6 +8,7 @@ import TenureTestSupport
     @Test func uploadUpgradeDownloadDelete() throws {
         let scripts = "/tmp/tenure-api-scripts-\(UUID().uuidString.prefix(8))"
         try FileManager.default.createDirectory(atPath: scripts, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: scripts) }
         try "ALTER TABLE items ADD COLUMN upgraded boolean NOT NULL DEFAULT true;\n".write(toFile: scripts + "/0001_flag.sql", atomically: true, encoding: .utf8)
         let api = try APIFixture(["TENURE_UPGRADE_SCRIPTS": scripts])
         var dump = "-- a plain SQL dump\nCREATE TABLE public.items (id integer PRIMARY KEY, label text);\nCOPY public.items (id, label) FROM stdin;\n"

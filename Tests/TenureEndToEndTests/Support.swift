@@ -10,12 +10,15 @@ struct Fixture {
     let catalogName: String
     let catalogURL: String
     let home: String
+    /// Removes the home when the test's last copy of the fixture goes.
+    let homeDirectory: TemporaryDirectory
     var environment: [String: String]
 
     init(_ extra: [String: String] = [:]) throws {
         server = try TestServer.shared()
         (catalogName, catalogURL) = server.newCatalogURL()
-        home = "/tmp/tenure-home-\(UUID().uuidString.prefix(8))"
+        homeDirectory = TemporaryDirectory("tenure-home")
+        home = homeDirectory.path
         environment = ["TENURE_CATALOG_URL": catalogURL, "TENURE_HOME": home]
         for (key, value) in extra { environment[key] = value }
     }

@@ -145,6 +145,7 @@ import TenureTestSupport
     /// the scripts' changes; the original is deleted after the first success.
     @Test func eachFormatRoundTrips() throws {
         let directory = scratch()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
         var world = try Fixture(["TENURE_EXTENSIONS": "postgis"])
         world.environment["TENURE_UPGRADE_SCRIPTS"] = try scripts(directory)
         let source = try makeSource(world, large: true)
@@ -240,6 +241,7 @@ import TenureTestSupport
     /// A failed script keeps the previous good result and records the script and the error.
     @Test func failedScriptKeepsPreviousResult() throws {
         let directory = scratch()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
         let world = try Fixture()
         let source = try makeSource(world)
         let dump = try shell("\(Self.bin)/pg_dump '\(url(world, source))' > \(directory)/src.sql")
@@ -281,6 +283,7 @@ import TenureTestSupport
     /// Hostile uploads: each rejected with a reason; nothing left, nothing outside the role.
     @Test func hostileUploadsAreRejectedAndLeaveNothing() throws {
         let directory = scratch()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
         let marker = directory + "/pwned"
         let world = try Fixture(["TENURE_UPLOAD_STATEMENT_TIMEOUT": "2s"])
         let source = try makeSource(world)
@@ -398,6 +401,7 @@ import TenureTestSupport
     @Test func allowlistedExtensionsAreCreatedByTenure() throws {
         try installTestExtension()
         let directory = scratch()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
         let world = try Fixture(["TENURE_EXTENSIONS": "tenure_config_test, pg_stat_statements"])
         let source = "ext_" + String(UUID().uuidString.prefix(8)).lowercased()
         let admin = try world.server.connect()
@@ -456,6 +460,7 @@ import TenureTestSupport
     /// Hold, release, deletion request and the sweep.
     @Test func holdDeleteAndSweep() throws {
         let directory = scratch()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
         let world = try Fixture(["TENURE_UPGRADE_HOLD": "3s"])
         try "CREATE TABLE kept (x int);\nINSERT INTO kept VALUES (1);\n".write(toFile: directory + "/a.sql", atomically: true, encoding: .utf8)
         let first = try #require(try world.tenure("upload", "create", directory + "/a.sql", "--json").json["id"] as? String)
