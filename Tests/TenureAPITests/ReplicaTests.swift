@@ -89,6 +89,42 @@ import Glibc
         #expect(d.stop().status == 0)
     }
 
+    /// A replica killed (kill -9) in the middle of a destruction: the tombstone and its intent
+    /// are in the catalog, so another replica's next sweep finishes the drop and then deletes
+    /// the backups (the purge job); nothing of the database is left.
+    @Test(arguments: ["destroy.after_intent", "destroy.after_drop_database"])
+    func aKilledReplicasDestroyIsFinishedByAnother(failpoint: String) throws {
+        let sweep = ["TENURE_SWEEP_INTERVAL": "1s"]
+        let a = try APIFixture(Self.lease.merging(sweep) { $1 }.merging(["TENURE_FAILPOINT": failpoint]) { $1 })
+        let created = try a.create("doomed")
+        let id = created["id"] as! String
+        try fill(created["connection_url"] as! String, rows: 1_000)
+        let backup = try a.call("POST", "/v1/databases/\(id)/backups").json["id"] as! String
+        #expect(try a.waitForJob(backup)["state"] as? String == "succeeded")
+        _ = try? httpRequest(port: a.port, "DELETE", "/v1/databases/\(id)?confirm=doomed", headers: ["Authorization": "Bearer \(a.adminKey)"])
+        let died = try #require(a.process.waitForExit(seconds: 60), "replica A did not reach the failpoint")
+        #expect(died.signal == SIGKILL)
+
+        let b = try APIFixture(Self.lease.merging(sweep) { $1 }, joining: a)
+        func remains() throws -> [String] {
+            var left: [String] = []
+            if try b.server.databaseExists(id) { left.append("database") }
+            if try b.server.roleExists(id + "_owner") { left.append("role") }
+            left += try b.catalogRows("SELECT kind || ' ' || status FROM intents WHERE database_id = $1 AND status <> 'completed'", [id]).map { $0[0] ?? "" }
+            left += try b.catalogRows("SELECT 'backup ' || state FROM backups WHERE database_id = $1 AND state <> 'deleted'", [id]).map { $0[0] ?? "" }
+            left += ((try? FileManager.default.contentsOfDirectory(atPath: b.home + "/backups/" + id)) ?? []).map { "file " + $0 }
+            return left
+        }
+        let deadline = Date().addingTimeInterval(60)
+        while Date() < deadline, try !remains().isEmpty { usleep(250_000) }
+        let left = try remains()
+        #expect(left.isEmpty, "\(left)")
+        #expect(try b.call("GET", "/v1/databases/\(id)").json["state"] as? String == "destroyed")
+        let actions = try b.catalogRows("SELECT action FROM audit_events WHERE database_id = $1 ORDER BY at, id", [id]).map { $0[0] ?? "" }
+        #expect(actions.contains("destroy_completed") && actions.contains("backups_deleted"), "\(actions)")
+        #expect(b.stop().status == 0)
+    }
+
     @Test func aPausedReplicasLateResultIsRefused() throws {
         // Replica A stops itself (SIGSTOP) with a backup complete but not yet published.
         let a = try APIFixture(Self.lease.merging(["TENURE_FAILPOINT": "backup.before_publish:stop"]) { $1 })
