@@ -18,6 +18,7 @@ let package = Package(
         .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1", traits: []),
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
         .package(url: "https://github.com/apple/swift-nio-extras.git", from: "1.35.2"),
+        .package(url: "https://github.com/apple/swift-crypto.git", from: "3.12.3"),
         .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
     ],
@@ -27,8 +28,8 @@ let package = Package(
         .systemLibrary(name: "CZstd", pkgConfig: "libzstd", providers: [.apt(["libzstd-dev"])]),
         .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
 
-        // Pure: ids, names, durations, lifecycle, sweep planning, errors. No I/O.
-        .target(name: "TenureCore", swiftSettings: strict),
+        // Pure: ids, names, durations, lifecycle, sweep planning, errors, digests (swift-crypto). No I/O.
+        .target(name: "TenureCore", dependencies: [.product(name: "Crypto", package: "swift-crypto")], swiftSettings: strict),
         // Thin synchronous wrappers over the C libraries.
         .target(name: "TenurePQ", dependencies: ["CLibPQ", "TenureCore"], swiftSettings: strict),
         .target(name: "TenureZstd", dependencies: ["CZstd", "TenureCore"], swiftSettings: strict),
