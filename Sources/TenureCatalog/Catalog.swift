@@ -389,20 +389,17 @@ public final class Catalog {
             ])
     }
 
-    public func finishBackup(_ id: BackupID, state: BackupState, byteCount: Int64?, rowCount: Int64?, tableCount: Int?, error: String?, now: Date)
-        throws(TenureError)
-    {
+    /// Ends a backup; `digest` is the XXH64 (hex) of the bytes a verified backup stored.
+    public func finishBackup(
+        _ id: BackupID, state: BackupState, byteCount: Int64?, rowCount: Int64?, tableCount: Int?, error: String?, digest: String? = nil, now: Date
+    ) throws(TenureError) {
         try connection.query(
             """
-            UPDATE backups SET state = $2, byte_count = $3, row_count = $4, table_count = $5, error = $6, finished_at = to_timestamp($7::float8)
+            UPDATE backups SET state = $2, byte_count = $3, row_count = $4, table_count = $5, error = $6, finished_at = to_timestamp($7::float8),
+                xxh64 = $8
             WHERE id = $1
             """,
-            [id.rawValue, state.rawValue, byteCount.map { String($0) }, rowCount.map { String($0) }, tableCount.map { String($0) }, error, epoch(now)])
-    }
-
-    /// Records the XXH64 of a backup's stored bytes.
-    public func setBackupDigest(_ id: BackupID, _ digest: String) throws(TenureError) {
-        try connection.query("UPDATE backups SET xxh64 = $2 WHERE id = $1", [id.rawValue, digest])
+            [id.rawValue, state.rawValue, byteCount.map { String($0) }, rowCount.map { String($0) }, tableCount.map { String($0) }, error, epoch(now), digest])
     }
 
     public func backups(databaseID: DatabaseID? = nil, state: BackupState? = nil) throws(TenureError) -> [BackupRecord] {

@@ -87,8 +87,8 @@ extension Controller {
             do throws(TenureError) {
                 try catalog.transaction { () throws(TenureError) in
                     try catalog.finishBackup(
-                        backupID, state: .verified, byteCount: size, rowCount: summary.rowCount, tableCount: summary.tableCount, error: nil, now: finished)
-                    try catalog.setBackupDigest(backupID, XXH64.hex(counted.digest))
+                        backupID, state: .verified, byteCount: size, rowCount: summary.rowCount, tableCount: summary.tableCount, error: nil,
+                        digest: XXH64.hex(counted.digest), now: finished)
                     try catalog.audit(
                         at: finished, databaseID: id.rawValue, actor: actor, action: "backup", from: nil, to: nil, reason: nil,
                         detail: ["backup_id": backupID.rawValue, "bytes": String(size ?? 0), "rows": String(summary.rowCount)])

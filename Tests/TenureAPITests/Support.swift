@@ -27,14 +27,14 @@ final class APIFixture: @unchecked Sendable {
         var environment: [String: String]
         if let other {
             catalogName = other.catalogName
-            home = other.home
-            ownsHome = false
+            homeDirectory = other.homeDirectory
+            home = homeDirectory.path
             environment = other.environment.filter { !["TENURE_FAILPOINT", "TENURE_REPLICA_ID"].contains($0.key) }
         } else {
             let (name, url) = server.newCatalogURL()
             catalogName = name
-            home = "/tmp/tenure-api-\(UUID().uuidString.prefix(8))"
-            ownsHome = true
+            homeDirectory = TemporaryDirectory("tenure-api")
+            home = homeDirectory.path
             environment = ["TENURE_CATALOG_URL": url, "TENURE_HOME": home, "TENURE_HTTP_ADDRESS": "127.0.0.1:0", "TENURE_SWEEP_INTERVAL": "1h", "TENURE_JOBS": "2"]
         }
         for (key, value) in extra { environment[key] = value }
@@ -62,13 +62,11 @@ final class APIFixture: @unchecked Sendable {
         adminKey = key
     }
 
-    /// The fixture that made the home (not a replica joining it) removes it when it goes.
-    private let ownsHome: Bool
+    /// Shared with the replicas that join this fixture: the home goes with the last of them,
+    /// after its process has stopped.
+    private let homeDirectory: TemporaryDirectory
 
-    deinit {
-        stop()
-        if ownsHome { try? FileManager.default.removeItem(atPath: home) }
-    }
+    deinit { stop() }
 
     @discardableResult
     func stop() -> ChildProcess.Outcome {
