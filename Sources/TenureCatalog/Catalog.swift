@@ -225,6 +225,8 @@ public final class Catalog {
     /// Removes a database row that never left `provisioning` (a rolled-back create).
     public func deleteProvisioningDatabase(_ id: DatabaseID) throws(TenureError) {
         try connection.query("DELETE FROM databases WHERE id = $1 AND state = 'provisioning'", [id.rawValue])
+        // A create rolled back never stored anything: its data key goes with it.
+        try connection.query("DELETE FROM data_keys WHERE owner = $1 AND NOT EXISTS (SELECT 1 FROM databases WHERE id = $1)", [id.rawValue])
     }
 
     private func databaseRecord(_ result: QueryResult, _ row: Int) -> DatabaseRecord {

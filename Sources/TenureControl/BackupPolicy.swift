@@ -222,7 +222,7 @@ extension Controller {
             guard backup.state == .verified || backup.state == .drillFailed else {
                 throw TenureError(.lifecycleConflict, "backup \(backup.id) is \(backup.state.rawValue); nothing to drill")
             }
-            let source = try backupStore.open(backup.path, offset: 0, length: nil)
+            let source = try openStoredBackup(backup)
             var options = RestoreOptions(target: try adminParameters(server, database: scratch), jobs: configuration.engineJobs)
             options.target["options"] = nil
             options.key = try ArchiveKey.load(home: configuration.home, create: false)

@@ -52,7 +52,10 @@ extension Controller {
                 throw TenureError(.lifecycleConflict, "database \(id) was destroyed while the backup started; nothing was kept", context: ["database_id": id.rawValue])
             }
             let writer = try store.create(record.path)
-            let counted = CountingSink(writer)
+            // Sealed with the database's data key on its way to the store; counted and hashed
+            // before sealing, so the recorded size and digest are the plain archive's (what a
+            // download streams).
+            let counted = CountingSink(try sealing(writer, owner: id.rawValue))
             var options = BackupOptions(
                 source: try adminParameters(server, database: database.postgresDatabase), jobs: configuration.engineJobs, format: .native,
                 pgDump: pgDump, createdAt: now)
@@ -66,7 +69,7 @@ extension Controller {
             do throws(TenureError) {
                 // What the store holds, read back whole: every part's checksum, the manifest's
                 // signature, and the same bytes (count and XXH64) as were written.
-                let stored = HashingSource(try writer.verificationSource())
+                let stored = HashingSource(try SealedFile.open(try writer.verificationSource(), keys: keyLookup))
                 let verified = try runVerify(source: stored, key: key)
                 guard verified.signature == .valid else { throw TenureError(.internal, "the new backup's signature did not check out") }
                 try stored.drain()
@@ -145,6 +148,18 @@ extension Controller {
         return backup
     }
 
+    /// A stored backup's plain bytes (`first ..< first + count`, or all), opened with its
+    /// database's data key: a sealed backup of a destroyed database is `key.destroyed`.
+    public func openStoredBackup(_ backup: BackupRecord, first: Int64 = 0, count: Int64? = nil) throws(TenureError) -> any ByteSource {
+        let store = backupStore
+        guard let count, let size = backup.byteCount, first > 0 || count < size else {
+            return try SealedFile.open(try store.open(backup.path, offset: 0, length: nil), keys: keyLookup)
+        }
+        return try SealedFile.openRange(plainSize: size, first: first, count: count, keys: keyLookup) { (offset, length) throws(TenureError) in
+            try store.open(backup.path, offset: offset, length: length)
+        }
+    }
+
     /// Replaces a database's contents with a verified backup. The backup is restored into a
     /// new database beside the old one; only when it is complete are the two swapped (old
     /// renamed aside, new renamed into place, old dropped), under an intent so a crash
@@ -182,7 +197,7 @@ extension Controller {
         let admin = try connectAdmin(server)
         defer { admin.close() }
         do throws(TenureError) {
-            let source = try backupStore.open(backup.path, offset: 0, length: nil)
+            let source = try openStoredBackup(backup)
             var options = RestoreOptions(target: try adminParameters(server, database: newName), jobs: configuration.engineJobs)
             options.target["options"] = nil
             options.key = try ArchiveKey.load(home: configuration.home, create: false)

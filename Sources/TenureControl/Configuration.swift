@@ -44,6 +44,10 @@ public struct TenureConfiguration: Sendable {
     public var serverDeadlines = ServerDeadlines()
     /// Scheduled backups, retention and restore drills.
     public var backupPolicy = BackupPolicySettings()
+    /// The key-encryption key of every data key (`Keys.swift`); created 0600 at first start.
+    public var masterKeyFile: String
+    /// The Ed25519 key deletion certificates are signed with; created 0600 at first start.
+    public var signingKeyFile: String
 
     /// Every setting the file and the environment accept, with its documented default.
     public static let settings: [(key: String, defaultValue: String, help: String)] = [
@@ -99,6 +103,8 @@ public struct TenureConfiguration: Sendable {
         ("TENURE_SERVER_CONNECT_TIMEOUT", "10s", "longest wait to connect to a tenant server"),
         ("TENURE_SERVER_STATEMENT_TIMEOUT", "60s", "longest a control statement on a tenant server may run (the client gives up 15 s later)"),
         ("TENURE_SERVER_LOCK_TIMEOUT", "10s", "longest a control statement on a tenant server waits for a lock"),
+        ("TENURE_MASTER_KEY_FILE", "$TENURE_HOME/master.key", "the master key that wraps every database's and upload's data key (created at first start; Tenure refuses to start without the one the catalog's keys need)"),
+        ("TENURE_SIGNING_KEY_FILE", "$TENURE_HOME/signing.key", "the Ed25519 key deletion certificates are signed with (created at first start)"),
         ("TENURE_SERVER_STALL_PROBE", "30s", "a backup, restore or upgrade that made no progress this long checks that its server still answers (stopped if not)"),
     ]
 
@@ -195,6 +201,8 @@ public struct TenureConfiguration: Sendable {
             serverDeadlines[keyPath: path] = value
         }
         backupPolicy = try BackupPolicySettings(values: values)
+        masterKeyFile = values["TENURE_MASTER_KEY_FILE"].flatMap { $0.isEmpty ? nil : $0 } ?? (home + "/master.key")
+        signingKeyFile = values["TENURE_SIGNING_KEY_FILE"].flatMap { $0.isEmpty ? nil : $0 } ?? (home + "/signing.key")
         let levels = ["trace", "debug", "info", "notice", "warning", "error", "critical"]
         guard levels.contains(logLevel) else {
             throw TenureError(.invalidConfiguration, "TENURE_LOG_LEVEL='\(printable(logLevel))' must be one of \(levels.joined(separator: ", "))")
@@ -385,6 +393,8 @@ public enum Failpoint: String, CaseIterable, Sendable {
     case uploadBeforeFinish = "upload.before_finish"
     case upgradeAfterCopy = "upgrade.after_copy"
     case uploadDestroyAfterRecord = "upload_destroy.after_record"
+    case keyRotateAfterRewrap = "key_rotate.after_rewrap"
+    case purgeBeforeDelete = "purge.before_delete"
 
     private static let armed: String? = ProcessInfo.processInfo.environment["TENURE_FAILPOINT"]
 

@@ -165,6 +165,8 @@ public final class Controller {
         defer { try? catalog.unlock(key: intent.lockKey) }
         try catalog.transaction { () throws(TenureError) in
             try catalog.insertDatabase(record)
+            // Its data key is made with it (it seals every stored backup of it).
+            _ = try dataKey(owner: id.rawValue)
             try catalog.insertIntent(intent)
             try catalog.audit(
                 at: now, databaseID: id.rawValue, actor: actor, action: LifecycleEvent.create.rawValue, from: nil, to: DatabaseState.provisioning.rawValue,
@@ -399,10 +401,13 @@ public final class Controller {
             // backup stops at its next lease renewal; the store is deleted once it has).
             try catalog.cancelJobs(subject: current.id.rawValue, kinds: [.backup, .restore], now: now)
             try catalog.insertIntent(intent)
+            // The data key goes with the tombstone: from this commit on, no copy of any of the
+            // database's sealed backups can be opened, wherever it lies.
+            var detail = current.lifecycle.destroyAfter.map { ["destroy_after": RFC3339.format($0)] } ?? [:]
+            if let keyID = try catalog.deleteDataKey(owner: current.id.rawValue) { detail["data_key_id"] = keyID.rawValue }
             try catalog.audit(
                 at: now, databaseID: current.id.rawValue, actor: actor, action: event.rawValue, from: current.state.rawValue,
-                to: DatabaseState.destroyed.rawValue, reason: destruction.rawValue,
-                detail: current.lifecycle.destroyAfter.map { ["destroy_after": RFC3339.format($0)] } ?? [:])
+                to: DatabaseState.destroyed.rawValue, reason: destruction.rawValue, detail: detail)
         }
         Failpoint.destroyAfterIntent.hit()
         do throws(TenureError) {

@@ -160,10 +160,12 @@ extension Controller {
         case .purge:
             let id = try DatabaseID(parsing: job.subject)
             let count = try catalog.backups(databaseID: id).filter { $0.state != .deleted }.count
+            Failpoint.purgeBeforeDelete.hit()
             try deleteBackups(id)
             try catalog.audit(
                 at: clock.now(), databaseID: id.rawValue, actor: actor, action: "backups_deleted", from: nil, to: nil, reason: nil,
                 detail: ["backups": String(count), "job_id": job.id.rawValue])
+            try issueDatabaseCertificate(id)
             document = ["database_id": id.rawValue, "backups_deleted": count]
         }
         let data = (try? JSONSerialization.data(withJSONObject: document, options: [.sortedKeys])) ?? Data("{}".utf8)

@@ -34,6 +34,7 @@ extension Controller {
         defer { try? catalog.unlock(key: record.lockKey) }
         try catalog.transaction { () throws(TenureError) in
             try catalog.insertUpload(record)
+            _ = try dataKey(owner: record.id.rawValue)
             try catalog.audit(
                 at: now, databaseID: record.id.rawValue, actor: actor, action: "upload", from: nil, to: UploadState.uploading.rawValue, reason: nil,
                 detail: ["label": label, "server": server.name.rawValue])
@@ -418,9 +419,10 @@ extension Controller {
                 source: try adminParameters(server, database: database), jobs: configuration.engineJobs, format: format, pgDump: pgDump, createdAt: clock.now())
             let key = try ArchiveKey.load(home: configuration.home, create: true)
             options.signingKey = key
-            _ = try runBackup(options, sink: sink)
+            // Sealed with the upload's data key: only a download (which opens it) is plain.
+            _ = try runBackup(options, sink: try sealing(sink, owner: id.rawValue))
             if format == .native {
-                let verified = try runVerify(source: try DescriptorSource(path: sink.temporaryPath), key: key)
+                let verified = try runVerify(source: try SealedFile.open(try DescriptorSource(path: sink.temporaryPath), keys: keyLookup), key: key)
                 guard verified.signature == .valid else { throw TenureError(.internal, "the result archive's signature did not check out") }
             }
             try sink.publish()
@@ -430,6 +432,26 @@ extension Controller {
         }
         try catalog.audit(at: clock.now(), databaseID: id.rawValue, actor: actor, action: "result_prepared", from: nil, to: nil, reason: nil, detail: ["format": format.rawValue])
         return (path, record)
+    }
+
+    /// The plain size of a result file and its bytes `first ..< first + count` (all with nil),
+    /// opened with the upload's data key.
+    public func openUploadResult(_ path: String, first: Int64 = 0, count: Int64? = nil) throws(TenureError) -> (size: Int64, source: any ByteSource) {
+        let size = try SealedFile.plainSize(of: try DescriptorSource(path: path), storedBytes: fileSize(path))
+        let count = count ?? (size - first)
+        let source = try SealedFile.openRange(plainSize: size, first: first, count: count, keys: keyLookup) { (offset, length) throws(TenureError) in
+            let file = try DescriptorSource(path: path)
+            try file.seek(to: offset)
+            return file
+        }
+        return (size, source)
+    }
+
+    func fileSize(_ path: String) throws(TenureError) -> Int64 {
+        guard let attributes = try? FileManager.default.attributesOfItem(atPath: path), let size = attributes[.size] as? NSNumber else {
+            throw TenureError(.lifecycleConflict, "the result file \((path as NSString).lastPathComponent) is gone; ask again")
+        }
+        return size.int64Value
     }
 
     func removeResultFiles(_ id: UploadID, keepingGeneration generation: Int?) {
@@ -471,9 +493,11 @@ extension Controller {
                 throw TenureError(.concurrentModification, "upload \(id) was changed by someone else at the same time; nothing was destroyed")
             }
             try catalog.cancelJobs(subject: id.rawValue, kinds: [.upgrade], now: now)
+            // The data key goes with the tombstone (its sealed result files are unreadable from here).
+            let keyID = try catalog.deleteDataKey(owner: id.rawValue)
             try catalog.audit(
                 at: now, databaseID: id.rawValue, actor: actor, action: "upload_destroyed", from: current.state.rawValue, to: UploadState.destroyed.rawValue,
-                reason: reason)
+                reason: reason, detail: keyID.map { ["data_key_id": $0.rawValue] } ?? [:])
         }
         Failpoint.uploadDestroyAfterRecord.hit()
         try finishUploadCleanup(try catalog.upload(id))
@@ -496,6 +520,14 @@ extension Controller {
         try catalog.lock(key: filesLockKey(record))
         defer { try? catalog.unlock(key: filesLockKey(record)) }
         let directory = uploadDirectory(record.id)
+        // What is deleted, for the certificate: name, bytes and XXH64 of each stored file.
+        var files: [String] = []
+        for name in ((try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []).sorted() where !name.hasPrefix(".") {
+            guard let source = try? DescriptorSource(path: directory + "/" + name) else { continue }
+            let hashing = HashingSource(source)
+            try? hashing.drain()
+            files.append("\(name):\(hashing.count):\(XXH64.hex(hashing.digest))")
+        }
         if FileManager.default.fileExists(atPath: directory) {
             do { try FileManager.default.removeItem(atPath: directory) } catch {
                 throw TenureError(.internal, "cannot delete the files of \(record.id) in \(directory): \(error.localizedDescription)")
@@ -503,15 +535,19 @@ extension Controller {
         }
         let now = clock.now()
         let current = try catalog.upload(record.id)
-        guard current.cleanupPending else { return }
-        var next = current
-        next.cleanupPending = false
-        try catalog.transaction { () throws(TenureError) in
-            guard try catalog.updateUpload(next, expectedVersion: current.version, now: now) else {
-                throw TenureError(.concurrentModification, "upload \(record.id) changed during its cleanup")
+        if current.cleanupPending {
+            var next = current
+            next.cleanupPending = false
+            try catalog.transaction { () throws(TenureError) in
+                guard try catalog.updateUpload(next, expectedVersion: current.version, now: now) else {
+                    throw TenureError(.concurrentModification, "upload \(record.id) changed during its cleanup")
+                }
+                try catalog.audit(
+                    at: now, databaseID: record.id.rawValue, actor: actor, action: "upload_cleanup_completed", from: nil, to: nil, reason: nil,
+                    detail: files.isEmpty ? [:] : ["files": files.joined(separator: ";")])
             }
-            try catalog.audit(at: now, databaseID: record.id.rawValue, actor: actor, action: "upload_cleanup_completed", from: nil, to: nil, reason: nil)
         }
+        try issueUploadCertificate(record.id)
     }
 
     /// Sets (`reason` given) or lifts a legal hold: while set, nothing destroys the upload.

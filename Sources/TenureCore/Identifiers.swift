@@ -9,6 +9,7 @@ public enum IDKind: String, Sendable, CaseIterable {
     case intent = "in"
     case apiKey = "key"
     case drill = "dr"
+    case dataKey = "dk"
 
     public var noun: String {
         switch self {
@@ -19,6 +20,7 @@ public enum IDKind: String, Sendable, CaseIterable {
         case .job: return "job"
         case .intent: return "intent"
         case .drill: return "restore drill"
+        case .dataKey: return "data key"
         }
     }
 }
@@ -117,6 +119,12 @@ public struct APIKeyID: TypedID {
 
 public struct DrillID: TypedID {
     public static let kind = IDKind.drill
+    public let rawValue: String
+    public init(unchecked: String) { rawValue = unchecked }
+}
+
+public struct DataKeyID: TypedID {
+    public static let kind = IDKind.dataKey
     public let rawValue: String
     public init(unchecked: String) { rawValue = unchecked }
 }

@@ -31,6 +31,7 @@ public struct TenureError: Error, CustomStringConvertible, Sendable {
         case apiKeyNotFound = "api_key.not_found"
         case jobNotFound = "job.not_found"
         case uploadNotFound = "upload.not_found"
+        case certificateNotFound = "certificate.not_found"
         // Conflict
         case lifecycleConflict = "lifecycle.conflict"
         case concurrentModification = "lifecycle.concurrent_modification"
@@ -42,6 +43,8 @@ public struct TenureError: Error, CustomStringConvertible, Sendable {
         case migrationChanged = "catalog.migration_changed"
         case jobFinished = "job.finished"
         case idempotencyInProgress = "request.idempotency_in_progress"
+        /// The data key a stored file needs was destroyed with its database or upload.
+        case keyDestroyed = "key.destroyed"
         // Failure
         case serverUnreachable = "server.unreachable"
         case catalogUnavailable = "catalog.unavailable"
@@ -90,10 +93,10 @@ extension TenureError.Code {
         case .invalidRequest, .invalidID, .invalidName, .invalidConfiguration, .confirmationMismatch, .bodyTooLarge, .idempotencyMismatch,
             .preconditionFailed, .rangeNotSatisfiable, .methodNotAllowed, .uploadRejected:
             return .invalidInput
-        case .databaseNotFound, .serverNotFound, .backupNotFound, .apiKeyNotFound, .jobNotFound, .uploadNotFound, .routeNotFound:
+        case .databaseNotFound, .serverNotFound, .backupNotFound, .apiKeyNotFound, .jobNotFound, .uploadNotFound, .routeNotFound, .certificateNotFound:
             return .notFound
         case .lifecycleConflict, .concurrentModification, .legalHold, .nameTaken, .serverExists,
-            .sweepRunning, .sweepRefused, .migrationChanged, .jobFinished, .idempotencyInProgress:
+            .sweepRunning, .sweepRefused, .migrationChanged, .jobFinished, .idempotencyInProgress, .keyDestroyed:
             return .conflict
         case .serverUnreachable, .catalogUnavailable, .postgres, .embeddedServer, .cancelled, .timeout, .internal:
             return .failure

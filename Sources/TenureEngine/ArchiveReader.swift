@@ -40,7 +40,9 @@ final class ArchiveReader {
 
     /// The next member, or nil after the manifest and a valid end-of-archive marker.
     func next() throws(TenureError) -> Member? {
-        guard let entry = try tar.next() else {
+        let entry: TarReader.Member?
+        do { entry = try tar.next() } catch { throw named(error, after: seen.last?.name) }
+        guard let entry else {
             guard stage == .end else {
                 let missing: String
                 switch stage {
@@ -85,7 +87,8 @@ final class ArchiveReader {
         guard entry.name == expected else {
             throw TenureError(.invalidRequest, "archive member '\(entry.name)' is out of order: expected '\(expected)' here (missing, reordered or foreign member)")
         }
-        let bytes = try tar.readContent(entry)
+        let bytes: [UInt8]
+        do { bytes = try tar.readContent(entry) } catch { throw named(error, in: entry.name) }
         let hash = bytes.withUnsafeBytes { XXH64.hash($0) }
         if entry.name != ArchiveLayout.manifest {
             seen.append(Seen(name: entry.name, compressedBytes: Int64(bytes.count), xxh64: XXH64.hex(hash)))
@@ -147,6 +150,19 @@ final class ArchiveReader {
         case .end:
             preconditionFailure("checked above")
         }
+    }
+
+    /// A sealed file's failed segment, told by the member it was read for.
+    private func named(_ error: TenureError, in member: String? = nil, after previous: String? = nil) -> TenureError {
+        guard error.context["sealed_segment"] != nil else { return error }
+        var named = error
+        if let member {
+            named.message = "archive member '\(member)' failed its integrity check: \(error.message)"
+            named.context["member"] = member
+        } else {
+            named.message = "the archive failed its integrity check after member '\(previous ?? "(none)")': \(error.message)"
+        }
+        return named
     }
 
     /// Compares the manifest with what arrived, both ways: every member once, in order, with

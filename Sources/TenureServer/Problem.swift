@@ -45,7 +45,7 @@ struct Problem {
         case .idempotencyMismatch, .uploadRejected: return .unprocessableContent
         case .preconditionFailed: return .preconditionFailed
         case .rangeNotSatisfiable: return .rangeNotSatisfiable
-        case .routeNotFound, .databaseNotFound, .serverNotFound, .backupNotFound, .apiKeyNotFound, .jobNotFound, .uploadNotFound: return .notFound
+        case .routeNotFound, .databaseNotFound, .serverNotFound, .backupNotFound, .apiKeyNotFound, .jobNotFound, .uploadNotFound, .certificateNotFound: return .notFound
         case .methodNotAllowed: return .methodNotAllowed
         case .unauthorized: return .unauthorized
         case .forbidden: return .forbidden
@@ -56,6 +56,7 @@ struct Problem {
         case .serverUnreachable, .catalogUnavailable, .embeddedServer: return .serviceUnavailable
         case .timeout: return .serviceUnavailable
         case .cancelled: return .conflict
+        case .keyDestroyed: return .conflict
         case .postgres, .internal: return .internalServerError
         }
     }

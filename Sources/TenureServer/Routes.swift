@@ -53,12 +53,34 @@ struct Routes: Sendable {
         v1.get("databases/:id/backups/:backup/download") { request, context in try await download(request, context) }
         v1.post("databases/:id/restore") { request, context in try await startRestore(request, context) }
         v1.get("databases/:id/export") { request, context in try await export(request, context) }
+        v1.get("databases/:id/deletion-certificate") { request, context in try await databaseCertificate(request, context) }
+        v1.get("signing-key") { request, context in try await signingKey(request, context) }
         v1.get("expiry") { request, context in try await expiry(request, context) }
         registerUploads(on: v1)
         registerPolicy(on: v1)
         v1.get("jobs") { request, context in try await listJobs(request, context) }
         v1.get("jobs/:id") { request, context in try await showJob(request, context) }
         v1.post("jobs/:id/cancel") { request, context in try await cancelJob(request, context) }
+    }
+
+    // MARK: - Deletion certificates
+
+    func databaseCertificate(_ request: Request, _ context: APIContext) async throws(TenureError) -> Response {
+        try context.require(.read)
+        _ = try Query(request, allowed: [])
+        let id = try context.id("id", as: DatabaseID.self)
+        let record = try await pool.withController(actor: context.actor) { (controller) throws(TenureError) in try controller.databaseCertificate(id) }
+        return jsonResponse(certificateDocument(record))
+    }
+
+    /// The Ed25519 public key certificates are signed with, as PEM SubjectPublicKeyInfo.
+    func signingKey(_ request: Request, _ context: APIContext) async throws(TenureError) -> Response {
+        try context.require(.read)
+        _ = try Query(request, allowed: [])
+        let key = try await pool.withController(actor: context.actor) { (controller) throws(TenureError) in try controller.signingKey() }
+        return Response(
+            status: .ok, headers: [.contentType: "application/x-pem-file", HTTPField.Name("Tenure-Key-Id")!: key.keyID],
+            body: ResponseBody(byteBuffer: ByteBuffer(string: key.publicKeyPEM)))
     }
 
     // MARK: - Health
@@ -325,18 +347,18 @@ struct Routes: Sendable {
         let etag = "\"\(backupID.rawValue)\""
         guard let size = backup.byteCount else { throw TenureError(.internal, "backup \(backupID) has no recorded size") }
         let (range, headers) = try ranged(request, size: size, etag: etag, contentType: "application/x-tar", filename: "\(backupID).tenure")
-        let store = configuration.backupStore.open()
+        let store = configuration.backupStore
         let first = range?.first ?? 0
         let count = range?.count ?? size
-        let path = backup.path
         // A whole download is checked against the digest recorded when the backup was
         // verified; the last chunk is held back until it matches, so a client never receives
         // all of an object that was altered in the store (the transfer ends short instead).
         let digest = range == nil ? backup.digest : nil
         let logger = self.logger
-        // The object streams from the store as the client reads.
-        let source = try await pool.withBlocking { () throws(TenureError) -> SourceBox in
-            do throws(TenureError) { return SourceBox(try store.open(path, offset: first, length: count)) } catch {
+        // The object streams from the store as the client reads, opened with the database's
+        // data key (only the segments the range needs).
+        let source = try await pool.withController(actor: context.actor) { (controller) throws(TenureError) -> SourceBox in
+            do throws(TenureError) { return SourceBox(try controller.openStoredBackup(backup, first: first, count: count)) } catch {
                 guard error.code == .invalidRequest else { throw error }
                 throw TenureError(.backupNotFound, "the file of backup \(backupID) is missing from the backup store")
             }
@@ -362,7 +384,7 @@ struct Routes: Sendable {
             if let digest, XXH64.hex(hasher.digest()) != digest {
                 logger.error(
                     "a backup's stored bytes differ from those verified; the download was cut short",
-                    metadata: ["tenure.backup_id": "\(backupID)", "tenure.store": "\(store.location)"])
+                    metadata: ["tenure.backup_id": "\(backupID)", "tenure.store": "\(store.description)"])
                 throw TenureError(.internal, "backup \(backupID) was altered in the backup store")
             }
             if let held { try await writer.write(ByteBuffer(bytes: held)) }
@@ -389,53 +411,6 @@ struct Routes: Sendable {
         ]
         if let range { headers[.contentRange] = "bytes \(range.first)-\(range.last)/\(size)" }
         return (range, headers)
-    }
-
-    /// A stored file, with single-range support so a broken download resumes (If-Range
-    /// guards against resuming a different file).
-    func serveFile(_ path: String, request: Request, etag: String, contentType: String, filename: String, missing: TenureError) throws -> Response {
-        let descriptor = open(path, O_RDONLY | O_CLOEXEC)
-        guard descriptor >= 0 else { throw missing }
-        var info = stat()
-        guard fstat(descriptor, &info) == 0 else {
-            close(descriptor)
-            throw TenureError(.internal, "cannot stat \(path)")
-        }
-        let size = Int64(info.st_size)
-        let range: ByteRange?
-        let headers: HTTPFields
-        do { (range, headers) = try ranged(request, size: size, etag: etag, contentType: contentType, filename: filename) } catch {
-            close(descriptor)
-            throw error
-        }
-        let first = range?.first ?? 0
-        let count = range?.count ?? size
-        let handle = FileDescriptorBox(descriptor)
-        let body = ResponseBody(contentLength: Int(count)) { writer in
-            defer { handle.close() }
-            var offset = first
-            var remaining = count
-            while remaining > 0 {
-                let chunk = Int(min(remaining, 256 << 10))
-                let buffer = try await readChunk(handle, offset: offset, count: chunk)
-                try await writer.write(buffer)
-                offset += Int64(buffer.readableBytes)
-                remaining -= Int64(buffer.readableBytes)
-            }
-            try await writer.finish(nil)
-        }
-        return Response(status: range == nil ? .ok : .partialContent, headers: headers, body: body)
-    }
-
-    func readChunk(_ handle: FileDescriptorBox, offset: Int64, count: Int) async throws -> ByteBuffer {
-        let result = try await pool.withBlocking { () throws(TenureError) -> [UInt8] in
-            var bytes = [UInt8](repeating: 0, count: count)
-            let read = bytes.withUnsafeMutableBytes { pread(handle.descriptor, $0.baseAddress, count, off_t(offset)) }
-            guard read > 0 else { throw TenureError(.internal, "the backup file ended early") }
-            bytes.removeSubrange(read...)
-            return bytes
-        }
-        return ByteBuffer(bytes: result)
     }
 
     /// Streams a fresh backup as it is produced: the engine writes into a bounded channel,
@@ -555,24 +530,6 @@ struct Routes: Sendable {
 final class SourceBox: @unchecked Sendable {
     let source: any ByteSource
     init(_ source: any ByteSource) { self.source = source }
-}
-
-/// An open file descriptor shared by a response body's reads, closed once.
-final class FileDescriptorBox: Sendable {
-    let descriptor: Int32
-    private let closed = Locked(false)
-
-    init(_ descriptor: Int32) { self.descriptor = descriptor }
-
-    func close() {
-        let first = closed.withLock { closed -> Bool in
-            defer { closed = true }
-            return !closed
-        }
-        if first { _ = Glibc.close(descriptor) }
-    }
-
-    deinit { close() }
 }
 
 /// A problem with extra headers (416 carries Content-Range), thrown through a handler.

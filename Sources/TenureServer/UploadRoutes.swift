@@ -15,6 +15,7 @@ extension Routes {
         v1.delete("uploads/:id") { request, context in try await deleteUpload(request, context) }
         v1.post("uploads/:id/upgrade") { request, context in try await startUpgrade(request, context) }
         v1.get("uploads/:id/download") { request, context in try await downloadUpload(request, context) }
+        v1.get("uploads/:id/deletion-certificate") { request, context in try await uploadCertificate(request, context) }
         v1.put("uploads/:id/legal-hold") { request, context in try await holdUpload(request, context, set: true) }
         v1.delete("uploads/:id/legal-hold") { request, context in try await holdUpload(request, context, set: false) }
     }
@@ -134,11 +135,48 @@ extension Routes {
             try controller.uploadResultFile(id, format: format)
         }
         let generation = (path as NSString).lastPathComponent.split(separator: ".").first.map(String.init) ?? "result"
-        return try serveFile(
-            path, request: request, etag: "\"\(id.rawValue)-\(generation)-\(format.rawValue)\"",
-            contentType: format == .native ? "application/x-tar" : "application/zstd",
-            filename: "\(id)" + (format == .native ? ".tenure" : ".sql.zst"),
-            missing: TenureError(.lifecycleConflict, "the result of upload \(id) changed while it was being prepared; ask again"))
+        // The file is sealed with the upload's data key: its plain size first (for the range),
+        // then only the segments the range needs, opened as the client reads.
+        let size = try await pool.withController(actor: context.actor) { (controller) throws(TenureError) in
+            do throws(TenureError) { return try controller.openUploadResult(path, count: 0).size } catch {
+                guard error.code == .invalidRequest else { throw error }
+                throw TenureError(.lifecycleConflict, "the result of upload \(id) changed while it was being prepared; ask again")
+            }
+        }
+        let (range, headers) = try ranged(
+            request, size: size, etag: "\"\(id.rawValue)-\(generation)-\(format.rawValue)\"",
+            contentType: format == .native ? "application/x-tar" : "application/zstd", filename: "\(id)" + (format == .native ? ".tenure" : ".sql.zst"))
+        let first = range?.first ?? 0
+        let count = range?.count ?? size
+        let source = try await pool.withController(actor: context.actor) { (controller) throws(TenureError) in
+            SourceBox(try controller.openUploadResult(path, first: first, count: count).source)
+        }
+        let pool = self.pool
+        let body = ResponseBody(contentLength: Int(count)) { writer in
+            var remaining = count
+            while remaining > 0 {
+                let want = Int(min(remaining, 256 << 10))
+                let bytes = try await pool.withBlocking { () throws(TenureError) -> [UInt8] in
+                    var bytes = [UInt8](repeating: 0, count: want)
+                    let read = try bytes.withMutableBytes { (raw) throws(TenureError) in try source.source.readFully(into: raw) }
+                    guard read > 0 else { throw TenureError(.internal, "the result of upload \(id) ended early") }
+                    bytes.removeSubrange(read...)
+                    return bytes
+                }
+                try await writer.write(ByteBuffer(bytes: bytes))
+                remaining -= Int64(bytes.count)
+            }
+            try await writer.finish(nil)
+        }
+        return Response(status: range == nil ? .ok : .partialContent, headers: headers, body: body)
+    }
+
+    func uploadCertificate(_ request: Request, _ context: APIContext) async throws(TenureError) -> Response {
+        try context.require(.read)
+        _ = try Query(request, allowed: [])
+        let id = try context.id("id", as: UploadID.self)
+        let record = try await pool.withController(actor: context.actor) { (controller) throws(TenureError) in try controller.uploadCertificate(id) }
+        return jsonResponse(certificateDocument(record))
     }
 
     func holdUpload(_ request: Request, _ context: APIContext, set: Bool) async throws(TenureError) -> Response {

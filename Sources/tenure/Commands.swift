@@ -36,6 +36,7 @@ struct Tenure: AsyncParsableCommand {
         subcommands: [
             Migrate.self, ServerCommand.self, DatabaseCommand.self, AuditCommand.self, Expire.self, Serve.self, ConfigCommand.self,
             BackupCommand.self, RestoreCommand.self, VerifyCommand.self, APIKeyCommand.self, UploadCommand.self, JobCommand.self, BackupStatusCommand.self, DrillCommand.self,
+            KeyCommand.self, SigningKeyCommand.self, CertificateCommand.self,
         ]
     )
 }
@@ -112,7 +113,7 @@ struct DatabaseCommand: ParsableCommand {
         commandName: "db", abstract: "Create hosted databases and move them through their lifecycle.",
         subcommands: [
             Create.self, List.self, Show.self, Subscribe.self, Cancel.self, Reactivate.self, Destroy.self, Hold.self, Release.self,
-            Backup.self, Backups.self, Export.self, RestoreBackup.self, Extension.self,
+            Backup.self, Backups.self, Export.self, RestoreBackup.self, Extension.self, Certificate.self,
         ])
 
     struct Extension: ParsableCommand {

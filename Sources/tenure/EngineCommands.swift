@@ -57,6 +57,26 @@ func openInput(_ input: String) throws(TenureError) -> DescriptorSource {
     input == "-" ? DescriptorSource(descriptor: 0, what: "stdin") : try DescriptorSource(path: input)
 }
 
+/// An archive argument that may be a sealed file copied out of the backup store: its data key
+/// comes from `--data-key-file`, or from the catalog (a destroyed key is `key.destroyed`).
+func openArchiveInput(_ input: String, dataKeyFile: String?, options: GlobalOptions) async throws(TenureError) -> any ByteSource {
+    let (header, rest) = try SealedFile.readHeader(try openInput(input))
+    guard let header else { return rest }
+    let key: [UInt8]
+    if let dataKeyFile {
+        key = try readDataKeyFile(dataKeyFile)
+        guard SealedFile.fileKeyID(key) == header.keyID else {
+            throw TenureError(.invalidRequest, "\(input) is sealed with data key \(printable(header.keyID)), not with the key in \(dataKeyFile)")
+        }
+    } else {
+        let box = Handoff(header)
+        key = try await Session.with(options) { (session) async throws(TenureError) in
+            try await session.call { (controller) throws(TenureError) in try controller.openDataKey(id: box.value.keyID, owner: box.value.owner) }
+        }
+    }
+    return SealedFile.opening(rest, header: header, dataKey: key)
+}
+
 struct BackupCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "backup", abstract: "Back up any PostgreSQL database (the URL names it) to a .tenure archive or a .sql.zst export.",
@@ -70,6 +90,7 @@ struct BackupCommand: AsyncParsableCommand {
     @Option(help: "Parallel worker connections (default: the number of cores).") var jobs: Int?
     @Option(help: "native (.tenure archive) or sql (.sql.zst for psql).") var format: BackupFormat = .native
     @Option(help: "zstd compression level, 1–19.") var level: Int32 = BackupOptions.defaultLevel
+    @Option(help: "Seal the output with the data key in this file (64 hex digits), as the backup store's files are sealed.") var dataKeyFile: String?
 
     func run() async {
         await runCommand(json: options.json) { (output) async throws(TenureError) in
@@ -78,8 +99,12 @@ struct BackupCommand: AsyncParsableCommand {
             guard (1...64).contains(jobs) else { throw TenureError(.invalidRequest, "--jobs must be from 1 to 64") }
             guard (1...19).contains(level) else { throw TenureError(.invalidRequest, "--level must be from 1 to 19") }
             let source = try ConnectionParameters(parsing: url, setting: "--url")
-            let sink: any ByteSink = self.output == "-" ? DescriptorSink(descriptor: 1, what: "stdout") : try AtomicFileSink(path: self.output)
+            var sink: any ByteSink = self.output == "-" ? DescriptorSink(descriptor: 1, what: "stdout") : try AtomicFileSink(path: self.output)
             if self.output == "-" && isatty(1) == 1 { throw TenureError(.invalidRequest, "refusing to write a backup to a terminal; redirect stdout") }
+            if let dataKeyFile {
+                let key = try readDataKeyFile(dataKeyFile)
+                sink = SealingSink(sink, dataKey: key, keyID: SealedFile.fileKeyID(key), owner: "file")
+            }
             var backupOptions = BackupOptions(source: source, jobs: jobs, level: level, format: format, pgDump: pgDump(configuration), createdAt: Date())
             backupOptions.signingKey = try ArchiveKey.load(home: configuration.home, create: true)
             let progress = TransferProgress()
@@ -111,13 +136,14 @@ struct RestoreCommand: AsyncParsableCommand {
     @Argument(help: "Archive file, or - for stdin.") var input: String
     @Option(help: "Connection URL naming the database to create.") var url: String
     @Option(help: "Parallel loader connections (default: the number of cores).") var jobs: Int?
+    @Option(help: "The data key (64 hex digits) a sealed archive was sealed with; without it a sealed archive's key comes from the catalog.") var dataKeyFile: String?
 
     func run() async {
         await runCommand(json: options.json) { (output) async throws(TenureError) in
             let jobs = jobs ?? defaultJobs()
             guard (1...64).contains(jobs) else { throw TenureError(.invalidRequest, "--jobs must be from 1 to 64") }
             let target = try ConnectionParameters(parsing: url, setting: "--url")
-            let source = try openInput(input)
+            let source = try await openArchiveInput(input, dataKeyFile: dataKeyFile, options: options)
             var restoreOptions = RestoreOptions(target: target, jobs: jobs)
             // A copy of any database, privileges as archived (as pg_restore restores them).
             restoreOptions.reassertPublicSchemaRule = false
@@ -142,10 +168,11 @@ struct VerifyCommand: AsyncParsableCommand {
         commandName: "verify", abstract: "Check a .tenure archive completely without a database: frames, rows, order, manifest, end marker.")
     @OptionGroup var options: GlobalOptions
     @Argument(help: "Archive file, or - for stdin.") var input: String
+    @Option(help: "The data key (64 hex digits) a sealed archive was sealed with; without it a sealed archive's key comes from the catalog.") var dataKeyFile: String?
 
     func run() async {
         await runCommand(json: options.json) { (output) async throws(TenureError) in
-            let source = try openInput(input)
+            let source = try await openArchiveInput(input, dataKeyFile: dataKeyFile, options: options)
             let key = try ArchiveKey.load(home: try options.configuration().home, create: false)
             let progress = TransferProgress()
             let summary = try withProgress("verify", progress) { () throws(TenureError) in try runVerify(source: source, limits: try EngineLimits.fromEnvironment(), key: key, progress: progress) }

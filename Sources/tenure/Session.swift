@@ -52,8 +52,10 @@ final class Session {
         let clock = SystemWallClock()
         try catalog.ensureDefaultServer(publicHost: host, publicPort: publicPort, now: clock.now())
         pool = ControlPool(parameters: catalog.parameters, configuration: configuration, logger: logger)
+        let controller = Controller(catalog: catalog, configuration: configuration, clock: clock, actor: actor, logger: logger)
+        // The master key must open the catalog's data keys (made at first start, never over them).
+        try controller.checkKeys()
         if recover {
-            let controller = Controller(catalog: catalog, configuration: configuration, clock: clock, actor: actor, logger: logger)
             recoveredDrops = try controller.recover().contains(where: { $0.outcome == "destroy finished" })
         }
     }

@@ -23,7 +23,7 @@ struct UploadCommand: ParsableCommand {
             The result is kept for TENURE_UPGRADE_HOLD (default 4 calendar months) after the last successful upgrade, then the \
             expiry sweep destroys it; the original is deleted after the first successful upgrade.
             """,
-        subcommands: [Create.self, List.self, Show.self, Upgrade.self, Download.self, Delete.self, Hold.self, Release.self])
+        subcommands: [Create.self, List.self, Show.self, Upgrade.self, Download.self, Delete.self, Hold.self, Release.self, Certificate.self])
 
     struct Create: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Upload a database dump from a file or stdin (-).")
@@ -126,7 +126,7 @@ struct UploadCommand: ParsableCommand {
                 try await Session.with(options) { (session) async throws(TenureError) in
                     let total = try await session.serverWork { (controller) throws(TenureError) -> Int64 in
                         let (path, _) = try controller.uploadResultFile(id, format: format)
-                        let source = try DescriptorSource(path: path)
+                        let source = try controller.openUploadResult(path).source
                         let sink: any ByteSink = output == "-" ? DescriptorSink(descriptor: 1, what: "stdout") : try AtomicFileSink(path: output)
                         var buffer = [UInt8](repeating: 0, count: 1 << 20)
                         var total: Int64 = 0

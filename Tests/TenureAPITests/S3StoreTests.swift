@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import TenureEngine
 import TenurePQ
 import TenureTestSupport
 
@@ -94,7 +95,10 @@ import Glibc
         let listed = try s3.rclone(["lsjson", "tenures3:tenure-test/backups/\(id)/"])
         let objects = (try? JSONSerialization.jsonObject(with: Data(listed.stdout.utf8)) as? [[String: Any]]) ?? []
         let object = objects.first { $0["Name"] as? String == "\(backupID).tenure" }
-        #expect((object?["Size"] as? Int).map(Int64.init) == (backup["bytes"] as? Int).map(Int64.init), "\(objects) \(backup)")
+        // The object is the archive sealed with the database's data key: its size is the plain
+        // archive's plus the seal's header and one tag per segment.
+        #expect(
+            (object?["Size"] as? Int).map(Int64.init) == (backup["bytes"] as? Int).map { SealedFile.sealedSize(plain: Int64($0)) }, "\(objects) \(backup)")
         #expect(!FileManager.default.fileExists(atPath: api.home + "/backups/" + id), "nothing is kept on local disk")
 
         // Downloads: whole (it verifies), and a range equal to the object's bytes.

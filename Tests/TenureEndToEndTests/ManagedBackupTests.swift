@@ -32,7 +32,9 @@ import TenureTestSupport
         let path = try #require(backup.json["path"] as? String)
         #expect(backupID.hasPrefix("bk_") && backup.json["state"] as? String == "verified" && backup.json["rows"] as? Int == 500)
         #expect(FileManager.default.fileExists(atPath: path))
-        #expect(try runTenure(["verify", path], environment: [:]).status == 0)
+        // The stored file is sealed: verify opens it with the database's key from the catalog.
+        #expect(try world.tenure("verify", path).status == 0)
+        #expect(FileManager.default.contents(atPath: path).map { Array($0.prefix(8)) } == Array("TNRCRYPT".utf8))
         let list = try world.tenure("db", "backups", id, "--json")
         #expect((list.json["backups"] as? [[String: Any]])?.map { $0["id"] as? String } == [backupID])
 

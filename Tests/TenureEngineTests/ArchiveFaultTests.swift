@@ -231,6 +231,44 @@ func buildTar(_ members: [RawMember], end: Bool = true) -> [UInt8] {
         #expect(elsewhere.status == 0 && elsewhere.json["signature"] as? String == "unknown_key", "\(elsewhere)")
     }
 
+    /// A sealed archive (`--data-key-file`, as the backup store's files are sealed): it verifies
+    /// and restores with its key, not with another, and a flipped bit is an authentication
+    /// failure naming the member being read; nothing is left behind.
+    @Test func aSealedArchiveOpensOnlyWithItsKeyAndNamesTheDamagedMember() throws {
+        let server = try TestServer.shared()
+        let source = try createHardCases(server)
+        let home = temporaryFile("-home")
+        defer { try? FileManager.default.removeItem(atPath: home) }
+        try FileManager.default.createDirectory(atPath: home, withIntermediateDirectories: true)
+        let key = home + "/data.key"
+        let other = home + "/other.key"
+        try (String(repeating: "5a", count: 32) + "\n").write(toFile: key, atomically: true, encoding: .utf8)
+        try (String(repeating: "a5", count: 32) + "\n").write(toFile: other, atomically: true, encoding: .utf8)
+        let archive = temporaryFile(".tenure")
+        defer { try? FileManager.default.removeItem(atPath: archive) }
+        let backup = try runTenure(["backup", "--url", url(server, source), "-o", archive, "--data-key-file", key], environment: ["TENURE_HOME": home])
+        #expect(backup.status == 0, "\(backup)")
+        var bytes = Array(FileManager.default.contents(atPath: archive)!)
+        #expect(Array(bytes.prefix(8)) == Array("TNRCRYPT".utf8))
+        #expect(try runTenure(["verify", archive, "--data-key-file", key], environment: ["TENURE_HOME": home]).status == 0)
+        let wrongKey = try runTenure(["verify", archive, "--data-key-file", other], environment: ["TENURE_HOME": home])
+        #expect(wrongKey.status == 2 && wrongKey.stderr.contains("not with the key"), "\(wrongKey)")
+        let target = newDatabaseName("sealed")
+        let restore = try runTenure(["restore", archive, "--url", url(server, target), "--data-key-file", key], environment: ["TENURE_HOME": home])
+        #expect(restore.status == 0, "\(restore)")
+        #expect(try server.databaseExists(target))
+        bytes[bytes.count / 2] ^= 0x04
+        let damaged = temporaryFile(".tenure")
+        defer { try? FileManager.default.removeItem(atPath: damaged) }
+        _ = FileManager.default.createFile(atPath: damaged, contents: Data(bytes))
+        let caught = try runTenure(["verify", damaged, "--data-key-file", key], environment: ["TENURE_HOME": home])
+        #expect(caught.status == 2 && caught.stderr.contains("does not authenticate") && caught.stderr.contains("archive"), "\(caught)")
+        let refused = newDatabaseName("sealed_damaged")
+        let failed = try runTenure(["restore", damaged, "--url", url(server, refused), "--data-key-file", key], environment: ["TENURE_HOME": home])
+        #expect(failed.status != 0 && failed.stderr.contains("does not authenticate"), "\(failed)")
+        #expect(try !server.databaseExists(refused) && leftovers(server).isEmpty)
+    }
+
     @Test func hostileMemberNamesAndTypes() throws {
         let members = rawMembers(Self.archive.bytes)
         for name in ["../etc/passwd", "/etc/passwd", "data/../../x.copy.zst", "data//x"] {
