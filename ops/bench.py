@@ -204,8 +204,25 @@ def main():
         record("pg_dump -Fd -j N", s, r, f"{OUT}/fd")
         s, r = timed("pg_dump | zstd", f"{pg}/pg_dump {conn} bench | zstd -q -3 -T1 > {OUT}/plain.sql.zst")
         record("pg_dump | zstd -3 -T1", s, r, f"{OUT}/plain.sql.zst")
-        s, r = timed("tenure backup", f"{TENURE} backup --url '{url('bench')}' -o {OUT}/b.tenure --jobs {JOBS}")
-        record("tenure backup", s, r, f"{OUT}/b.tenure")
+        # Sealing (issue 16): what the backup store holds is sealed with the database's data key.
+        # Plain and sealed backups alternate, BENCH_SEAL_RUNS times each, and the medians count.
+        key_file = os.path.join(WORK, "data.key")
+        with open(key_file, "w") as f:
+            f.write(os.urandom(32).hex() + "\n")
+        seal_runs = int(os.environ.get("BENCH_SEAL_RUNS", "3"))
+        backups = {"tenure backup": [], "tenure backup (sealed)": []}
+        for attempt in range(seal_runs):
+            backups["tenure backup"].append(timed("tenure backup", f"{TENURE} backup --url '{url('bench')}' -o {OUT}/b.tenure --jobs {JOBS}"))
+            if attempt < seal_runs - 1:
+                os.unlink(f"{OUT}/b.tenure")
+            backups["tenure backup (sealed)"].append(timed(
+                "tenure backup (sealed)", f"{TENURE} backup --url '{url('bench')}' -o {OUT}/b.sealed --jobs {JOBS} --data-key-file {key_file}"))
+            if attempt < seal_runs - 1:
+                os.unlink(f"{OUT}/b.sealed")
+        for key, values in backups.items():
+            ordered = sorted(values)
+            print(f"  {key} runs: " + ", ".join(f"{v[0]:.1f}" for v in values), flush=True)
+            record(key, ordered[len(ordered) // 2][0], max(v[1] for v in values), f"{OUT}/b.tenure" if key == "tenure backup" else f"{OUT}/b.sealed")
         s, r = timed("tenure backup level 3", f"{TENURE} backup --url '{url('bench')}' -o {OUT}/b3.tenure --jobs {JOBS} --level 3")
         record("tenure backup --level 3", s, r, f"{OUT}/b3.tenure")
         s, r = timed("tenure backup sql", f"{TENURE} backup --url '{url('bench')}' -o {OUT}/b.sql.zst --format sql --jobs {JOBS}")
@@ -217,7 +234,7 @@ def main():
         # end with a new one: `tenure restore` creates its database, so pg_restore's time
         # includes the `createdb` it needs (about 0.1 s).
         runs = int(os.environ.get("BENCH_RESTORE_RUNS", "5"))
-        samples = {"pg_restore -j N": [], "tenure restore": []}
+        samples = {"pg_restore -j N": [], "tenure restore": [], "tenure restore (sealed)": []}
         for attempt in range(runs):
             for key in samples:
                 psql("postgres", "DROP DATABASE IF EXISTS r_pg")
@@ -225,6 +242,9 @@ def main():
                 psql("postgres", "CHECKPOINT")
                 if key == "pg_restore -j N":
                     samples[key].append(timed(key, f"{pg}/createdb {conn} r_pg && {pg}/pg_restore {conn} -j {JOBS} -d r_pg {OUT}/fd"))
+                elif key == "tenure restore (sealed)":
+                    samples[key].append(timed(
+                        key, f"{TENURE} restore {OUT}/b.sealed --url '{url('r_tenure')}' --jobs {JOBS} --data-key-file {key_file}"))
                 else:
                     samples[key].append(timed(key, f"{TENURE} restore {OUT}/b.tenure --url '{url('r_tenure')}' --jobs {JOBS}"))
         for key, values in samples.items():
@@ -241,6 +261,8 @@ def main():
             ("restore vs createdb + pg_restore -j N", ratio("tenure restore", "pg_restore -j N"), 0.6),
             ("sql export vs pg_dump | zstd -3 -T1", ratio("tenure backup --format sql", "pg_dump | zstd -3 -T1"), 1.0),
             ("archive size vs pg_dump | zstd -3", ratio("tenure backup", "pg_dump | zstd -3 -T1", "bytes"), 1.1),
+            ("sealed backup vs plain backup", ratio("tenure backup (sealed)", "tenure backup"), 1.1),
+            ("sealed restore vs plain restore", ratio("tenure restore (sealed)", "tenure restore"), 1.1),
         ]
         print()
         print(f"| run (N = {JOBS}, {data_bytes / 2**30:.2f} GiB of table data) | seconds | output bytes | peak RSS MiB |")

@@ -94,8 +94,11 @@ public final class Catalog {
     public func addServer(_ server: ServerRecord) throws(TenureError) {
         do {
             try connection.query(
-                "INSERT INTO tenant_servers (name, admin_url, public_host, public_port, created_at) VALUES ($1, $2, $3, $4, to_timestamp($5::float8))",
-                [server.name.rawValue, server.adminURL, server.publicHost, String(server.publicPort), epoch(server.createdAt)])
+                "INSERT INTO tenant_servers (name, admin_url, public_host, public_port, created_at, capacity, state) VALUES ($1, $2, $3, $4, to_timestamp($5::float8), $6, $7)",
+                [
+                    server.name.rawValue, server.adminURL, server.publicHost, String(server.publicPort), epoch(server.createdAt), String(server.capacity),
+                    server.state.rawValue,
+                ])
         } catch where error.sqlState == "23505" {
             throw TenureError(.serverExists, "a tenant server named '\(server.name)' is already registered", context: ["server": server.name.rawValue])
         }
@@ -108,15 +111,33 @@ public final class Catalog {
             [publicHost, String(publicPort), epoch(now)])
     }
 
+    static let serverColumns = "name, admin_url, public_host, public_port, extract(epoch FROM created_at)::text AS created_at, capacity, state"
+
+    /// Changes a server's capacity and/or state; false if there is no such server.
+    public func updateServer(_ name: String, capacity: Int?, state: ServerState?) throws(TenureError) -> Bool {
+        try connection.query(
+            "UPDATE tenant_servers SET capacity = coalesce($2::integer, capacity), state = coalesce($3, state) WHERE name = $1 RETURNING name",
+            [name, capacity.map { String($0) }, state?.rawValue]).rows.count == 1
+    }
+
+    /// Live (not destroyed) databases per server.
+    public func placedCounts() throws(TenureError) -> [String: Int] {
+        var counts: [String: Int] = [:]
+        for row in try connection.query("SELECT server_name, count(*)::text FROM databases WHERE state <> 'destroyed' GROUP BY server_name").rows {
+            counts[row[0] ?? ""] = Int(row[1] ?? "0") ?? 0
+        }
+        return counts
+    }
+
     public func servers() throws(TenureError) -> [ServerRecord] {
         let result = try connection.query(
-            "SELECT name, admin_url, public_host, public_port, extract(epoch FROM created_at)::text AS created_at FROM tenant_servers ORDER BY name")
+            "SELECT \(Self.serverColumns) FROM tenant_servers ORDER BY name")
         return result.rows.indices.map { serverRecord(result, $0) }
     }
 
     public func server(named name: String) throws(TenureError) -> ServerRecord {
         let result = try connection.query(
-            "SELECT name, admin_url, public_host, public_port, extract(epoch FROM created_at)::text AS created_at FROM tenant_servers WHERE name = $1",
+            "SELECT \(Self.serverColumns) FROM tenant_servers WHERE name = $1",
             [name])
         guard !result.rows.isEmpty else {
             throw TenureError(.serverNotFound, "no tenant server named '\(printable(name))'; see `tenure server list`", context: ["server": name])
@@ -128,7 +149,8 @@ public final class Catalog {
         ServerRecord(
             name: (try? ServerName(validating: result[row, "name"]!)) ?? .defaultServer, adminURL: result[row, "admin_url"],
             publicHost: result[row, "public_host"]!, publicPort: Int(result[row, "public_port"]!)!,
-            createdAt: date(result[row, "created_at"])!)
+            createdAt: date(result[row, "created_at"])!, capacity: Int(result[row, "capacity"] ?? "") ?? ServerRecord.defaultCapacity,
+            state: ServerState(rawValue: result[row, "state"] ?? "") ?? .active)
     }
 
     // MARK: - Databases

@@ -44,6 +44,9 @@ public struct TenureConfiguration: Sendable {
     public var serverDeadlines = ServerDeadlines()
     /// Scheduled backups, retention and restore drills.
     public var backupPolicy = BackupPolicySettings()
+    /// The owner role's connection limit per plan (`TENURE_PLAN_CONNECTION_LIMITS`), set at
+    /// create and subscribe.
+    public var planConnectionLimits: [Plan: Int] = [.trial: 5, .paid: 50]
     /// The key-encryption key of every data key (`Keys.swift`); created 0600 at first start.
     public var masterKeyFile: String
     /// The Ed25519 key deletion certificates are signed with; created 0600 at first start.
@@ -103,6 +106,7 @@ public struct TenureConfiguration: Sendable {
         ("TENURE_SERVER_CONNECT_TIMEOUT", "10s", "longest wait to connect to a tenant server"),
         ("TENURE_SERVER_STATEMENT_TIMEOUT", "60s", "longest a control statement on a tenant server may run (the client gives up 15 s later)"),
         ("TENURE_SERVER_LOCK_TIMEOUT", "10s", "longest a control statement on a tenant server waits for a lock"),
+        ("TENURE_PLAN_CONNECTION_LIMITS", "trial=5,paid=50", "the owner role's connection limit per plan, set at create and subscribe (-1: none)"),
         ("TENURE_MASTER_KEY_FILE", "$TENURE_HOME/master.key", "the master key that wraps every database's and upload's data key (created at first start; Tenure refuses to start without the one the catalog's keys need)"),
         ("TENURE_SIGNING_KEY_FILE", "$TENURE_HOME/signing.key", "the Ed25519 key deletion certificates are signed with (created at first start)"),
         ("TENURE_SERVER_STALL_PROBE", "30s", "a backup, restore or upgrade that made no progress this long checks that its server still answers (stopped if not)"),
@@ -201,6 +205,17 @@ public struct TenureConfiguration: Sendable {
             serverDeadlines[keyPath: path] = value
         }
         backupPolicy = try BackupPolicySettings(values: values)
+        if let text = values["TENURE_PLAN_CONNECTION_LIMITS"] {
+            for pair in text.split(separator: ",") {
+                let parts = pair.split(separator: "=", maxSplits: 1).map { $0.trimmingCharacters(in: .whitespaces) }
+                guard parts.count == 2, let plan = Plan(rawValue: parts[0]), let limit = Int(parts[1]), (-1...100_000).contains(limit) else {
+                    throw TenureError(
+                        .invalidConfiguration,
+                        "TENURE_PLAN_CONNECTION_LIMITS='\(printable(text))' must be PLAN=N pairs separated by commas (plans trial and paid; N from -1, no limit, to 100000), such as trial=5,paid=50")
+                }
+                planConnectionLimits[plan] = limit
+            }
+        }
         masterKeyFile = values["TENURE_MASTER_KEY_FILE"].flatMap { $0.isEmpty ? nil : $0 } ?? (home + "/master.key")
         signingKeyFile = values["TENURE_SIGNING_KEY_FILE"].flatMap { $0.isEmpty ? nil : $0 } ?? (home + "/signing.key")
         let levels = ["trace", "debug", "info", "notice", "warning", "error", "critical"]

@@ -86,8 +86,11 @@ public final class Controller {
 
     /// Registers a tenant server after checking that Tenure can connect to it and may create
     /// roles and databases there. Nothing is stored if either check fails.
-    public func addServer(name: String, url: String, publicHost: String?, publicPort: Int?) throws(TenureError) -> ServerRecord {
+    public func addServer(name: String, url: String, publicHost: String?, publicPort: Int?, capacity: Int? = nil) throws(TenureError) -> ServerRecord {
         let serverName = try ServerName(validating: name)
+        if let capacity, !(0...1_000_000).contains(capacity) {
+            throw TenureError(.invalidRequest, "capacity must be a whole number from 0 to 1000000")
+        }
         var parameters = try ConnectionParameters(parsing: url, setting: "--url")
         parameters["dbname"] = parameters["dbname"] ?? "postgres"
         let connection: PostgresConnection
@@ -106,7 +109,7 @@ public final class Controller {
         let host = parameters["host"].flatMap { $0.hasPrefix("/") ? nil : $0 } ?? "127.0.0.1"
         let record = ServerRecord(
             name: serverName, adminURL: url, publicHost: publicHost ?? host, publicPort: publicPort ?? Int(parameters["port"] ?? "5432") ?? 5432,
-            createdAt: clock.now())
+            createdAt: clock.now(), capacity: capacity ?? ServerRecord.defaultCapacity)
         try catalog.transaction { () throws(TenureError) in
             try catalog.addServer(record)
             try catalog.audit(at: record.createdAt, databaseID: nil, actor: actor, action: "server_add", from: nil, to: nil, reason: nil, detail: ["server": serverName.rawValue])
@@ -142,7 +145,7 @@ public final class Controller {
     /// as an intent first; any failure rolls every step back and leaves nothing behind.
     public func createDatabase(name: String, plan: Plan, serverName: String?) throws(TenureError) -> CreatedDatabase {
         let databaseName = try DatabaseName(validating: name)
-        let server = try catalog.server(named: serverName ?? ServerName.defaultServer.rawValue)
+        let server = try placement(requested: serverName)
         let admin = try connectAdmin(server)
         defer { admin.close() }
         try hardenServer(admin)
@@ -178,7 +181,7 @@ public final class Controller {
         do throws(TenureError) {
             let verifier = try admin.scramVerifier(password: password, role: record.postgresRole)
             try admin.execute(
-                "CREATE ROLE \(quoteIdentifier(record.postgresRole)) LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS PASSWORD \(quoteLiteral(verifier))"
+                "CREATE ROLE \(quoteIdentifier(record.postgresRole)) LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS CONNECTION LIMIT \(configuration.planConnectionLimits[plan] ?? -1) PASSWORD \(quoteLiteral(verifier))"
             )
             Failpoint.createAfterRole.hit()
             try admin.execute(
@@ -291,7 +294,7 @@ public final class Controller {
                         reason: reason)
                 }
             }
-            if case .recordOnly = action {
+            if case .recordOnly = action, event != .subscribe {
                 try record()
             } else {
                 // The server action runs with no catalog transaction open (no row lock held
@@ -310,6 +313,13 @@ public final class Controller {
                         try disableAccess(current, server: server)
                     case .recordOnly, .provision, .destroy:
                         break
+                    }
+                    if event == .subscribe {
+                        // The paid plan's connection limit comes with the subscription.
+                        let admin = try connectAdmin(server)
+                        defer { admin.close() }
+                        try admin.execute(
+                            "ALTER ROLE \(quoteIdentifier(current.postgresRole)) CONNECTION LIMIT \(configuration.planConnectionLimits[next.lifecycle.plan] ?? -1)")
                     }
                     try record()
                 } catch {

@@ -137,3 +137,20 @@ public func auditDocument(_ event: AuditEvent) -> [String: Any] {
         "detail": (try? JSONSerialization.jsonObject(with: Data(event.detail.utf8))) ?? [:],
     ]
 }
+
+/// A server with its placement, as `tenure server list --json` and `GET /v1/servers` show it.
+public func serverSummaryDocument(_ summary: ServerSummary) -> [String: Any] {
+    var document = serverDocument(summary.server)
+    document["placed"] = summary.placed
+    document["bytes"] = summary.bytes.map { $0 as Any } ?? NSNull()
+    return document
+}
+
+/// A server as the CLI and the HTTP API show it (the admin URL's password redacted).
+public func serverDocument(_ server: ServerRecord) -> [String: Any] {
+    [
+        "name": server.name.rawValue, "admin_url": server.redactedURL, "public_host": server.publicHost, "public_port": server.publicPort,
+        "capacity": server.capacity, "state": server.state.rawValue,
+        "created_at": RFC3339.format(server.createdAt),
+    ]
+}

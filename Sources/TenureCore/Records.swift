@@ -10,20 +10,37 @@ public struct ServerRecord: Sendable, Equatable {
     public var publicHost: String
     public var publicPort: Int
     public var createdAt: Date
+    /// How many live databases it takes (placement compares databases placed ÷ capacity).
+    public var capacity: Int
+    public var state: ServerState
 
-    public init(name: ServerName, adminURL: String?, publicHost: String, publicPort: Int, createdAt: Date) {
+    public init(
+        name: ServerName, adminURL: String?, publicHost: String, publicPort: Int, createdAt: Date, capacity: Int = ServerRecord.defaultCapacity,
+        state: ServerState = .active
+    ) {
         self.name = name
         self.adminURL = adminURL
         self.publicHost = publicHost
         self.publicPort = publicPort
         self.createdAt = createdAt
+        self.capacity = capacity
+        self.state = state
     }
+
+    public static let defaultCapacity = 500
 
     /// The admin URL with any password replaced by `***`, for display.
     public var redactedURL: String {
         guard let adminURL else { return "(catalog server)" }
         return redactPassword(in: adminURL)
     }
+}
+
+/// Whether a server takes new databases.
+public enum ServerState: String, Sendable, CaseIterable {
+    case active
+    /// No new databases are placed here (its databases stay until moved).
+    case draining
 }
 
 /// Replaces the password in a `postgresql://user:password@host` URL or `password=` pair.

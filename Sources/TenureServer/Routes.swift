@@ -53,14 +53,26 @@ struct Routes: Sendable {
         v1.get("databases/:id/backups/:backup/download") { request, context in try await download(request, context) }
         v1.post("databases/:id/restore") { request, context in try await startRestore(request, context) }
         v1.get("databases/:id/export") { request, context in try await export(request, context) }
+        v1.post("databases/:id/credentials/rotate") { request, context in try await rotateCredentials(request, context) }
         v1.get("databases/:id/deletion-certificate") { request, context in try await databaseCertificate(request, context) }
         v1.get("signing-key") { request, context in try await signingKey(request, context) }
+        v1.get("servers") { request, context in try await listServers(request, context) }
         v1.get("expiry") { request, context in try await expiry(request, context) }
         registerUploads(on: v1)
         registerPolicy(on: v1)
         v1.get("jobs") { request, context in try await listJobs(request, context) }
         v1.get("jobs/:id") { request, context in try await showJob(request, context) }
         v1.post("jobs/:id/cancel") { request, context in try await cancelJob(request, context) }
+    }
+
+    // MARK: - Servers
+
+    /// Tenant servers with capacity, placed count, bytes and state (admin URLs redacted).
+    func listServers(_ request: Request, _ context: APIContext) async throws(TenureError) -> Response {
+        try context.require(.read)
+        _ = try Query(request, allowed: [])
+        let servers = try await pool.withServerWork(actor: context.actor) { (controller) throws(TenureError) in try controller.serverSummaries() }
+        return jsonResponse(["servers": servers.map(serverSummaryDocument)])
     }
 
     // MARK: - Deletion certificates
@@ -224,6 +236,21 @@ struct Routes: Sendable {
         var document = databaseDocument(outcome.record)
         if let url = outcome.connectionURL { document["connection_url"] = url }
         return jsonResponse(document, headers: [.eTag: etag(outcome.record)])
+    }
+
+    /// A new password, shown once in this answer; `{"end_sessions": true}` also ends the role's sessions.
+    func rotateCredentials(_ request: Request, _ context: APIContext) async throws(TenureError) -> Response {
+        try context.require(.write)
+        _ = try Query(request, allowed: [])
+        let id = try context.id("id", as: DatabaseID.self)
+        let body = try await JSONBody.read(request, context: context, allowed: ["end_sessions"], maximumByteCount: maximumBody)
+        let endSessions = try body.bool("end_sessions") ?? false
+        let outcome = try await pool.withServerWork(actor: context.actor) { (controller) throws(TenureError) in
+            try controller.rotateCredentials(id, endSessions: endSessions)
+        }
+        var document = databaseDocument(outcome.record)
+        if let url = outcome.connectionURL { document["connection_url"] = url }
+        return jsonResponse(document, headers: [.eTag: etag(outcome.record), .cacheControl: "no-store"])
     }
 
     func requestDeletion(_ request: Request, _ context: APIContext) async throws(TenureError) -> Response {

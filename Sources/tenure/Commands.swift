@@ -62,7 +62,7 @@ struct Migrate: AsyncParsableCommand {
 struct ServerCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "server", abstract: "Register and list the PostgreSQL servers that host tenant databases.",
-        subcommands: [Add.self, List.self])
+        subcommands: [Add.self, List.self, Update.self, Drain.self])
 
     struct Add: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Register a tenant server (checked by connecting to it).")
@@ -71,11 +71,14 @@ struct ServerCommand: ParsableCommand {
         @Option(help: "Admin connection URL (a role that may create roles and databases).") var url: String
         @Option(help: "Host tenants connect to (default: the URL's host).") var publicHost: String?
         @Option(help: "Port tenants connect to (default: the URL's port).") var publicPort: Int?
+        @Option(help: "How many live databases it takes (default 500); placement fills servers by share of capacity.") var capacity: Int?
 
         func run() async {
             await runCommand(json: options.json) { (output) async throws(TenureError) in
                 try await Session.with(options) { (session) async throws(TenureError) in
-                    let server = try await session.serverWork { (controller) throws(TenureError) in try controller.addServer(name: name, url: url, publicHost: publicHost, publicPort: publicPort) }
+                    let server = try await session.serverWork { (controller) throws(TenureError) in
+                        try controller.addServer(name: name, url: url, publicHost: publicHost, publicPort: publicPort, capacity: capacity)
+                    }
                     output.emit(json: serverDocument(server)) { "registered server \(server.name) (\(server.redactedURL))" }
                 }
             }
@@ -89,9 +92,16 @@ struct ServerCommand: ParsableCommand {
         func run() async {
             await runCommand(json: options.json) { (output) async throws(TenureError) in
                 try await Session.with(options) { (session) async throws(TenureError) in
-                    let servers = try await session.call { (controller) throws(TenureError) in try controller.servers() }
-                    output.emit(json: ["servers": servers.map(serverDocument)]) {
-                        table(["NAME", "PUBLIC", "ADMIN URL"], servers.map { [$0.name.rawValue, "\($0.publicHost):\($0.publicPort)", $0.redactedURL] })
+                    let servers = try await session.serverWork { (controller) throws(TenureError) in try controller.serverSummaries() }
+                    output.emit(json: ["servers": servers.map(serverSummaryDocument)]) {
+                        table(
+                            ["NAME", "STATE", "PLACED", "CAPACITY", "BYTES", "PUBLIC", "ADMIN URL"],
+                            servers.map {
+                                [
+                                    $0.server.name.rawValue, $0.server.state.rawValue, String($0.placed), String($0.server.capacity),
+                                    $0.bytes.map { formatBytes($0) } ?? "?", "\($0.server.publicHost):\($0.server.publicPort)", $0.server.redactedURL,
+                                ]
+                            })
                     }
                 }
             }
@@ -99,12 +109,51 @@ struct ServerCommand: ParsableCommand {
     }
 }
 
-func serverDocument(_ server: ServerRecord) -> [String: Any] {
-    [
-        "name": server.name.rawValue, "admin_url": server.redactedURL, "public_host": server.publicHost, "public_port": server.publicPort,
-        "created_at": RFC3339.format(server.createdAt),
-    ]
+extension ServerCommand {
+    struct Update: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Change a tenant server's capacity or state (draining: no new databases placed there).")
+        @OptionGroup var options: GlobalOptions
+        @Argument(help: "Server name.") var name: String
+        @Option(help: "How many live databases it takes.") var capacity: Int?
+        @Option(help: "active or draining.") var state: String?
+
+        func run() async {
+            await runCommand(json: options.json) { (output) async throws(TenureError) in
+                var parsed: ServerState?
+                if let state {
+                    guard let value = ServerState(rawValue: state) else { throw TenureError(.invalidRequest, "--state must be active or draining, not '\(printable(state))'") }
+                    parsed = value
+                }
+                guard capacity != nil || parsed != nil else { throw TenureError(.invalidRequest, "give --capacity and/or --state") }
+                let newState = parsed
+                try await Session.with(options) { (session) async throws(TenureError) in
+                    let server = try await session.call { (controller) throws(TenureError) in
+                        try controller.updateServer(name: name, capacity: capacity, state: newState)
+                    }
+                    output.emit(json: serverDocument(server)) { "server \(server.name): \(server.state.rawValue), capacity \(server.capacity)" }
+                }
+            }
+        }
+    }
+
+    struct Drain: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Stop placing new databases on a server (its state becomes draining; `server update NAME --state active` undoes it).",
+            discussion: "Moving its databases off (--move) is not built yet: they stay where they are.")
+        @OptionGroup var options: GlobalOptions
+        @Argument(help: "Server name.") var name: String
+
+        func run() async {
+            await runCommand(json: options.json) { (output) async throws(TenureError) in
+                try await Session.with(options) { (session) async throws(TenureError) in
+                    let server = try await session.call { (controller) throws(TenureError) in try controller.updateServer(name: name, capacity: nil, state: .draining) }
+                    output.emit(json: serverDocument(server)) { "server \(server.name) is draining: no new databases are placed there" }
+                }
+            }
+        }
+    }
 }
+
 
 // MARK: - db
 
@@ -113,7 +162,7 @@ struct DatabaseCommand: ParsableCommand {
         commandName: "db", abstract: "Create hosted databases and move them through their lifecycle.",
         subcommands: [
             Create.self, List.self, Show.self, Subscribe.self, Cancel.self, Reactivate.self, Destroy.self, Hold.self, Release.self,
-            Backup.self, Backups.self, Export.self, RestoreBackup.self, Extension.self, Certificate.self,
+            Backup.self, Backups.self, Export.self, RestoreBackup.self, Extension.self, Certificate.self, RotatePassword.self,
         ])
 
     struct Extension: ParsableCommand {
@@ -229,6 +278,29 @@ struct DatabaseCommand: ParsableCommand {
         @Argument(help: "Database id (db_…).") var id: String
         @Flag(help: "Also set and print a new password (shown once).") var newPassword = false
         func run() async { await transition(options, id, .reactivate, newPassword: newPassword) }
+    }
+
+    struct RotatePassword: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "rotate-password",
+            abstract: "Give the database's owner role a new password (printed once); the old one stops working at once.")
+        @OptionGroup var options: GlobalOptions
+        @Argument(help: "Database id (db_…).") var id: String
+        @Flag(help: "Also end the role's open sessions.") var endSessions = false
+
+        func run() async {
+            await runCommand(json: options.json) { (output) async throws(TenureError) in
+                let id = try DatabaseID(parsing: id)
+                try await Session.with(options) { (session) async throws(TenureError) in
+                    let outcome = try await session.serverWork { (controller) throws(TenureError) in try controller.rotateCredentials(id, endSessions: endSessions) }
+                    var document = databaseDocument(outcome.record)
+                    document["connection_url"] = outcome.connectionURL
+                    output.emit(json: document) {
+                        "new password for \(id) (\(outcome.record.name)), shown once:\n\n\(outcome.connectionURL ?? "")\n"
+                    }
+                }
+            }
+        }
     }
 
     struct Destroy: AsyncParsableCommand {

@@ -66,8 +66,14 @@ import TenureTestSupport
 
         let audit = try world.tenure("audit", id, "--json")
         let actions = (audit.json["events"] as? [[String: Any]] ?? []).map { $0["action"] as? String ?? "" }
-        // The backup store goes last, in the purge job the completed drop queued.
-        #expect(actions == ["create", "ready", "subscribe", "cancel", "reactivate", "cancel", "grace_end", "destroy_completed", "backups_deleted"])
+        // The backup store goes last, in the purge job the completed drop queued; then the
+        // deletion certificate is issued.
+        #expect(
+            actions == [
+                "create", "ready", "subscribe", "cancel", "reactivate", "cancel", "grace_end", "destroy_completed", "backups_deleted",
+                "deletion_certificate_issued",
+            ])
+        #expect(try world.tenure("db", "certificate", id).status == 0)
         #expect(try world.tenure("db", "reactivate", id).status == 4)
     }
 

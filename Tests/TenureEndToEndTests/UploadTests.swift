@@ -495,6 +495,10 @@ import TenureTestSupport
         #expect(try world.tenure("upload", "show", first, "--json").json["state"] as? String == "destroyed")
         #expect(try leftovers(world, first).isEmpty)
         let actions = try world.catalogRows("SELECT action FROM audit_events WHERE database_id = $1 ORDER BY id", [first]).map { $0[0] ?? "" }
-        #expect(actions == ["upload", "uploaded", "hold", "release", "upload_destroyed", "upload_cleanup_completed"], "\(actions)")
+        #expect(
+            actions == ["upload", "uploaded", "hold", "release", "upload_destroyed", "upload_cleanup_completed", "deletion_certificate_issued"], "\(actions)")
+        // The hold's end destroyed the key with the tombstone, and the certificate says so.
+        #expect(try world.catalogRows("SELECT count(*) FROM data_keys WHERE owner = $1", [first]) == [["0"]])
+        #expect(try world.tenure("upload", "certificate", first).status == 0)
     }
 }

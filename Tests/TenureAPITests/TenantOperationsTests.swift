@@ -1,0 +1,104 @@
+import Foundation
+import Testing
+import TenurePQ
+import TenureTestSupport
+
+/// Tenant operations (issue 17, the parts built so far): credential rotation, placement by
+/// capacity across two servers, draining, the plans' connection limits.
+@Suite(.serialized) struct TenantOperationsTests {
+    func connect(_ url: String) -> PostgresConnection? {
+        guard let parameters = try? ConnectionParameters(parsing: url) else { return nil }
+        return try? PostgresConnection(parameters)
+    }
+
+    @Test func rotatingCredentialsRefusesTheOldPasswordAndEndsSessionsWhenAsked() throws {
+        let api = try APIFixture(["TENURE_BACKUP_INTERVAL": "off", "TENURE_DRILL_INTERVAL": "off"])
+        let created = try api.create("rotated", plan: "paid")
+        let id = created["id"] as! String
+        let oldURL = created["connection_url"] as! String
+        let session = try #require(connect(oldURL))
+        defer { session.close() }
+
+        // Without end_sessions: a new password, the old one refused, the open session untouched.
+        let rotated = try api.call("POST", "/v1/databases/\(id)/credentials/rotate", json: [:] as [String: Any])
+        #expect(rotated.status == 200 && rotated.header("cache-control") == "no-store", "\(rotated)")
+        let newURL = try #require(rotated.json["connection_url"] as? String)
+        #expect(newURL != oldURL)
+        #expect(!canConnect(oldURL) && canConnect(newURL))
+        #expect((try? session.query("SELECT 1")) != nil)
+
+        // With end_sessions (the CLI): the role's sessions end too.
+        let cli = try api.tenure(["db", "rotate-password", id, "--end-sessions", "--json"])
+        #expect(cli.status == 0, "\(cli)")
+        let third = try #require(cli.json["connection_url"] as? String)
+        #expect(!canConnect(newURL) && canConnect(third))
+        #expect((try? session.query("SELECT 1")) == nil, "the open session was ended")
+        let actions = (try api.call("GET", "/v1/databases/\(id)/audit").json["events"] as? [[String: Any]] ?? []).compactMap { $0["action"] as? String }
+        #expect(actions.filter { $0 == "credentials_rotated" }.count == 2, "\(actions)")
+        // No password in the audit trail or the catalog.
+        let trail = String(decoding: try api.call("GET", "/v1/databases/\(id)/audit").body, as: UTF8.self)
+        #expect(!trail.contains(String(third.split(separator: ":")[2].split(separator: "@")[0])))
+        // Bad input: unknown field, destroyed database.
+        #expect(try api.call("POST", "/v1/databases/\(id)/credentials/rotate", json: ["end": true]).status == 400)
+        #expect(try api.call("DELETE", "/v1/databases/\(id)?confirm=rotated").status == 200)
+        #expect(try api.call("POST", "/v1/databases/\(id)/credentials/rotate", json: [:] as [String: Any]).status == 409)
+        #expect(api.stop().status == 0)
+    }
+
+    func canConnect(_ url: String) -> Bool {
+        guard let connection = connect(url) else { return false }
+        connection.close()
+        return true
+    }
+
+    @Test func placementSpreadsByCapacityDrainsAndRefusesAFullFleet() throws {
+        let api = try APIFixture(["TENURE_BACKUP_INTERVAL": "off", "TENURE_DRILL_INTERVAL": "off"])
+        let second = try ExtraServer("placement")
+        try second.add(to: api, as: "second")
+        #expect(try api.tenure(["server", "update", "default", "--capacity", "2"]).status == 0)
+        let updated = try api.tenure(["server", "update", "second", "--capacity", "4", "--json"])
+        #expect(updated.status == 0 && updated.json["capacity"] as? Int == 4, "\(updated)")
+        // Six creates fill both: default takes 2, second 4 (always the lower share in use).
+        var placed: [String: Int] = [:]
+        for index in 1...6 {
+            let created = try api.create("placed-\(index)")
+            placed[created["server"] as? String ?? "?", default: 0] += 1
+        }
+        #expect(placed == ["default": 2, "second": 4], "\(placed)")
+        let servers = try api.call("GET", "/v1/servers").json["servers"] as? [[String: Any]] ?? []
+        #expect(servers.map { $0["placed"] as? Int } == [2, 4] && servers.allSatisfy { ($0["bytes"] as? Int ?? 0) > 0 }, "\(servers)")
+        #expect(!(servers.map { $0["admin_url"] as? String ?? "" }.joined().contains("password")))
+        // Full: 409 over HTTP, exit 4 from the CLI, nothing made.
+        let full = try api.call("POST", "/v1/databases", json: ["name": "one-too-many", "plan": "trial"])
+        #expect(full.status == 409, "\(full)")
+        #expect(try api.tenure(["db", "create", "one-too-many"]).status == 4)
+        #expect((try api.call("GET", "/v1/databases").json["databases"] as? [Any])?.count == 6)
+        // Draining: no new placements there, even when named, even with room.
+        #expect(try api.tenure(["server", "update", "second", "--capacity", "10"]).status == 0)
+        #expect(try api.tenure(["server", "drain", "default"]).status == 0)
+        #expect(try api.create("after-drain")["server"] as? String == "second")
+        let named = try api.call("POST", "/v1/databases", json: ["name": "named-draining", "plan": "trial", "server": "default"])
+        #expect(named.status == 409, "\(named)")
+        let list = try api.tenure(["server", "list", "--json"])
+        let states = (list.json["servers"] as? [[String: Any]] ?? []).map { "\($0["name"] as? String ?? ""):\($0["state"] as? String ?? "")" }
+        #expect(states == ["default:draining", "second:active"], "\(list)")
+        #expect(try api.tenure(["server", "update", "second", "--state", "sideways"]).status == 2)
+        #expect(try api.tenure(["server", "update", "nowhere", "--capacity", "3"]).status == 3)
+        #expect(api.stop().status == 0)
+    }
+
+    @Test func plansSetTheOwnersConnectionLimit() throws {
+        let api = try APIFixture(["TENURE_BACKUP_INTERVAL": "off", "TENURE_DRILL_INTERVAL": "off", "TENURE_PLAN_CONNECTION_LIMITS": "trial=2,paid=7"])
+        let created = try api.create("limited")
+        let id = created["id"] as! String
+        func limit() throws -> [[String?]] { try api.server.rows("SELECT rolconnlimit::text FROM pg_roles WHERE rolname = $1", [id + "_owner"]) }
+        #expect(try limit() == [["2"]])
+        let sessions = (0..<2).compactMap { _ in connect(created["connection_url"] as! String) }
+        #expect(sessions.count == 2)
+        #expect(!canConnect(created["connection_url"] as! String), "a third session is over the trial's limit")
+        sessions.forEach { $0.close() }
+        #expect(try api.call("POST", "/v1/databases/\(id)/subscribe").status == 200)
+        #expect(try limit() == [["7"]])
+        #expect(api.stop().status == 0)
+    }
+}
