@@ -329,4 +329,10 @@ CREATE TABLE deletion_certificates (
 ALTER TABLE tenant_servers ADD COLUMN capacity integer NOT NULL DEFAULT 500 CHECK (capacity >= 0);
 ALTER TABLE tenant_servers ADD COLUMN state text NOT NULL DEFAULT 'active' CHECK (state IN ('active', 'draining'));
 """#),
+    (14, "0014_duplicate_jobs.sql", #"""
+-- A duplicate (issue 17) is a durable job of its own: a new database made from a live one's
+-- snapshot, streamed from backup into restore. Its subject is the new database.
+ALTER TABLE jobs DROP CONSTRAINT jobs_kind_check;
+ALTER TABLE jobs ADD CONSTRAINT jobs_kind_check CHECK (kind IN ('backup', 'restore', 'upgrade', 'export', 'purge', 'drill', 'duplicate'));
+"""#),
 ]

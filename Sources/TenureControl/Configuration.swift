@@ -47,6 +47,8 @@ public struct TenureConfiguration: Sendable {
     /// The owner role's connection limit per plan (`TENURE_PLAN_CONNECTION_LIMITS`), set at
     /// create and subscribe.
     public var planConnectionLimits: [Plan: Int] = [.trial: 5, .paid: 50]
+    /// The scripts a duplicate with `neutralize` runs on the copy (`*.sql`, name order).
+    public var neutralizeScriptsDirectory = "sql/neutralize"
     /// The key-encryption key of every data key (`Keys.swift`); created 0600 at first start.
     public var masterKeyFile: String
     /// The Ed25519 key deletion certificates are signed with; created 0600 at first start.
@@ -106,6 +108,7 @@ public struct TenureConfiguration: Sendable {
         ("TENURE_SERVER_CONNECT_TIMEOUT", "10s", "longest wait to connect to a tenant server"),
         ("TENURE_SERVER_STATEMENT_TIMEOUT", "60s", "longest a control statement on a tenant server may run (the client gives up 15 s later)"),
         ("TENURE_SERVER_LOCK_TIMEOUT", "10s", "longest a control statement on a tenant server waits for a lock"),
+        ("TENURE_NEUTRALIZE_SCRIPTS", "sql/neutralize", "scripts a duplicate with neutralize runs on the copy before it is reachable (*.sql, name order, each in its own transaction, as the copy's owner)"),
         ("TENURE_PLAN_CONNECTION_LIMITS", "trial=5,paid=50", "the owner role's connection limit per plan, set at create and subscribe (-1: none)"),
         ("TENURE_MASTER_KEY_FILE", "$TENURE_HOME/master.key", "the master key that wraps every database's and upload's data key (created at first start; Tenure refuses to start without the one the catalog's keys need)"),
         ("TENURE_SIGNING_KEY_FILE", "$TENURE_HOME/signing.key", "the Ed25519 key deletion certificates are signed with (created at first start)"),
@@ -216,6 +219,7 @@ public struct TenureConfiguration: Sendable {
                 planConnectionLimits[plan] = limit
             }
         }
+        neutralizeScriptsDirectory = values["TENURE_NEUTRALIZE_SCRIPTS"].flatMap { $0.isEmpty ? nil : $0 } ?? "sql/neutralize"
         masterKeyFile = values["TENURE_MASTER_KEY_FILE"].flatMap { $0.isEmpty ? nil : $0 } ?? (home + "/master.key")
         signingKeyFile = values["TENURE_SIGNING_KEY_FILE"].flatMap { $0.isEmpty ? nil : $0 } ?? (home + "/signing.key")
         let levels = ["trace", "debug", "info", "notice", "warning", "error", "critical"]

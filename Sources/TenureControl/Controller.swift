@@ -478,6 +478,8 @@ public final class Controller {
             do throws(TenureError) {
                 switch intent.kind {
                 case .createDatabase:
+                    // A duplicate's create belongs to its job while the job is unfinished.
+                    if intent.detail["duplicate_of"] != nil, try !catalog.unfinishedJobs(subject: intent.databaseID.rawValue).isEmpty { continue }
                     try rollBackCreate(intent, reason: "interrupted create rolled back at start")
                     actions.append(RecoveryAction(intentID: intent.id, databaseID: intent.databaseID, outcome: "create rolled back"))
                 case .dropDatabase:

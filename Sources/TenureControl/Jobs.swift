@@ -157,6 +157,9 @@ extension Controller {
             document = ["upload": uploadDocument(upgraded, hold: configuration.upgradeHold)]
         case .export:
             throw TenureError(.internal, "export job \(job.id) is run by the replica streaming it, not by a worker")
+        case .duplicate:
+            let record = try runDuplicate(job, progress: progress)
+            document = ["database": databaseDocument(record), "source_id": job.arguments["source"] ?? ""]
         case .purge:
             let id = try DatabaseID(parsing: job.subject)
             let count = try catalog.backups(databaseID: id).filter { $0.state != .deleted }.count

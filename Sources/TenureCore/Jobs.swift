@@ -10,6 +10,8 @@ public enum JobKind: String, Sendable, CaseIterable, Codable {
     case purge
     /// A restore drill: a backup restored into a scratch database, checked, dropped.
     case drill
+    /// A new database made from a live one's snapshot (subject: the new database).
+    case duplicate
 
     /// Every failure of this kind is worth another attempt (a file system that refused once).
     public var retriesEveryFailure: Bool { self == .purge }

@@ -100,3 +100,55 @@ extension TransferProgress {
         return connection
     }
 }
+
+/// A bounded pipe from a writer thread (the `ByteSink` side: a backup) to a reader thread (the
+/// `ByteSource` side: a restore), so one streams into the other with nothing staged on disk and
+/// at most `capacity` chunks in memory. A failed side wakes and fails the other.
+public final class BytePipe: ByteSink, ByteSource, @unchecked Sendable {
+    private let queue: BoundedQueue<[UInt8]>
+    private let failure = FirstFailure()
+    private var current: [UInt8] = []
+    private var offset = 0
+    private var count: Int64 = 0
+    public let what: String
+
+    public init(what: String, capacity: Int = 16) {
+        queue = BoundedQueue(capacity: capacity)
+        self.what = what
+    }
+
+    public var byteCount: Int64 { count }
+
+    public func write(_ bytes: UnsafeRawBufferPointer) throws(TenureError) {
+        guard bytes.count > 0 else { return }
+        guard queue.push(Array(bytes)) else {
+            throw failure.error ?? TenureError(.cancelled, "\(what): the reading side stopped")
+        }
+    }
+
+    public func finish() throws(TenureError) { queue.close() }
+
+    public func abort() { fail(TenureError(.internal, "\(what): the writing side failed")) }
+
+    /// Either side gave up: the other's next call fails with `error`.
+    public func fail(_ error: TenureError) {
+        failure.record(error)
+        queue.fail()
+    }
+
+    public func read(into buffer: UnsafeMutableRawBufferPointer) throws(TenureError) -> Int {
+        while offset == current.count {
+            guard let next = queue.pop() else {
+                if let error = failure.error { throw error }
+                return 0
+            }
+            current = next
+            offset = 0
+        }
+        let take = min(buffer.count, current.count - offset)
+        current.withUnsafeBytes { buffer.baseAddress!.copyMemory(from: $0.baseAddress! + offset, byteCount: take) }
+        offset += take
+        count += Int64(take)
+        return take
+    }
+}

@@ -53,6 +53,7 @@ struct Routes: Sendable {
         v1.get("databases/:id/backups/:backup/download") { request, context in try await download(request, context) }
         v1.post("databases/:id/restore") { request, context in try await startRestore(request, context) }
         v1.get("databases/:id/export") { request, context in try await export(request, context) }
+        v1.post("databases/:id/duplicate") { request, context in try await duplicate(request, context) }
         v1.post("databases/:id/credentials/rotate") { request, context in try await rotateCredentials(request, context) }
         v1.get("databases/:id/deletion-certificate") { request, context in try await databaseCertificate(request, context) }
         v1.get("signing-key") { request, context in try await signingKey(request, context) }
@@ -236,6 +237,27 @@ struct Routes: Sendable {
         var document = databaseDocument(outcome.record)
         if let url = outcome.connectionURL { document["connection_url"] = url }
         return jsonResponse(document, headers: [.eTag: etag(outcome.record)])
+    }
+
+    /// 202 with the duplicate job, the new database's id and its connection URL (shown once).
+    func duplicate(_ request: Request, _ context: APIContext) async throws(TenureError) -> Response {
+        try context.require(.write)
+        _ = try Query(request, allowed: [])
+        let id = try context.id("id", as: DatabaseID.self)
+        let body = try await JSONBody.read(request, context: context, allowed: ["name", "plan", "server", "neutralize"], maximumByteCount: maximumBody)
+        guard let name = try body.string("name") else { throw TenureError(.invalidRequest, "field 'name' is required: the new database's name") }
+        let planText = try body.string("plan") ?? "trial"
+        guard let plan = Plan(rawValue: planText) else { throw TenureError(.invalidRequest, "plan must be trial or paid, not '\(printable(planText))'") }
+        let server = try body.string("server")
+        let neutralize = try body.bool("neutralize") ?? false
+        let accepted = try await pool.withServerWork(actor: context.actor) { (controller) throws(TenureError) in
+            try controller.requestDuplicate(id, name: name, plan: plan, serverName: server, neutralize: neutralize)
+        }
+        jobs.worker.wake()
+        var document = jobs.document(accepted.job)
+        document["connection_url"] = accepted.connectionURL
+        document["new_database_id"] = accepted.record.id.rawValue
+        return jsonResponse(document, status: .accepted, headers: [.location: "/v1/jobs/\(accepted.job.id)", .cacheControl: "no-store"])
     }
 
     /// A new password, shown once in this answer; `{"end_sessions": true}` also ends the role's sessions.

@@ -162,7 +162,7 @@ struct DatabaseCommand: ParsableCommand {
         commandName: "db", abstract: "Create hosted databases and move them through their lifecycle.",
         subcommands: [
             Create.self, List.self, Show.self, Subscribe.self, Cancel.self, Reactivate.self, Destroy.self, Hold.self, Release.self,
-            Backup.self, Backups.self, Export.self, RestoreBackup.self, Extension.self, Certificate.self, RotatePassword.self,
+            Backup.self, Backups.self, Export.self, RestoreBackup.self, Extension.self, Certificate.self, RotatePassword.self, Duplicate.self,
         ])
 
     struct Extension: ParsableCommand {
@@ -278,6 +278,52 @@ struct DatabaseCommand: ParsableCommand {
         @Argument(help: "Database id (db_…).") var id: String
         @Flag(help: "Also set and print a new password (shown once).") var newPassword = false
         func run() async { await transition(options, id, .reactivate, newPassword: newPassword) }
+    }
+
+    struct Duplicate: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Copy a live database into a new one (own id, role and password) from one snapshot, streamed; the source stays online.",
+            discussion: """
+                The new connection URL (with its password) is printed once, when the request is accepted. The copy runs as a job: this \
+                command runs it and waits (progress on a terminal), or returns at once with --no-wait (follow it with `tenure job show`). \
+                With --neutralize the scripts of TENURE_NEUTRALIZE_SCRIPTS run on the copy before it becomes reachable.
+                """)
+        @OptionGroup var options: GlobalOptions
+        @Argument(help: "Source database id (db_…).") var id: String
+        @Option(help: "The new database's name (a DNS label).") var name: String
+        @Option(help: "trial or paid.") var plan: Plan = .trial
+        @Option(help: "Tenant server for the copy (default: placed by capacity).") var server: String?
+        @Flag(help: "Run the neutralize scripts on the copy.") var neutralize = false
+        @Flag(help: "Return once the request is accepted; do not wait for the copy.") var noWait = false
+
+        func run() async {
+            await runCommand(json: options.json) { (output) async throws(TenureError) in
+                let id = try DatabaseID(parsing: id)
+                try await Session.with(options) { (session) async throws(TenureError) in
+                    let accepted = try await session.serverWork { (controller) throws(TenureError) in
+                        try controller.requestDuplicate(id, name: name, plan: plan, serverName: server, neutralize: neutralize)
+                    }
+                    // Shown once, before the copy runs, so it is not lost if the wait is interrupted.
+                    if !options.json {
+                        FileHandle.standardOutput.write(Data("duplicate of \(id) accepted as \(accepted.record.id) (\(accepted.record.name)), job \(accepted.job.id); its connection URL, shown once:\n\n\(accepted.connectionURL)\n\n".utf8))
+                    }
+                    var document = jobDocument(accepted.job, now: Date())
+                    document["connection_url"] = accepted.connectionURL
+                    document["new_database_id"] = accepted.record.id.rawValue
+                    if noWait {
+                        output.emit(json: document) { "not waiting: follow it with tenure job show \(accepted.job.id)" }
+                        return
+                    }
+                    let result = try await session.runJob(accepted.job, json: options.json)
+                    let finished = try await session.call { (controller) throws(TenureError) in try controller.job(accepted.job.id) }
+                    document = jobDocument(finished, now: Date())
+                    document["connection_url"] = accepted.connectionURL
+                    document["new_database_id"] = accepted.record.id.rawValue
+                    document["result"] = result
+                    output.emit(json: document) { "\(accepted.record.id) (\(accepted.record.name)) is ready: a copy of \(id)" }
+                }
+            }
+        }
     }
 
     struct RotatePassword: AsyncParsableCommand {

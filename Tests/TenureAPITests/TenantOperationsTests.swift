@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import TenureCore
 import TenurePQ
 import TenureTestSupport
 
@@ -99,6 +100,92 @@ import TenureTestSupport
         sessions.forEach { $0.close() }
         #expect(try api.call("POST", "/v1/databases/\(id)/subscribe").status == 200)
         #expect(try limit() == [["7"]])
+        #expect(api.stop().status == 0)
+    }
+
+    @Test func aDuplicateIsOneSnapshotOfALiveSourceNeutralizedOnAnotherServer() throws {
+        let scripts = "/tmp/tenure-neutralize-\(UUID().uuidString.prefix(8))"
+        try FileManager.default.createDirectory(atPath: scripts, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: scripts) }
+        try "UPDATE customers SET email = 'customer' || id || '@example.invalid';\n".write(toFile: scripts + "/0001_mail.sql", atomically: true, encoding: .utf8)
+        try "UPDATE settings SET value = 'off' WHERE key = 'outgoing_mail';\n".write(toFile: scripts + "/0002_settings.sql", atomically: true, encoding: .utf8)
+        let api = try APIFixture(["TENURE_BACKUP_INTERVAL": "off", "TENURE_DRILL_INTERVAL": "off", "TENURE_NEUTRALIZE_SCRIPTS": scripts])
+        let second = try ExtraServer("duplicate")
+        try second.add(to: api, as: "second")
+        let created = try api.create("production", plan: "paid")
+        let id = created["id"] as! String
+        let url = created["connection_url"] as! String
+        let setup = try #require(connect(url))
+        try setup.execute(
+            """
+            CREATE TABLE customers (id integer PRIMARY KEY, email text NOT NULL);
+            INSERT INTO customers SELECT g, 'person' || g || '@customer.example' FROM generate_series(1, 2000) g;
+            CREATE TABLE products (id integer PRIMARY KEY, label text, price numeric(10,2));
+            INSERT INTO products SELECT g, md5(g::text), g / 7.0 FROM generate_series(1, 20000) g;
+            CREATE TABLE settings (key text PRIMARY KEY, value text);
+            INSERT INTO settings VALUES ('outgoing_mail', 'on');
+            CREATE TABLE events (id bigserial PRIMARY KEY, note text);
+            """)
+        setup.close()
+        let products = try fingerprint(url, "products")
+        let customers = try fingerprint(url, "customers")
+
+        // The source takes writes all along.
+        let stop = Locked(false)
+        let written = Locked(0)
+        let writer = Thread {
+            guard let session = self.connect(url) else { return }
+            defer { session.close() }
+            while !stop.withLock({ $0 }) {
+                if (try? session.execute("INSERT INTO events (note) VALUES ('written while copying')")) != nil { written.withLock { $0 += 1 } }
+            }
+        }
+        writer.start()
+        defer { stop.withLock { $0 = true } }
+        while written.withLock({ $0 }) < 50 { usleep(10_000) }
+        let accepted = try api.call(
+            "POST", "/v1/databases/\(id)/duplicate", json: ["name": "production-copy", "plan": "trial", "server": "second", "neutralize": true])
+        #expect(accepted.status == 202 && accepted.header("cache-control") == "no-store", "\(accepted)")
+        let copyURL = try #require(accepted.json["connection_url"] as? String)
+        let copyID = try #require(accepted.json["new_database_id"] as? String)
+        #expect(accepted.json["kind"] as? String == "duplicate" && accepted.json["database_id"] as? String == copyID)
+        let done = try api.waitForJob(accepted.json["id"] as! String)
+        #expect(done["state"] as? String == "succeeded", "\(done)")
+        let after = written.withLock { $0 }
+        stop.withLock { $0 = true }
+        #expect(after > 50)
+
+        // On the second server, reachable with the password of the 202, owned by its own role.
+        #expect(copyURL.contains(":\(second.port)/"))
+        let copy = try #require(connect(copyURL))
+        defer { copy.close() }
+        #expect(try fingerprint(copyURL, "products") == products)
+        // One snapshot: the copy's events are exactly the first n the source had (no gaps).
+        let events = try copy.query("SELECT count(*)::text AS n, coalesce(max(id), 0)::text AS m FROM events")
+        #expect(events[0, "n"] == events[0, "m"] && Int(events[0, "n"] ?? "0")! >= 50, "\(events.rows)")
+        // Neutralized, the copy only: the source keeps its data.
+        #expect(try copy.query("SELECT count(*)::text AS n FROM customers WHERE email NOT LIKE '%@example.invalid'")[0, "n"] == "0")
+        #expect(try copy.query("SELECT value FROM settings")[0, "value"] == "off")
+        #expect(try fingerprint(url, "customers") == customers)
+        let owners = try copy.query("SELECT DISTINCT tableowner FROM pg_tables WHERE schemaname = 'public'").rows.map { $0[0] ?? "" }
+        #expect(owners == [copyID + "_owner"], "\(owners)")
+        let shown = try api.call("GET", "/v1/databases/\(copyID)").json
+        #expect(shown["state"] as? String == "trial" && shown["server"] as? String == "second" && shown["name"] as? String == "production-copy")
+        let sourceTrail = (try api.call("GET", "/v1/databases/\(id)/audit").json["events"] as? [[String: Any]] ?? []).compactMap { $0["action"] as? String }
+        #expect(sourceTrail.contains("duplicate_requested") && sourceTrail.contains("duplicated"), "\(sourceTrail)")
+
+        // The CLI, same server, no neutralize; then bad input, each refused with nothing made.
+        let cli = try api.tenure(["db", "duplicate", id, "--name", "second-copy", "--server", "default", "--json"])
+        #expect(cli.status == 0 && cli.json["state"] as? String == "succeeded", "\(cli)")
+        let cliURL = try #require(cli.json["connection_url"] as? String)
+        #expect(try connect(cliURL)?.query("SELECT count(*)::text AS n FROM customers WHERE email LIKE '%@example.invalid'")[0, "n"] == "0")
+        #expect(try api.call("POST", "/v1/databases/\(id)/duplicate", json: ["name": "production-copy"]).status == 409)
+        #expect(try api.call("POST", "/v1/databases/\(id)/duplicate", json: ["name": "elsewhere", "server": "nowhere"]).status == 404)
+        #expect(try api.call("POST", "/v1/databases/\(id)/duplicate", json: ["plan": "paid"]).status == 400)
+        #expect(try api.tenure(["server", "drain", "second"]).status == 0)
+        #expect(try api.call("POST", "/v1/databases/\(id)/duplicate", json: ["name": "drained", "server": "second"]).status == 409)
+        let databases = (try api.call("GET", "/v1/databases").json["databases"] as? [[String: Any]] ?? []).compactMap { $0["name"] as? String }
+        #expect(databases.sorted() == ["production", "production-copy", "second-copy"], "\(databases)")
         #expect(api.stop().status == 0)
     }
 }
