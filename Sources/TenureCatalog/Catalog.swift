@@ -245,6 +245,13 @@ public final class Catalog {
     }
 
     /// Removes a database row that never left `provisioning` (a rolled-back create).
+    /// Switches a database to another server (a move's one catalog step), compare-and-swap on its version.
+    public func moveDatabase(_ id: DatabaseID, to server: String, expectedVersion: Int64, now: Date) throws(TenureError) -> Bool {
+        try connection.query(
+            "UPDATE databases SET server_name = $3, version = version + 1, updated_at = to_timestamp($4::float8) WHERE id = $1 AND version = $2",
+            [id.rawValue, String(expectedVersion), server, epoch(now)]).affectedRowCount == 1
+    }
+
     public func deleteProvisioningDatabase(_ id: DatabaseID) throws(TenureError) {
         try connection.query("DELETE FROM databases WHERE id = $1 AND state = 'provisioning'", [id.rawValue])
         // A create rolled back never stored anything: its data key goes with it.

@@ -124,7 +124,7 @@ extension Catalog {
                 if reclaimed {
                     // An export whose replica stopped streaming cannot be resumed elsewhere.
                     let decision = job.kind == .export
-                        ? JobDecision.finish(.failed) : policy.decide(attempt: job.attempt, end: .leaseExpired, cancelRequested: job.cancelRequested)
+                        ? JobDecision.finish(.failed) : policy.limited(to: job.maxAttempts).decide(attempt: job.attempt, end: .leaseExpired, cancelRequested: job.cancelRequested)
                     switch decision {
                     case .finish(let state):
                         let error = state == .cancelled

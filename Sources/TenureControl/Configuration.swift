@@ -414,6 +414,10 @@ public enum Failpoint: String, CaseIterable, Sendable {
     case uploadDestroyAfterRecord = "upload_destroy.after_record"
     case keyRotateAfterRewrap = "key_rotate.after_rewrap"
     case purgeBeforeDelete = "purge.before_delete"
+    case moveAfterFreeze = "move.after_freeze"
+    case moveAfterCopy = "move.after_copy"
+    case moveAfterSwitch = "move.after_switch"
+    case moveAfterEnable = "move.after_enable"
 
     private static let armed: String? = ProcessInfo.processInfo.environment["TENURE_FAILPOINT"]
 

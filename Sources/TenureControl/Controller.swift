@@ -488,6 +488,9 @@ public final class Controller {
                 case .restoreDatabase:
                     let outcome = try recoverRestore(intent)
                     actions.append(RecoveryAction(intentID: intent.id, databaseID: intent.databaseID, outcome: outcome))
+                case .moveDatabase:
+                    let outcome = try recoverMove(intent)
+                    actions.append(RecoveryAction(intentID: intent.id, databaseID: intent.databaseID, outcome: outcome))
                 }
                 logger.notice(
                     "finished an interrupted operation",

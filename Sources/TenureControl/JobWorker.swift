@@ -325,7 +325,7 @@ public final class JobWorker: Sendable {
                 end = .failed(retryable: job.kind.retriesEveryFailure || JobRetryPolicy.isRetryable(failure.code, sqlState: failure.sqlState))
             }
         }
-        let decision = configuration.jobs.retry.decide(attempt: job.attempt, end: end, cancelRequested: cancelRequested)
+        let decision = configuration.jobs.retry.limited(to: job.maxAttempts).decide(attempt: job.attempt, end: end, cancelRequested: cancelRequested)
         let recorded = !lost && record(job, fence: fence, decision: decision, released: end == .released, result: result, error: error, progress: progress)
         let finalState: JobState
         switch decision {

@@ -157,6 +157,12 @@ extension Controller {
             document = ["upload": uploadDocument(upgraded, hold: configuration.upgradeHold)]
         case .export:
             throw TenureError(.internal, "export job \(job.id) is run by the replica streaming it, not by a worker")
+        case .move:
+            let moved = try runMove(job, progress: progress)
+            var database = databaseDocument(moved.record)
+            let server = try catalog.server(named: moved.record.serverName)
+            database["connection_url"] = "postgresql://\(moved.record.postgresRole)@\(server.publicHost):\(server.publicPort)/\(moved.record.postgresDatabase)"
+            document = ["database": database, "downtime_seconds": (moved.downtime * 1000).rounded() / 1000]
         case .duplicate:
             let record = try runDuplicate(job, progress: progress)
             document = ["database": databaseDocument(record), "source_id": job.arguments["source"] ?? ""]

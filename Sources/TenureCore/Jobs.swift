@@ -12,6 +12,8 @@ public enum JobKind: String, Sendable, CaseIterable, Codable {
     case drill
     /// A new database made from a live one's snapshot (subject: the new database).
     case duplicate
+    /// A database moved to another server (subject: the database).
+    case move
 
     /// Every failure of this kind is worth another attempt (a file system that refused once).
     public var retriesEveryFailure: Bool { self == .purge }
@@ -57,6 +59,14 @@ public enum JobDecision: Sendable, Equatable {
 /// are retried up to `maxAttempts` attempts with exponential backoff; a cancel asked for
 /// always wins; anything the request itself got wrong fails at once.
 public struct JobRetryPolicy: Sendable, Equatable {
+    /// The same policy for a job that was queued with its own limit of attempts (a purge's 5,
+    /// a move's or a duplicate's 1): the job's row, not the configuration, says how many.
+    public func limited(to maxAttempts: Int) -> JobRetryPolicy {
+        var policy = self
+        policy.maxAttempts = maxAttempts
+        return policy
+    }
+
     public var maxAttempts: Int
     public var baseDelay: Duration
     public var maxDelay: Duration

@@ -94,6 +94,8 @@ public enum IntentKind: String, Sendable {
     case dropDatabase = "drop_database"
     /// Replacing a database's contents from a backup: detail holds "new" and "aside" names.
     case restoreDatabase = "restore_database"
+    /// Moving a database to another server: detail holds "from" and "to".
+    case moveDatabase = "move_database"
 }
 
 /// A backup in the store.

@@ -29,7 +29,7 @@ final class JobService: Service, Sendable {
             case .drill:
                 let outcome = (result["drill"] as? [String: Any])?["outcome"] as? String ?? "failed"
                 metrics.add("tenure_drills_total", [("outcome", outcome == "passed" ? "passed" : "failed")])
-            case .upgrade, .export, .purge, .duplicate:
+            case .upgrade, .export, .purge, .duplicate, .move:
                 break
             }
         }

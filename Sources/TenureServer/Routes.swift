@@ -53,6 +53,7 @@ struct Routes: Sendable {
         v1.get("databases/:id/backups/:backup/download") { request, context in try await download(request, context) }
         v1.post("databases/:id/restore") { request, context in try await startRestore(request, context) }
         v1.get("databases/:id/export") { request, context in try await export(request, context) }
+        v1.post("databases/:id/move") { request, context in try await move(request, context) }
         v1.post("databases/:id/duplicate") { request, context in try await duplicate(request, context) }
         v1.post("databases/:id/credentials/rotate") { request, context in try await rotateCredentials(request, context) }
         v1.get("databases/:id/deletion-certificate") { request, context in try await databaseCertificate(request, context) }
@@ -237,6 +238,18 @@ struct Routes: Sendable {
         var document = databaseDocument(outcome.record)
         if let url = outcome.connectionURL { document["connection_url"] = url }
         return jsonResponse(document, headers: [.eTag: etag(outcome.record)])
+    }
+
+    /// 202 with the move job; its result has the new connection URL (no password: it is
+    /// unchanged) and the measured downtime.
+    func move(_ request: Request, _ context: APIContext) async throws(TenureError) -> Response {
+        try context.require(.write)
+        _ = try Query(request, allowed: [])
+        let id = try context.id("id", as: DatabaseID.self)
+        let body = try await JSONBody.read(request, context: context, allowed: ["server"], maximumByteCount: maximumBody)
+        guard let server = try body.string("server") else { throw TenureError(.invalidRequest, "field 'server' is required: the server to move to") }
+        let job = try await pool.withController(actor: context.actor) { (controller) throws(TenureError) in try controller.requestMove(id, to: server) }
+        return accepted(job)
     }
 
     /// 202 with the duplicate job, the new database's id and its connection URL (shown once).

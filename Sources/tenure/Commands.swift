@@ -162,7 +162,7 @@ struct DatabaseCommand: ParsableCommand {
         commandName: "db", abstract: "Create hosted databases and move them through their lifecycle.",
         subcommands: [
             Create.self, List.self, Show.self, Subscribe.self, Cancel.self, Reactivate.self, Destroy.self, Hold.self, Release.self,
-            Backup.self, Backups.self, Export.self, RestoreBackup.self, Extension.self, Certificate.self, RotatePassword.self, Duplicate.self,
+            Backup.self, Backups.self, Export.self, RestoreBackup.self, Extension.self, Certificate.self, RotatePassword.self, Duplicate.self, Move.self,
         ])
 
     struct Extension: ParsableCommand {
@@ -321,6 +321,36 @@ struct DatabaseCommand: ParsableCommand {
                     document["new_database_id"] = accepted.record.id.rawValue
                     document["result"] = result
                     output.emit(json: document) { "\(accepted.record.id) (\(accepted.record.name)) is ready: a copy of \(id)" }
+                }
+            }
+        }
+    }
+
+    struct Move: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Move a database to another server: writes frozen, streamed, checked, switched, then the source dropped.",
+            discussion: "The password stays the same; the connection URL's host and port change. Waits for the job (or --no-wait) and prints the downtime.")
+        @OptionGroup var options: GlobalOptions
+        @Argument(help: "Database id (db_…).") var id: String
+        @Option(help: "The server to move it to.") var server: String
+        @Flag(help: "Return once the job is queued.") var noWait = false
+
+        func run() async {
+            await runCommand(json: options.json) { (output) async throws(TenureError) in
+                let id = try DatabaseID(parsing: id)
+                try await Session.with(options) { (session) async throws(TenureError) in
+                    let job = try await session.call { (controller) throws(TenureError) in try controller.requestMove(id, to: server) }
+                    if noWait {
+                        output.emit(json: jobDocument(job, now: Date())) { "move of \(id) queued as job \(job.id)" }
+                        return
+                    }
+                    let result = try await session.runJob(job, json: options.json)
+                    let finished = try await session.call { (controller) throws(TenureError) in try controller.job(job.id) }
+                    var document = jobDocument(finished, now: Date())
+                    document["result"] = result
+                    let url = (result["database"] as? [String: Any])?["connection_url"] as? String ?? ""
+                    let downtime = result["downtime_seconds"] as? Double ?? 0
+                    output.emit(json: document) { "moved \(id) to \(server) (writes frozen \(String(format: "%.1f", downtime)) s); connect at \(url) with the same password" }
                 }
             }
         }

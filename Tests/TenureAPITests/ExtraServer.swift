@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 import TenureEmbedded
+import TenurePQ
 
 #if canImport(Glibc)
 import Glibc
@@ -26,6 +27,13 @@ final class ExtraServer {
     /// A superuser URL over the server's socket.
     func url(database: String = "postgres") -> String {
         "postgresql://postgres@/\(database)?host=\(cluster.socketDirectory)&port=\(port)"
+    }
+
+    /// Rows of a query on its `postgres` database, as a superuser.
+    func rows(_ sql: String, _ parameters: [String?] = []) throws -> [[String?]] {
+        let connection = try PostgresConnection(try ConnectionParameters(parsing: url()))
+        defer { connection.close() }
+        return try connection.query(sql, parameters).rows
     }
 
     /// Registers it as tenant server `name` of `api`'s catalog.

@@ -188,4 +188,77 @@ import TenureTestSupport
         #expect(databases.sorted() == ["production", "production-copy", "second-copy"], "\(databases)")
         #expect(api.stop().status == 0)
     }
+
+    @Test func aMoveKeepsEveryCommittedWriteAndAKillAtEachStepLeavesItOnExactlyOneServer() throws {
+        // A short lease: the next command takes over the killed one's job at once.
+        let api = try APIFixture(["TENURE_BACKUP_INTERVAL": "off", "TENURE_DRILL_INTERVAL": "off", "TENURE_JOB_LEASE": "2s"])
+        let second = try ExtraServer("move")
+        try second.add(to: api, as: "second")
+        let created = try api.create("moving", plan: "paid")
+        let id = created["id"] as! String
+        let original = created["connection_url"] as! String
+        try fill(original, rows: 3000)
+        let ports = ["default": api.server.port, "second": second.port]
+        func url(on server: String) -> String {
+            original.replacingOccurrences(of: ":\(api.server.port)/", with: ":\(ports[server]!)/")
+        }
+        func placements() throws -> [String] {
+            var found: [String] = []
+            for (name, rows) in [
+                ("default", try api.server.rows("SELECT count(*)::text FROM pg_database WHERE datname = $1", [id])),
+                ("second", try second.rows("SELECT count(*)::text FROM pg_database WHERE datname = $1", [id])),
+            ] where rows == [["1"]] { found.append(name) }
+            return found
+        }
+
+        // Over HTTP: a write committed just before is there after; the result has the downtime.
+        try PostgresConnection(try ConnectionParameters(parsing: original)).execute("INSERT INTO items (id, label) VALUES (999999, 'just before')")
+        let before = try fingerprint(original, "items")
+        let accepted = try api.call("POST", "/v1/databases/\(id)/move", json: ["server": "second"])
+        #expect(accepted.status == 202 && accepted.json["kind"] as? String == "move", "\(accepted)")
+        let done = try api.waitForJob(accepted.json["id"] as! String)
+        #expect(done["state"] as? String == "succeeded", "\(done)")
+        let result = done["result"] as? [String: Any] ?? [:]
+        #expect((result["downtime_seconds"] as? Double ?? -1) >= 0)
+        #expect(((result["database"] as? [String: Any])?["connection_url"] as? String ?? "").contains(":\(second.port)/"), "\(result)")
+        #expect(try placements() == ["second"])
+        #expect(try api.server.rows("SELECT count(*)::text FROM pg_roles WHERE rolname = $1", [id + "_owner"]) == [["0"]])
+        #expect(!canConnect(url(on: "default")) && canConnect(url(on: "second")), "the same password, on the new server")
+        #expect(try fingerprint(url(on: "second"), "items") == before)
+        let trail = (try api.call("GET", "/v1/databases/\(id)/audit").json["events"] as? [[String: Any]] ?? []).compactMap { $0["action"] as? String }
+        #expect(trail.contains("move_started") && trail.contains("moved") && trail.contains("move_completed"), "\(trail)")
+        // Bad input: nothing queued.
+        #expect(try api.call("POST", "/v1/databases/\(id)/move", json: ["server": "second"]).status == 409)
+        #expect(try api.call("POST", "/v1/databases/\(id)/move", json: ["server": "nowhere"]).status == 404)
+        #expect(try api.call("POST", "/v1/databases/\(id)/move", json: [:] as [String: Any]).status == 400)
+        #expect(api.stop().status == 0)
+
+        // kill -9 at each step (the CLI runs the job itself): the next start leaves the database
+        // on exactly one server, the one the catalog names, reachable, its data intact.
+        var environment = api.environment
+        for (failpoint, moves) in [
+            ("move.after_freeze", false), ("move.after_copy", false), ("move.after_switch", true), ("move.after_enable", true),
+        ] {
+            let from = try api.tenure(["db", "show", id, "--json"]).json["server"] as? String ?? ""
+            let to = from == "default" ? "second" : "default"
+            environment["TENURE_FAILPOINT"] = failpoint
+            let killed = try runTenure(["db", "move", id, "--server", to], environment: environment)
+            #expect(killed.signal == SIGKILL, "\(failpoint): \(killed)")
+            #expect(try api.tenure(["db", "list"]).status == 0)
+            let now = try api.tenure(["db", "show", id, "--json"]).json["server"] as? String ?? ""
+            #expect(now == (moves ? to : from), "\(failpoint)")
+            let found = try placements()
+            #expect(found == [now], "\(failpoint): \(found)")
+            #expect(canConnect(url(on: now)), "\(failpoint): reachable where the catalog says")
+            #expect(try fingerprint(url(on: now), "items") == before, "\(failpoint)")
+        }
+        // And the CLI's own move, to the end.
+        let from = try api.tenure(["db", "show", id, "--json"]).json["server"] as? String ?? ""
+        let to = from == "default" ? "second" : "default"
+        let moved = try api.tenure(["db", "move", id, "--server", to, "--json"])
+        #expect(moved.status == 0, "\(moved)")
+        let found = try placements()
+        let moved2 = try fingerprint(url(on: to), "items")
+        #expect(found == [to] && moved2 == before)
+    }
 }
