@@ -98,7 +98,7 @@ extension Catalog {
     /// run on its tenant server; claims take turns on a transaction lock so that two replicas
     /// cannot both start the last allowed one.
     public func claimJob(
-        owner: String, lease: Duration, policy: JobRetryPolicy, now: Date, only: JobID? = nil, perServer: Int = 1
+        owner: String, lease: Duration, policy: JobRetryPolicy, now: Date, only: JobID? = nil, perServer: Int = 1, movesPerServer: Int = 1
     ) throws(TenureError) -> ClaimedJob? {
         while true {
             let outcome: (claimed: ClaimedJob?, again: Bool) = try transaction { () throws(TenureError) in
@@ -116,8 +116,11 @@ extension Catalog {
                       AND (j.kind NOT IN ('backup', 'drill') OR j.server_name IS NULL OR j.state = 'running'
                            OR (SELECT count(*) FROM jobs r WHERE r.state = 'running' AND r.server_name = j.server_name
                                AND r.kind IN ('backup', 'drill')) < $2)
+                      -- Moves off one server (its name on the row) run at most $3 at once.
+                      AND (j.kind <> 'move' OR j.server_name IS NULL OR j.state = 'running'
+                           OR (SELECT count(*) FROM jobs r WHERE r.state = 'running' AND r.server_name = j.server_name AND r.kind = 'move') < $3)
                     ORDER BY j.seq LIMIT 1 FOR UPDATE OF j SKIP LOCKED
-                    """, [only?.rawValue, String(perServer)])
+                    """, [only?.rawValue, String(perServer), String(movesPerServer)])
                 guard !candidate.rows.isEmpty else { return (nil, false) }
                 let job = jobRecord(candidate, 0)
                 let reclaimed = job.state == .running

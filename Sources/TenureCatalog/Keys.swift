@@ -66,6 +66,11 @@ extension Catalog {
         return try dataKeys(where: "master_key_id <> $1", [masterKeyID])
     }
 
+    /// One data key per master key in use (the start-up check opens each).
+    public func dataKeySamples() throws(TenureError) -> [WrappedDataKey] {
+        try dataKeys(where: "id IN (SELECT DISTINCT ON (master_key_id) id FROM data_keys ORDER BY master_key_id, id)", [])
+    }
+
     /// The master keys the stored data keys need.
     public func masterKeyIDsInUse() throws(TenureError) -> [String] {
         try connection.query("SELECT DISTINCT master_key_id FROM data_keys ORDER BY 1").rows.map { $0[0] ?? "" }

@@ -206,13 +206,7 @@ extension Controller {
                 try runRestore(source: source, options: options, progress: progress)
             }
             // Tenant rules on the new database before anyone can reach it.
-            let role = quoteIdentifier(database.postgresRole)
-            try admin.execute("ALTER DATABASE \(quoteIdentifier(newName)) OWNER TO \(role)")
-            try admin.execute("REVOKE ALL ON DATABASE \(quoteIdentifier(newName)) FROM PUBLIC")
-            try admin.execute("GRANT CONNECT, TEMPORARY ON DATABASE \(quoteIdentifier(newName)) TO \(role)")
-            let fresh = try connectAdmin(server, database: newName)
-            try fresh.execute("ALTER SCHEMA public OWNER TO pg_database_owner; REVOKE CREATE ON SCHEMA public FROM PUBLIC")
-            fresh.close()
+            try handOver(newName, to: database.postgresRole, on: server, admin: admin)
             Failpoint.restoreAfterLoad.hit()
             // The swap cannot be undone: only an attempt that still owns its job may start it.
             try catalog.assertFence()
@@ -223,6 +217,18 @@ extension Controller {
         }
         try swapRestored(intent, admin: admin)
         return try catalog.database(id)
+    }
+
+    /// The tenant rules on a database loaded from an archive, before anyone can reach it: owned
+    /// by `role`, closed to PUBLIC but for its owner, `public` owned by pg_database_owner.
+    func handOver(_ database: String, to role: String, on server: ServerRecord, admin: PostgresConnection) throws(TenureError) {
+        let owner = quoteIdentifier(role)
+        try admin.execute("ALTER DATABASE \(quoteIdentifier(database)) OWNER TO \(owner)")
+        try admin.execute("REVOKE ALL ON DATABASE \(quoteIdentifier(database)) FROM PUBLIC")
+        try admin.execute("GRANT CONNECT, TEMPORARY ON DATABASE \(quoteIdentifier(database)) TO \(owner)")
+        let fresh = try connectAdmin(server, database: database)
+        defer { fresh.close() }
+        try fresh.execute("ALTER SCHEMA public OWNER TO pg_database_owner; REVOKE CREATE ON SCHEMA public FROM PUBLIC")
     }
 
     /// The swap: old aside, new into place, old dropped, intent completed. Each step is

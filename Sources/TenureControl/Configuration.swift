@@ -47,6 +47,8 @@ public struct TenureConfiguration: Sendable {
     /// The owner role's connection limit per plan (`TENURE_PLAN_CONNECTION_LIMITS`), set at
     /// create and subscribe.
     public var planConnectionLimits: [Plan: Int] = [.trial: 5, .paid: 50]
+    /// Moves off one server running at once (`tenure server drain --move`).
+    public var moveConcurrencyPerServer = 1
     /// The scripts a duplicate with `neutralize` runs on the copy (`*.sql`, name order).
     public var neutralizeScriptsDirectory = "sql/neutralize"
     /// The key-encryption key of every data key (`Keys.swift`); created 0600 at first start.
@@ -108,6 +110,7 @@ public struct TenureConfiguration: Sendable {
         ("TENURE_SERVER_CONNECT_TIMEOUT", "10s", "longest wait to connect to a tenant server"),
         ("TENURE_SERVER_STATEMENT_TIMEOUT", "60s", "longest a control statement on a tenant server may run (the client gives up 15 s later)"),
         ("TENURE_SERVER_LOCK_TIMEOUT", "10s", "longest a control statement on a tenant server waits for a lock"),
+        ("TENURE_MOVE_CONCURRENCY_PER_SERVER", "1", "moves off one tenant server running at once (a drain with --move queues one per database)"),
         ("TENURE_NEUTRALIZE_SCRIPTS", "sql/neutralize", "scripts a duplicate with neutralize runs on the copy before it is reachable (*.sql, name order, each in its own transaction, as the copy's owner)"),
         ("TENURE_PLAN_CONNECTION_LIMITS", "trial=5,paid=50", "the owner role's connection limit per plan, set at create and subscribe (-1: none)"),
         ("TENURE_MASTER_KEY_FILE", "$TENURE_HOME/master.key", "the master key that wraps every database's and upload's data key (created at first start; Tenure refuses to start without the one the catalog's keys need)"),
@@ -218,6 +221,12 @@ public struct TenureConfiguration: Sendable {
                 }
                 planConnectionLimits[plan] = limit
             }
+        }
+        if let text = values["TENURE_MOVE_CONCURRENCY_PER_SERVER"] {
+            guard let value = Int(text), (1...64).contains(value) else {
+                throw TenureError(.invalidConfiguration, "TENURE_MOVE_CONCURRENCY_PER_SERVER='\(printable(text))' must be a whole number from 1 to 64")
+            }
+            moveConcurrencyPerServer = value
         }
         neutralizeScriptsDirectory = values["TENURE_NEUTRALIZE_SCRIPTS"].flatMap { $0.isEmpty ? nil : $0 } ?? "sql/neutralize"
         masterKeyFile = values["TENURE_MASTER_KEY_FILE"].flatMap { $0.isEmpty ? nil : $0 } ?? (home + "/master.key")

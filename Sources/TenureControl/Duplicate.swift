@@ -128,53 +128,19 @@ extension Controller {
         let record = try catalog.database(id)
         let sourceServer = try catalog.server(named: source.serverName)
         let target = try catalog.server(named: record.serverName)
-        let key = try ArchiveKey.load(home: configuration.home, create: true)
-        var backup = BackupOptions(
-            source: try adminParameters(sourceServer, database: source.postgresDatabase), jobs: configuration.engineJobs, format: .native, pgDump: pgDump,
-            createdAt: clock.now())
-        backup.signingKey = key
-        var restore = RestoreOptions(target: try adminParameters(target, database: record.postgresDatabase), jobs: configuration.engineJobs)
-        restore.target["options"] = nil
-        restore.key = key
-        restore.grantPublicConnect = false
         // The source's role owns the objects in the archive; the copy's role owns them here.
         let oldRole = source.postgresRole
         let newRole = record.postgresRole
-        restore.schemaFilter = { (script, _) throws(TenureError) in script.replacingOccurrences(of: oldRole, with: newRole) }
-        let pipe = BytePipe(what: "the duplicate of \(sourceID)")
-        let backupFailure = Locked<TenureError?>(nil)
-        let backupOptions = backup
-        let done = DispatchSemaphore(value: 0)
-        let thread = Thread {
-            do throws(TenureError) {
-                _ = try runBackup(backupOptions, sink: CancellableSink(pipe, progress: progress), progress: TransferProgress())
-            } catch {
-                backupFailure.withLock { $0 = error }
-                pipe.fail(error)
-            }
-            done.signal()
-        }
-        thread.start()
-        do throws(TenureError) {
-            _ = try watching(target, "duplicate", progress: progress) { () throws(TenureError) in
-                try runRestore(source: pipe, options: restore, progress: progress)
-            }
-        } catch {
-            pipe.fail(error)
-            done.wait()
-            throw backupFailure.withLock { $0 } ?? error
-        }
-        done.wait()
-        if let failed = backupFailure.withLock({ $0 }) { throw failed }
+        try streamCopy(
+            from: try adminParameters(sourceServer, database: source.postgresDatabase), to: try adminParameters(target, database: record.postgresDatabase),
+            target: target, what: "the duplicate of \(sourceID)", progress: progress,
+            schemaFilter: { (script, _) throws(TenureError) in script.replacingOccurrences(of: oldRole, with: newRole) })
         let admin = try connectAdmin(target)
         defer { admin.close() }
         let role = quoteIdentifier(newRole)
-        try admin.execute("ALTER DATABASE \(quoteIdentifier(record.postgresDatabase)) OWNER TO \(role)")
-        try admin.execute("REVOKE ALL ON DATABASE \(quoteIdentifier(record.postgresDatabase)) FROM PUBLIC")
-        try admin.execute("GRANT CONNECT, TEMPORARY ON DATABASE \(quoteIdentifier(record.postgresDatabase)) TO \(role)")
+        try handOver(record.postgresDatabase, to: newRole, on: target, admin: admin)
         let copy = try connectAdmin(target, database: record.postgresDatabase)
         defer { copy.close() }
-        try copy.execute("ALTER SCHEMA public OWNER TO pg_database_owner; REVOKE CREATE ON SCHEMA public FROM PUBLIC")
         var applied: [String] = []
         if neutralize {
             for script in try neutralizeScripts() {

@@ -226,7 +226,7 @@ public final class JobWorker: Sendable {
             do {
                 claimed = try catalog.claimJob(
                     owner: replicaID, lease: configuration.jobs.lease, policy: configuration.jobs.retry, now: Date(), only: only,
-                    perServer: configuration.backupPolicy.concurrencyPerServer)
+                    perServer: configuration.backupPolicy.concurrencyPerServer, movesPerServer: configuration.moveConcurrencyPerServer)
             } catch {
                 slots.release()
                 throw error

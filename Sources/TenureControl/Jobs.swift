@@ -67,7 +67,7 @@ extension Controller {
     public func claimTurn(_ id: JobID) throws(TenureError) -> JobRecord? {
         try catalog.claimJob(
             owner: configuration.jobs.replicaID, lease: configuration.jobs.lease, policy: configuration.jobs.retry, now: clock.now(), only: id,
-            perServer: configuration.backupPolicy.concurrencyPerServer)?.job
+            perServer: configuration.backupPolicy.concurrencyPerServer, movesPerServer: configuration.moveConcurrencyPerServer)?.job
     }
 
     private func enqueue(_ kind: JobKind, subject: String, arguments: [String: String], serverName: String? = nil) throws(TenureError) -> JobRecord {

@@ -120,10 +120,12 @@ extension Controller {
                 "the master key in \(path) (id \(keys.current?.id ?? "?")) is not the one the catalog's data keys need (id \(missing)); refusing to start with the wrong master key")
         }
         // One wrapped key opened proves the file holds that key (not merely a matching id).
-        for id in inUse {
-            guard let sample = try catalog.dataKeys(notWrappedBy: nil).first(where: { $0.masterKeyID == id }) else { continue }
-            guard Ciphers.unwrap(sample.wrapped, key: keys.keys[id]!, context: Self.wrapContext(sample.id, owner: sample.owner)) != nil else {
-                throw TenureError(.invalidConfiguration, "data key \(sample.id) does not open with master key \(id); the catalog or the key file was altered")
+        for sample in try catalog.dataKeySamples() {
+            guard let key = keys.keys[sample.masterKeyID],
+                Ciphers.unwrap(sample.wrapped, key: key, context: Self.wrapContext(sample.id, owner: sample.owner)) != nil
+            else {
+                throw TenureError(
+                    .invalidConfiguration, "data key \(sample.id) does not open with master key \(sample.masterKeyID); the catalog or the key file was altered")
             }
         }
         _ = try signingKey()

@@ -7,22 +7,41 @@ import TenurePQ
 extension Controller {
     /// Queues a move of a database to another server (a job in the database's turn: a backup
     /// or restore of it waits, or is waited for).
-    public func requestMove(_ id: DatabaseID, to serverName: String) throws(TenureError) -> JobRecord {
+    public func requestMove(_ id: DatabaseID, to requested: String?) throws(TenureError) -> JobRecord {
         let record = try catalog.database(id)
         switch record.state {
         case .trial, .active, .deactivated: break
         case .provisioning, .destroyed:
             throw TenureError(.lifecycleConflict, "a \(record.state.rawValue) database cannot be moved", context: ["database_id": id.rawValue])
         }
-        guard serverName != record.serverName else {
-            throw TenureError(.lifecycleConflict, "database \(id) is already on server '\(serverName)'", context: ["database_id": id.rawValue])
+        guard requested != record.serverName else {
+            throw TenureError(.lifecycleConflict, "database \(id) is already on server '\(record.serverName)'", context: ["database_id": id.rawValue])
         }
-        _ = try placement(requested: serverName)
-        let job = try catalog.insertJob(kind: .move, subject: id.rawValue, arguments: ["server": serverName], actor: actor, maxAttempts: 1, now: clock.now())
+        let target = try placement(requested: requested, excluding: record.serverName)
+        let serverName = target.name.rawValue
+        // The row names the server moved off, which bounds the moves running off it at once.
+        let job = try catalog.insertJob(
+            kind: .move, subject: id.rawValue, arguments: ["server": serverName], actor: actor, maxAttempts: 1, now: clock.now(), serverName: record.serverName)
         try catalog.audit(
             at: clock.now(), databaseID: id.rawValue, actor: actor, action: "move_requested", from: nil, to: nil, reason: nil,
             detail: ["server": serverName, "job_id": job.id.rawValue])
         return job
+    }
+
+    /// Stops new placements on a server and, with `move`, queues a move of every live
+    /// database on it to the servers placement picks (at most `TENURE_MOVE_CONCURRENCY_PER_SERVER`
+    /// run at once). Returns the server and the queued jobs.
+    public func drainServer(_ name: String, move: Bool) throws(TenureError) -> (server: ServerRecord, jobs: [JobRecord]) {
+        let server = try updateServer(name: name, capacity: nil, state: .draining)
+        guard move else { return (server, []) }
+        var jobs: [JobRecord] = []
+        for database in try catalog.databases() where database.serverName == name {
+            switch database.state {
+            case .trial, .active, .deactivated: jobs.append(try requestMove(database.id, to: nil))
+            case .provisioning, .destroyed: break
+            }
+        }
+        return (server, jobs)
     }
 
     /// The move job. Writes are frozen first (login disabled, sessions ended), the database is
@@ -85,13 +104,7 @@ extension Controller {
             try streamCopy(
                 from: try adminParameters(source, database: record.postgresDatabase), to: try adminParameters(target, database: record.postgresDatabase),
                 target: target, what: "the move of \(id)", progress: progress)
-            let role = quoteIdentifier(record.postgresRole)
-            try targetAdmin.execute("ALTER DATABASE \(quoteIdentifier(record.postgresDatabase)) OWNER TO \(role)")
-            try targetAdmin.execute("REVOKE ALL ON DATABASE \(quoteIdentifier(record.postgresDatabase)) FROM PUBLIC")
-            try targetAdmin.execute("GRANT CONNECT, TEMPORARY ON DATABASE \(quoteIdentifier(record.postgresDatabase)) TO \(role)")
-            let copy = try connectAdmin(target, database: record.postgresDatabase)
-            try copy.execute("ALTER SCHEMA public OWNER TO pg_database_owner; REVOKE CREATE ON SCHEMA public FROM PUBLIC")
-            copy.close()
+            try handOver(record.postgresDatabase, to: record.postgresRole, on: target, admin: targetAdmin)
             Failpoint.moveAfterCopy.hit()
             try catalog.assertFence()
             let now = clock.now()
@@ -178,9 +191,10 @@ extension Controller {
 
     /// A native backup of `source` streamed into a new database `target` names (its exact name),
     /// checked against the manifest as it loads; nothing on disk. Thread: blocks.
-    func streamCopy(from source: ConnectionParameters, to destination: ConnectionParameters, target: ServerRecord, what: String, progress: TransferProgress)
-        throws(TenureError)
-    {
+    func streamCopy(
+        from source: ConnectionParameters, to destination: ConnectionParameters, target: ServerRecord, what: String, progress: TransferProgress,
+        schemaFilter: (@Sendable (String, String) throws(TenureError) -> String)? = nil
+    ) throws(TenureError) {
         let key = try ArchiveKey.load(home: configuration.home, create: true)
         var backup = BackupOptions(source: source, jobs: configuration.engineJobs, format: .native, pgDump: pgDump, createdAt: clock.now())
         backup.signingKey = key
@@ -188,6 +202,7 @@ extension Controller {
         restore.target["options"] = nil
         restore.key = key
         restore.grantPublicConnect = false
+        restore.schemaFilter = schemaFilter
         let pipe = BytePipe(what: what)
         let failure = Locked<TenureError?>(nil)
         let done = DispatchSemaphore(value: 0)
@@ -203,7 +218,7 @@ extension Controller {
         }
         thread.start()
         do throws(TenureError) {
-            _ = try watching(target, "move", progress: progress) { () throws(TenureError) in
+            _ = try watching(target, what, progress: progress) { () throws(TenureError) in
                 try runRestoreIntoNewDatabase(source: pipe, options: restore, progress: progress)
             }
         } catch {

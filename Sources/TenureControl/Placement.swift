@@ -16,7 +16,7 @@ extension Controller {
     /// Where a new database goes: the named server (it must be active and not full), or the
     /// active server with the lowest share of its capacity in use (ties: by name). A fleet with
     /// no active server below its capacity is a conflict (409, exit 4), nothing made.
-    public func placement(requested: String?) throws(TenureError) -> ServerRecord {
+    public func placement(requested: String?, excluding: String? = nil) throws(TenureError) -> ServerRecord {
         let counts = try catalog.placedCounts()
         if let requested {
             let server = try catalog.server(named: requested)
@@ -31,7 +31,9 @@ extension Controller {
             }
             return server
         }
-        let candidates = try catalog.servers().filter { $0.state == .active && counts[$0.name.rawValue, default: 0] < $0.capacity }
+        let candidates = try catalog.servers().filter {
+            $0.state == .active && $0.name.rawValue != excluding && counts[$0.name.rawValue, default: 0] < $0.capacity
+        }
         let chosen = candidates.min { a, b in
             let left = Double(counts[a.name.rawValue, default: 0]) / Double(max(a.capacity, 1))
             let right = Double(counts[b.name.rawValue, default: 0]) / Double(max(b.capacity, 1))

@@ -139,15 +139,34 @@ extension ServerCommand {
     struct Drain: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Stop placing new databases on a server (its state becomes draining; `server update NAME --state active` undoes it).",
-            discussion: "Moving its databases off (--move) is not built yet: they stay where they are.")
+            discussion: """
+                With --move, every live database on it is moved to the servers placement picks: one move job each, at most \
+                TENURE_MOVE_CONCURRENCY_PER_SERVER at once; this command runs them and waits (or --no-wait).
+                """)
         @OptionGroup var options: GlobalOptions
         @Argument(help: "Server name.") var name: String
+        @Flag(help: "Also move every database off it.") var move = false
+        @Flag(help: "With --move: return once the moves are queued.") var noWait = false
 
         func run() async {
             await runCommand(json: options.json) { (output) async throws(TenureError) in
                 try await Session.with(options) { (session) async throws(TenureError) in
-                    let server = try await session.call { (controller) throws(TenureError) in try controller.updateServer(name: name, capacity: nil, state: .draining) }
-                    output.emit(json: serverDocument(server)) { "server \(server.name) is draining: no new databases are placed there" }
+                    let drained = try await session.serverWork { (controller) throws(TenureError) in try controller.drainServer(name, move: move) }
+                    var moved: [[String: Any]] = []
+                    if !noWait {
+                        for job in drained.jobs {
+                            let result = try await session.runJob(job, json: options.json)
+                            let database = result["database"] as? [String: Any] ?? [:]
+                            moved.append(["database_id": job.subject, "server": database["server"] ?? NSNull(), "downtime_seconds": result["downtime_seconds"] ?? NSNull()])
+                        }
+                    }
+                    var document = serverDocument(drained.server)
+                    document["jobs"] = drained.jobs.map { jobDocument($0, now: Date()) }
+                    document["moved"] = moved
+                    output.emit(json: document) {
+                        "server \(drained.server.name) is draining: no new databases are placed there"
+                            + (move ? "; \(drained.jobs.count) moves \(noWait ? "queued" : "done")" : "")
+                    }
                 }
             }
         }

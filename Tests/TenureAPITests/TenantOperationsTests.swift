@@ -261,4 +261,33 @@ import TenureTestSupport
         let moved2 = try fingerprint(url(on: to), "items")
         #expect(found == [to] && moved2 == before)
     }
+
+    @Test func drainWithMoveEmptiesAServer() throws {
+        let api = try APIFixture(["TENURE_BACKUP_INTERVAL": "off", "TENURE_DRILL_INTERVAL": "off", "TENURE_JOB_LEASE": "2s"])
+        let second = try ExtraServer("drain")
+        try second.add(to: api, as: "second")
+        var urls: [String: String] = [:]
+        var prints: [String: String] = [:]
+        for name in ["drained-a", "drained-b"] {
+            let created = try api.call("POST", "/v1/databases", json: ["name": name, "plan": "paid", "server": "second"])
+            try #require(created.status == 201, "\(created)")
+            let id = created.json["id"] as! String
+            urls[id] = created.json["connection_url"] as? String
+            try fill(urls[id]!, rows: 500)
+            prints[id] = try fingerprint(urls[id]!, "items")
+        }
+        let drained = try api.tenure(["server", "drain", "second", "--move", "--json"])
+        #expect(drained.status == 0 && (drained.json["moved"] as? [Any])?.count == 2 && drained.json["state"] as? String == "draining", "\(drained)")
+        // Empty: no tenant database or role left there; every database on default, intact.
+        #expect(try second.rows("SELECT count(*)::text FROM pg_database WHERE datname LIKE 'db\\_%'") == [["0"]])
+        #expect(try second.rows("SELECT count(*)::text FROM pg_roles WHERE rolname LIKE 'db\\_%'") == [["0"]])
+        for (id, url) in urls {
+            #expect(try api.tenure(["db", "show", id, "--json"]).json["server"] as? String == "default")
+            let moved = url.replacingOccurrences(of: ":\(second.port)/", with: ":\(api.server.port)/")
+            #expect(try fingerprint(moved, "items") == prints[id])
+        }
+        let servers = try api.call("GET", "/v1/servers").json["servers"] as? [[String: Any]] ?? []
+        #expect(servers.first { $0["name"] as? String == "second" }?["placed"] as? Int == 0, "\(servers)")
+        #expect(api.stop().status == 0)
+    }
 }
