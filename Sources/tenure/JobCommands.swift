@@ -11,6 +11,26 @@ extension Session {
     /// job is the command's error.
     func runJob(_ job: JobRecord, json: Bool) async throws(TenureError) -> [String: Any] {
         let configuration = self.configuration
+        // On a terminal: the job's state and counters (as its worker last stored them) once a second.
+        let pool = self.pool
+        let actor = self.actor
+        let ticker: Task<Void, Never>? = isatty(2) == 1 ? Task {
+            let start = Date()
+            while !Task.isCancelled {
+                try? await Task.sleep(for: .seconds(1))
+                if Task.isCancelled { break }
+                guard let current = try? await pool.withController(actor: actor, { (controller) throws(TenureError) in try controller.job(job.id) }) else { continue }
+                let line = "\r\(job.kind.rawValue) \(job.id): \(current.state.rawValue), \(formatBytes(current.progress["bytes"] ?? 0)), "
+                    + "\(current.progress["rows"] ?? 0) rows, \(Int(Date().timeIntervalSince(start))) s    "
+                FileHandle.standardError.write(Data(line.utf8))
+            }
+        } : nil
+        defer {
+            if let ticker {
+                ticker.cancel()
+                FileHandle.standardError.write(Data("\r\u{1B}[K".utf8))
+            }
+        }
         let finished = try await serverWork { (controller) throws(TenureError) in
             try JobWorker.runToCompletion(
                 job.id, catalog: controller.catalog, configuration: configuration, logger: makeLogger(configuration, defaultLevel: .notice)

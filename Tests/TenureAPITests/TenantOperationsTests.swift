@@ -260,6 +260,26 @@ import TenureTestSupport
         let found = try placements()
         let moved2 = try fingerprint(url(on: to), "items")
         #expect(found == [to] && moved2 == before)
+
+        // Refused with nothing queued: a draining or a full target.
+        let back = to == "default" ? "second" : "default"
+        #expect(try api.tenure(["server", "drain", back]).status == 0)
+        #expect(try api.tenure(["db", "move", id, "--server", back]).status == 4)
+        #expect(try api.tenure(["server", "update", back, "--state", "active", "--capacity", "0"]).status == 0)
+        #expect(try api.tenure(["db", "move", id, "--server", back]).status == 4)
+        #expect(try api.tenure(["server", "update", back, "--capacity", "10"]).status == 0)
+        // A deactivated database moves and stays deactivated (login off on the new server).
+        #expect(try api.tenure(["db", "cancel", id]).status == 0)
+        #expect(try api.tenure(["db", "move", id, "--server", back]).status == 0)
+        #expect(try api.tenure(["db", "show", id, "--json"]).json["state"] as? String == "deactivated")
+        let login = back == "second"
+            ? try second.rows("SELECT rolcanlogin::text FROM pg_roles WHERE rolname = $1", [id + "_owner"])
+            : try api.server.rows("SELECT rolcanlogin::text FROM pg_roles WHERE rolname = $1", [id + "_owner"])
+        #expect(login == [["false"]], "\(login)")
+        #expect(try placements() == [back])
+        // A destroyed database is not moved.
+        #expect(try api.tenure(["db", "destroy", id, "--confirm", "moving"]).status == 0)
+        #expect(try api.tenure(["db", "move", id, "--server", to]).status == 4)
     }
 
     @Test func drainWithMoveEmptiesAServer() throws {
