@@ -101,29 +101,27 @@ extension Controller {
 
     /// The deletion certificate of a database: 409 while it is not destroyed, 404 until issued.
     public func databaseCertificate(_ id: DatabaseID) throws(TenureError) -> CertificateRecord {
-        let record = try catalog.database(id)
-        guard record.state == .destroyed else {
-            throw TenureError(
-                .lifecycleConflict, "database \(id) is \(record.state.rawValue), not destroyed: there is no deletion certificate", context: ["database_id": id.rawValue])
-        }
-        guard let certificate = try catalog.certificate(subject: id.rawValue) else {
-            throw TenureError(
-                .certificateNotFound, "the deletion of \(id) has not completed yet (its backups are still being deleted); the certificate is issued when it has",
-                context: ["database_id": id.rawValue])
-        }
-        return certificate
+        try certificate(
+            of: "database \(id)", subject: id.rawValue, context: ["database_id": id.rawValue], state: try catalog.database(id).state.rawValue,
+            pending: "its backups are still being deleted")
     }
 
     /// The deletion certificate of an upload: 409 while it is not destroyed, 404 until issued.
     public func uploadCertificate(_ id: UploadID) throws(TenureError) -> CertificateRecord {
-        let record = try catalog.upload(id)
-        guard record.state == .destroyed else {
-            throw TenureError(
-                .lifecycleConflict, "upload \(id) is \(record.state.rawValue), not destroyed: there is no deletion certificate", context: ["upload_id": id.rawValue])
+        try certificate(
+            of: "upload \(id)", subject: id.rawValue, context: ["upload_id": id.rawValue], state: try catalog.upload(id).state.rawValue,
+            pending: "its databases and files are still being deleted")
+    }
+
+    private func certificate(of what: String, subject: String, context: [String: String], state: String, pending: String) throws(TenureError)
+        -> CertificateRecord
+    {
+        guard state == "destroyed" else {
+            throw TenureError(.lifecycleConflict, "\(what) is \(state), not destroyed: there is no deletion certificate", context: context)
         }
-        guard let certificate = try catalog.certificate(subject: id.rawValue) else {
+        guard let certificate = try catalog.certificate(subject: subject) else {
             throw TenureError(
-                .certificateNotFound, "the deletion of \(id) has not completed yet; the certificate is issued when it has", context: ["upload_id": id.rawValue])
+                .certificateNotFound, "the deletion of \(subject) has not completed yet (\(pending)); the certificate is issued when it has", context: context)
         }
         return certificate
     }
