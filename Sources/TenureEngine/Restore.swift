@@ -50,6 +50,15 @@ public struct RestoreOptions: Sendable {
         self.target = target
         self.jobs = jobs
     }
+
+    /// The settings of a session building the post-data: `maintenance_work_mem`,
+    /// `max_parallel_maintenance_workers`, and commits that do not wait for their WAL flush
+    /// (the caller ends with a commit that does, which flushes all earlier WAL with it).
+    var buildSettings: String {
+        var settings = "SET maintenance_work_mem = '\(maintenanceWorkMemory)'; SET synchronous_commit = off"
+        if let workers = indexBuildWorkers { settings += "; SET max_parallel_maintenance_workers = \(workers)" }
+        return settings
+    }
 }
 
 public struct RestoreSummary: Sendable {
@@ -466,8 +475,7 @@ final class Restore {
         let parameters = self.parameters
         // Commits need not wait for their WAL flush: the rename that publishes the database
         // commits synchronously and flushes all earlier WAL with it.
-        var settings = "SET maintenance_work_mem = '\(options.maintenanceWorkMemory)'; SET synchronous_commit = off"
-        if let workers = options.indexBuildWorkers { settings += "; SET max_parallel_maintenance_workers = \(workers)" }
+        let settings = options.buildSettings
         let timing = self.timing
         let started = self.started
         let progress = self.progress
@@ -481,15 +489,21 @@ final class Restore {
                 throw error
             }
             return PostDataSession(close: { connection.close() }) { (entry) throws(TenureError) in
-                let entryStart = Date()
-                try connection.execute(entry.sql)
-                let took = Date().timeIntervalSince(entryStart)
-                if timing && took > 0.1 {
-                    FileHandle.standardError.write(
-                        Data(String(format: "restore %.2f s: %@ took %.2f s\n", Date().timeIntervalSince(started), entry.describe, took).utf8))
-                }
+                try timed(entry, label: timing ? "restore" : nil, since: started) { () throws(TenureError) in try connection.execute(entry.sql) }
             }
         }
+    }
+}
+
+/// Runs one post-data entry; with a label (`TENURE_TIMING=1`), prints it on stderr when it
+/// took over 0.1 s, with the time since `started`.
+func timed(_ entry: SchemaEntry, label: String?, since started: Date, _ body: () throws(TenureError) -> Void) throws(TenureError) {
+    let entryStart = Date()
+    try body()
+    let took = Date().timeIntervalSince(entryStart)
+    if let label, took > 0.1 {
+        FileHandle.standardError.write(
+            Data(String(format: "%@ %.2f s: %@ took %.2f s\n", label, Date().timeIntervalSince(started), entry.describe, took).utf8))
     }
 }
 

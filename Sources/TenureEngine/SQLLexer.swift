@@ -68,16 +68,12 @@ public final class SQLLexer {
     public func feed(_ bytes: UnsafeRawBufferPointer, emit: (SQLEvent) throws(TenureError) -> Void) throws(TenureError) {
         var index = 0
         while index < bytes.count {
-            // COPY data, whole lines at a time: most of a dump's bytes, so they skip the
-            // byte-by-byte state machine (same checks: UTF-8, no NUL, the \. line).
+            // COPY data, every whole line of the chunk at once: most of a dump's bytes, so they
+            // skip the byte-by-byte state machine (same checks: UTF-8, no NUL, the \. line).
             if mode == .copyData, !skippingToLineEnd, copyLine.isEmpty, utf8Pending == 0,
-                let end = try copyLineEnd(bytes, from: index)
+                let used = try copyLines(bytes, from: index, emit: emit)
             {
-                byteCount += Int64(end + 1 - index)
-                try endCopyLine(UnsafeRawBufferPointer(rebasing: bytes[index...end]), emit: emit)
-                line += 1
-                previous = 0x0A
-                index = end + 1
+                index += used
                 continue
             }
             let byte = bytes[index]
@@ -131,43 +127,103 @@ public final class SQLLexer {
         }
     }
 
-    /// The position of the newline ending the COPY data line that starts at `start`, once
-    /// the line is checked (no NUL, valid UTF-8; ASCII runs eight bytes at a time); nil when
-    /// the line does not end within `bytes` (the byte-by-byte path takes it).
-    private func copyLineEnd(_ bytes: UnsafeRawBufferPointer, from start: Int) throws(TenureError) -> Int? {
+    /// Takes the whole COPY data lines from `start` to the chunk's last newline, or to the
+    /// `\.` line ending the data (which it also takes): checks them (no NUL, valid UTF-8;
+    /// ASCII eight bytes at a time, counting newlines for the line numbers) and adds them to
+    /// the buffer in one piece. Returns the bytes taken; nil when no line ends within `bytes`
+    /// (the byte-by-byte path takes the rest).
+    private func copyLines(_ bytes: UnsafeRawBufferPointer, from start: Int, emit: (SQLEvent) throws(TenureError) -> Void) throws(TenureError)
+        -> Int?
+    {
         let base = bytes.baseAddress!
-        guard let found = memchr(base + start, 0x0A, bytes.count - start) else { return nil }
-        let end = UnsafeRawPointer(found) - base
-        var position = start
-        while position + 8 <= end {
-            let word = (base + position).loadUnaligned(as: UInt64.self)
-            // A high bit (non-ASCII) or a zero byte: check this run byte by byte.
-            let zero = (word &- 0x0101_0101_0101_0101) & ~word & 0x8080_8080_8080_8080
-            if word & 0x8080_8080_8080_8080 != 0 || zero != 0 { break }
-            position += 8
+        var end = bytes.count
+        while end > start && bytes[end - 1] != 0x0A { end -= 1 }
+        guard end > start else { return nil }
+        // The \. line, if the data ends within these lines: "\." at a line start, then the
+        // line's end ("\n" or "\r\n"). `end - 1` is a newline, so the bytes read exist.
+        var dataEnd = end
+        var markerEnd: Int?
+        var search = start
+        while search < end, let found = memchr(base + search, 0x5C, end - search) {
+            let at = UnsafeRawPointer(found) - base
+            if bytes[at + 1] == 0x2E && (at == start || bytes[at - 1] == 0x0A) {
+                if bytes[at + 2] == 0x0A {
+                    (dataEnd, markerEnd) = (at, at + 3)
+                    break
+                }
+                if bytes[at + 2] == 0x0D && bytes[at + 3] == 0x0A {
+                    (dataEnd, markerEnd) = (at, at + 4)
+                    break
+                }
+            }
+            search = at + 1
         }
-        while position < end {
-            try checkEncoding(bytes[position])
+        var newlines = 0
+        var position = start
+        while position < dataEnd {
+            if utf8Pending == 0 {
+                while position + 8 <= dataEnd {
+                    let word = (base + position).loadUnaligned(as: UInt64.self)
+                    // Stop at a non-ASCII or a zero byte; count the newlines.
+                    if word & 0x8080_8080_8080_8080 != 0 || nonzeroBytes(word) != 0x8080_8080_8080_8080 { break }
+                    newlines += 8 &- nonzeroBytes(word ^ 0x0A0A_0A0A_0A0A_0A0A).nonzeroBitCount
+                    position += 8
+                }
+                guard position < dataEnd else { break }
+            }
+            let byte = bytes[position]
+            if let why = encodingProblem(byte) {
+                line += newlines
+                throw reject(why)
+            }
+            if byte == 0x0A { newlines += 1 }
             position += 1
         }
-        guard utf8Pending == 0 else { throw reject("invalid UTF-8; this is not a UTF-8 SQL text file") }
-        return end
+        line += newlines
+        if dataEnd > start {
+            copyBuffer.append(contentsOf: UnsafeRawBufferPointer(rebasing: bytes[start..<dataEnd]))
+            if copyBuffer.count >= 1 << 20 {
+                try emit(.copyData(copyBuffer))
+                copyBuffer.removeAll(keepingCapacity: true)
+            }
+        }
+        previous = 0x0A
+        guard let markerEnd else {
+            byteCount += Int64(end - start)
+            return end - start
+        }
+        byteCount += Int64(markerEnd - start)
+        try endCopyLine(UnsafeRawBufferPointer(rebasing: bytes[dataEnd..<markerEnd]), emit: emit)
+        line += 1
+        return markerEnd - start
+    }
+
+    /// The high bit of each byte of `word` that is not zero, exactly (no borrow between bytes).
+    @inline(__always) private func nonzeroBytes(_ word: UInt64) -> UInt64 {
+        ((word & 0x7F7F_7F7F_7F7F_7F7F) &+ 0x7F7F_7F7F_7F7F_7F7F | word) & 0x8080_8080_8080_8080
     }
 
     private func checkEncoding(_ byte: UInt8) throws(TenureError) {
-        if byte == 0 { throw reject("a NUL byte; this is not a SQL text file") }
+        if let why = encodingProblem(byte) { throw reject(why) }
+    }
+
+    /// What is wrong with `byte` as the next byte of UTF-8 text without NUL, if anything
+    /// (keeping count of a character's continuation bytes).
+    private func encodingProblem(_ byte: UInt8) -> String? {
+        if byte == 0 { return "a NUL byte; this is not a SQL text file" }
         if utf8Pending > 0 {
-            guard byte & 0xC0 == 0x80 else { throw reject("invalid UTF-8; this is not a UTF-8 SQL text file") }
+            guard byte & 0xC0 == 0x80 else { return "invalid UTF-8; this is not a UTF-8 SQL text file" }
             utf8Pending -= 1
-            return
+            return nil
         }
         switch byte {
         case 0x00...0x7F: break
         case 0xC2...0xDF: utf8Pending = 1
         case 0xE0...0xEF: utf8Pending = 2
         case 0xF0...0xF4: utf8Pending = 3
-        default: throw reject("invalid UTF-8; this is not a UTF-8 SQL text file")
+        default: return "invalid UTF-8; this is not a UTF-8 SQL text file"
         }
+        return nil
     }
 
     private func append(_ byte: UInt8) throws(TenureError) {

@@ -569,6 +569,9 @@ struct PgRestoreConverter {
         var stdoutPipe: [Int32] = [0, 0]
         var stderrPipe: [Int32] = [0, 0]
         guard pipe(&input) == 0, pipe(&stdoutPipe) == 0, pipe(&stderrPipe) == 0 else { throw TenureError(.internal, "cannot create pipes for pg_restore") }
+        // A 1 MiB pipe (Linux F_SETPIPE_SZ; the default holds 64 KiB): the script is read in
+        // fewer, larger pieces, so the lexer takes more whole lines at once. Refused quietly.
+        _ = fcntl(stdoutPipe[0], 1031, Int32(1 << 20))
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }

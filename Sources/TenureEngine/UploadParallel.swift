@@ -291,7 +291,8 @@ struct ParallelCustomUpload: Sendable {
             throw TenureError(.uploadRejected, error.message)
         }
         let upload = self
-        let settings = "SET maintenance_work_mem = '\(RestoreOptions(target: importer.target, jobs: 1).maintenanceWorkMemory)'"
+        let settings = RestoreOptions(target: importer.target, jobs: 1).buildSettings
+        let label = Self.timing ? "upload" : nil
         try runPostDataPool(schedule.schedule, jobs: min(importer.jobs, Self.maximumDataSessions), name: "tenure-upload-post-data") { () throws(TenureError) in
             let connection = try upload.progress.session(upload.importer.target, applicationName: "tenure-upload-post-data")
             do throws(TenureError) {
@@ -302,10 +303,11 @@ struct ParallelCustomUpload: Sendable {
                 throw error
             }
             return PostDataSession(close: { connection.close() }) { (entry) throws(TenureError) in
-                try upload.runText(entry.sql, on: connection, shared: shared)
+                try timed(entry, label: label, since: upload.started) { () throws(TenureError) in try upload.runText(entry.sql, on: connection, shared: shared) }
             }
         }
-        guard !schedule.last.isEmpty else { return }
+        // The last pass, then a commit that waits for its WAL flush, and so for every
+        // commit of the post-data before it.
         let connection = try progress.session(importer.target, applicationName: "tenure-upload-post-data")
         defer { connection.close() }
         try runText(preamble, on: connection, shared: shared)
@@ -314,6 +316,7 @@ struct ParallelCustomUpload: Sendable {
                 throw TenureError(error.code, "restoring \(entry.describe) failed: \(error.message)", context: error.context, sqlState: error.sqlState)
             }
         }
+        try connection.execute("SET synchronous_commit = on; SELECT pg_catalog.txid_current()")
     }
 
     /// Runs rendered SQL text on `connection` through the lexer and the policy.

@@ -37,9 +37,9 @@ import TenureEngine
         return pieces
     }
 
-    func rejection(_ text: String) -> String? {
+    func rejection(_ text: String, chunk: Int = 7) -> String? {
         do {
-            _ = try lex(text, chunk: 7)
+            _ = try lex(text, chunk: chunk)
             return nil
         } catch let error as TenureError {
             return error.message
@@ -81,6 +81,51 @@ import TenureEngine
             #expect(pieces[7] == .statement("SELECT 2;"))
         }
         #expect(try lex("SELECT 1;\nCOPY t FROM stdin;\n\\.\nSELECT 2;\n") == [.statement("SELECT 1;"), .statement("COPY t FROM stdin;"), .copy(""), .statement("SELECT 2;")])
+    }
+
+    /// COPY data is taken a chunk's whole lines at a time: the same data, the same end, the
+    /// same line numbers in rejections, wherever the chunks split it.
+    @Test func copyDataTakenInWholeChunksKeepsEveryCheck() throws {
+        var rows = ""
+        for index in 1...300 { rows += "\(index)\tzo\u{00EB} \u{1F600} \\.not an end\t\\N\\x\(String(repeating: "a", count: index % 23))\n" }
+        rows += "\\.x is data too\n"
+        let script = "SELECT 1;\nCOPY t (a, b) FROM stdin;\n" + rows + "\\.\r\nSELECT 2;\nCOPY t FROM stdin;\n9\n\\.\nSELECT 3;\n"
+        for chunk in [1, 2, 7, 8, 9, 64, 4_096, 100_000] {
+            let pieces = try lex(script, chunk: chunk)
+            #expect(
+                pieces == [.statement("SELECT 1;"), .statement("COPY t (a, b) FROM stdin;"), .copy(rows), .statement("SELECT 2;"),
+                    .statement("COPY t FROM stdin;"), .copy("9\n"), .statement("SELECT 3;")], "chunk \(chunk)")
+        }
+        // A bad byte in line 40 of the data (line 42 of the script) is reported there.
+        let lines = (1...60).map { "\($0)\tvalue \($0) with some words\n" }
+        do {
+            var broken = lines
+            broken[39] = "40\tvalue\u{0}\n"
+            let text = "SELECT 1;\nCOPY t FROM stdin;\n" + broken.joined() + "\\.\n"
+            for chunk in [1, 7, 100_000] {
+                let message = rejection(text, chunk: chunk)
+                #expect(message?.contains("line 42: a NUL byte") == true, "chunk \(chunk): \(message ?? "accepted")")
+            }
+        }
+        for chunk in [1, 7, 100_000] {
+            var bytes = Array("SELECT 1;\nCOPY t FROM stdin;\n".utf8) + lines.prefix(39).flatMap { Array($0.utf8) }
+            bytes += Array("40\tcut ".utf8) + [0xC3] + Array("\n".utf8) + Array("41\tb\n\\.\n".utf8)
+            let lexer = SQLLexer()
+            var message = ""
+            do {
+                var offset = 0
+                while offset < bytes.count {
+                    let end = min(offset + chunk, bytes.count)
+                    try Array(bytes[offset..<end]).withBytes { (buffer) throws(TenureError) in
+                        try lexer.feed(buffer) { (event) throws(TenureError) in
+                            if case .statement(let text, _) = event, UploadStatementPolicy.decide(text) == .copyIn { lexer.expectCopyData() }
+                        }
+                    }
+                    offset = end
+                }
+            } catch { message = error.message }
+            #expect(message.hasPrefix("line 42: invalid UTF-8"), "chunk \(chunk): \(message)")
+        }
     }
 
     @Test func refusesMetaCommandsAndTricks() {
