@@ -298,6 +298,11 @@ def upload_bench(jobs):
     timed("plain dump", f"{pg}/pg_dump {conn} bench > {OUT}/plain.sql")
     timed("custom dump", f"{pg}/pg_dump {conn} -Fc bench > {OUT}/b.dump")
     results = {}
+    samples = {}
+
+    def keep(name, seconds, rss):
+        samples.setdefault(name, []).append((seconds, rss))
+        print(f"  {name}: {seconds:.1f} s", flush=True)
 
     def upload(name, path):
         psql("postgres", "CHECKPOINT")
@@ -308,26 +313,33 @@ def upload_bench(jobs):
             sys.exit(f"{name} failed:\n{done.stdout}\n{done.stderr}")
         upload_id = json.loads(done.stdout)["id"]
         subprocess.run([TENURE, "upload", "delete", upload_id, "--confirm", upload_id], env=env, capture_output=True, check=True)
-        results[name] = {"seconds": seconds, "rss_kib": int(done.stderr.strip().split("\n")[-1])}
-        print(f"  {name}: {seconds:.1f} s", flush=True)
+        keep(name, seconds, int(done.stderr.strip().split("\n")[-1]))
 
     def baseline(name, database, shell):
         psql("postgres", f"DROP DATABASE IF EXISTS {database}")
         psql("postgres", "CHECKPOINT")
         s, r = timed(name, f"{pg}/createdb {conn} {database} && {shell}")
-        results[name] = {"seconds": s, "rss_kib": r}
         psql("postgres", f"DROP DATABASE {database}")
-        print(f"  {name}: {s:.1f} s", flush=True)
+        keep(name, s, r)
 
     baseline("createdb + psql -f (plain SQL)", "u_psql", f"{pg}/psql {conn} -X -q -v ON_ERROR_STOP=1 -d u_psql -f {OUT}/plain.sql > /dev/null")
     upload("tenure upload (plain SQL)", f"{OUT}/plain.sql")
-    baseline("createdb + pg_restore -j N (custom)", "u_pgr", f"{pg}/pg_restore {conn} -j {jobs} --no-owner -d u_pgr {OUT}/b.dump")
-    upload("tenure upload (custom)", f"{OUT}/b.dump")
+    # The custom-format pair alternates BENCH_UPLOAD_RUNS times (default 3); medians count.
+    for _ in range(int(os.environ.get("BENCH_UPLOAD_RUNS", "3"))):
+        baseline("createdb + pg_restore -j N (custom)", "u_pgr", f"{pg}/pg_restore {conn} -j {jobs} --no-owner -d u_pgr {OUT}/b.dump")
+        upload("tenure upload (custom)", f"{OUT}/b.dump")
+    for name, values in samples.items():
+        ordered = sorted(values)
+        if len(values) > 1:
+            print(f"  {name} runs: " + ", ".join(f"{v[0]:.1f}" for v in values), flush=True)
+        results[name] = {"seconds": ordered[len(ordered) // 2][0], "rss_kib": max(v[1] for v in values), "runs": [v[0] for v in values]}
     print()
     print("| upload (issue 18) | seconds | peak RSS MiB |")
     print("|---|---:|---:|")
     for key, value in results.items():
-        print(f"| {key} | {value['seconds']:.1f} | {value['rss_kib'] / 1024:.0f} |")
+        runs = value["runs"]
+        label = f"{key} (median of {len(runs)}: " + ", ".join(f"{v:.1f}" for v in runs) + ")" if len(runs) > 1 else key
+        print(f"| {label} | {value['seconds']:.1f} | {value['rss_kib'] / 1024:.0f} |")
     rows = [
         ("upload plain SQL vs psql -f", results["tenure upload (plain SQL)"]["seconds"] / results["createdb + psql -f (plain SQL)"]["seconds"], 1.2),
         ("upload custom vs pg_restore -j N", results["tenure upload (custom)"]["seconds"] / results["createdb + pg_restore -j N (custom)"]["seconds"], 1.0),
