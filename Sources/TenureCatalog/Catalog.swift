@@ -129,6 +129,27 @@ public final class Catalog {
         return counts
     }
 
+    /// Inside a transaction that places a database on `name`: locks the server's row until
+    /// the transaction ends and checks, under that lock, that it is active and below its
+    /// capacity. Two creates racing for the last place are taken one after the other, and
+    /// the second sees the first (its count is read after the lock is granted), so a
+    /// capacity is never overshot. Throws a conflict otherwise.
+    public func reservePlace(onServer name: String) throws(TenureError) {
+        let server = try connection.query("SELECT capacity::text, state FROM tenant_servers WHERE name = $1 FOR UPDATE", [name])
+        guard let row = server.rows.first else {
+            throw TenureError(.serverNotFound, "no tenant server named '\(printable(name))'; see `tenure server list`", context: ["server": name])
+        }
+        guard row[1] == "active" else {
+            throw TenureError(.lifecycleConflict, "server '\(printable(name))' is draining: no new databases are placed there", context: ["server": name])
+        }
+        let capacity = Int(row[0] ?? "0") ?? 0
+        let placed =
+            Int((try connection.query("SELECT count(*)::text FROM databases WHERE server_name = $1 AND state <> 'destroyed'", [name]).rows.first?[0] ?? nil) ?? "0") ?? 0
+        guard placed < capacity else {
+            throw TenureError(.lifecycleConflict, "server '\(printable(name))' is full (\(placed) of \(capacity) databases)", context: ["server": name])
+        }
+    }
+
     public func servers() throws(TenureError) -> [ServerRecord] {
         let result = try connection.query(
             "SELECT \(Self.serverColumns) FROM tenant_servers ORDER BY name")

@@ -167,6 +167,7 @@ public final class Controller {
         try catalog.lock(key: intent.lockKey)
         defer { try? catalog.unlock(key: intent.lockKey) }
         try catalog.transaction { () throws(TenureError) in
+            try catalog.reservePlace(onServer: server.name.rawValue)
             try catalog.insertDatabase(record)
             // Its data key is made with it (it seals every stored backup of it).
             _ = try dataKey(owner: id.rawValue)

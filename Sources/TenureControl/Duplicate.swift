@@ -48,6 +48,7 @@ extension Controller {
         try catalog.lock(key: intent.lockKey)
         defer { try? catalog.unlock(key: intent.lockKey) }
         try catalog.transaction { () throws(TenureError) in
+            try catalog.reservePlace(onServer: server.name.rawValue)
             try catalog.insertDatabase(record)
             _ = try dataKey(owner: id.rawValue)
             try catalog.insertIntent(intent)

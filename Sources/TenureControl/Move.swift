@@ -109,6 +109,7 @@ extension Controller {
             try catalog.assertFence()
             let now = clock.now()
             try catalog.transaction { () throws(TenureError) in
+                try catalog.reservePlace(onServer: target.name.rawValue)
                 guard try catalog.moveDatabase(id, to: target.name.rawValue, expectedVersion: record.version, now: now) else {
                     throw TenureError(.concurrentModification, "database \(id) changed during its move; it stays on '\(source.name)'")
                 }

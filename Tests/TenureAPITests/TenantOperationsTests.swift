@@ -85,6 +85,23 @@ import TenureTestSupport
         #expect(states == ["default:draining", "second:active"], "\(list)")
         #expect(try api.tenure(["server", "update", "second", "--state", "sideways"]).status == 2)
         #expect(try api.tenure(["server", "update", "nowhere", "--capacity", "3"]).status == 3)
+        // One place left and four creates racing for it: one is made, three are refused (exit
+        // 4), the capacity is not overshot, and the refused ones leave no role or database.
+        #expect(try api.tenure(["server", "update", "second", "--capacity", "6"]).status == 0)
+        final class Statuses: @unchecked Sendable {
+            let lock = NSLock()
+            var values: [Int] = []
+        }
+        let raced = Statuses()
+        DispatchQueue.concurrentPerform(iterations: 4) { index in
+            let status = (try? api.tenure(["db", "create", "race-\(index)"]))?.status
+            raced.lock.withLock { raced.values.append(status.map { Int($0) } ?? -1) }
+        }
+        #expect(raced.values.sorted() == [0, 4, 4, 4], "\(raced.values)")
+        let after = try api.call("GET", "/v1/servers").json["servers"] as? [[String: Any]] ?? []
+        #expect(after.map { $0["placed"] as? Int } == [2, 6], "\(after)")
+        let roles = try second.rows("SELECT count(*)::text FROM pg_roles WHERE rolname LIKE 'db\\_%'")
+        #expect(roles == [["6"]], "\(roles)")
         #expect(api.stop().status == 0)
     }
 
