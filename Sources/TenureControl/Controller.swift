@@ -241,7 +241,7 @@ public final class Controller {
         let admin = try connectAdmin(server)
         defer { admin.close() }
         try admin.execute("DROP DATABASE IF EXISTS \(quoteIdentifier(intent.postgresDatabase)) WITH (FORCE)")
-        try admin.execute("DROP ROLE IF EXISTS \(quoteIdentifier(intent.postgresRole))")
+        try dropRole(intent.postgresRole, on: admin, server: intent.serverName)
         let now = clock.now()
         try catalog.transaction { () throws(TenureError) in
             try catalog.deleteProvisioningDatabase(intent.databaseID)
@@ -431,6 +431,34 @@ public final class Controller {
         }
     }
 
+    /// Drops a tenant role on a server (one already gone: nothing to do). A role that still
+    /// owns objects or holds privileges in another database there (a copy restored beside its
+    /// database with `tenure restore`, a drill still running) cannot be dropped; the error
+    /// names those databases, so an operator knows what to remove before the retry.
+    func dropRole(_ role: String, on admin: PostgresConnection, server: String) throws(TenureError) {
+        do throws(TenureError) {
+            try admin.execute("DROP ROLE IF EXISTS \(quoteIdentifier(role))")
+        } catch {
+            guard error.sqlState == "2BP01" else { throw error }
+            let holders =
+                (try? admin.query(
+                    """
+                    SELECT DISTINCT d.datname FROM pg_catalog.pg_shdepend s JOIN pg_catalog.pg_database d ON d.oid = s.dbid
+                    WHERE s.refclassid = 'pg_catalog.pg_authid'::pg_catalog.regclass
+                      AND s.refobjid = (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = $1)
+                    ORDER BY 1
+                    """, [role]
+                ).rows.compactMap { $0[0] }) ?? []
+            let names = holders.isEmpty ? "other databases" : (holders.count == 1 ? "database " : "databases ") + holders.map { "'\(printable($0))'" }.joined(separator: ", ")
+            var context = error.context
+            context["databases"] = holders.joined(separator: ",")
+            throw TenureError(
+                error.code,
+                "role \(role) cannot be dropped on server '\(server)': it still owns objects or holds privileges in \(names) there (a copy restored beside it, or a drill still running); drop those databases or reassign what the role owns in them",
+                context: context, sqlState: error.sqlState)
+        }
+    }
+
     /// Drops the database (even a half-dropped "invalid" one) and its role, then closes the intent.
     func finishDrop(_ intent: IntentRecord) throws(TenureError) {
         let server = try catalog.server(named: intent.serverName)
@@ -441,7 +469,7 @@ public final class Controller {
         }
         try admin.execute("DROP DATABASE IF EXISTS \(quoteIdentifier(intent.postgresDatabase)) WITH (FORCE)")
         Failpoint.destroyAfterDropDatabase.hit()
-        try admin.execute("DROP ROLE IF EXISTS \(quoteIdentifier(intent.postgresRole))")
+        try dropRole(intent.postgresRole, on: admin, server: intent.serverName)
         Failpoint.destroyAfterDropRole.hit()
         let now = clock.now()
         try catalog.transaction { () throws(TenureError) in

@@ -97,7 +97,7 @@ extension Controller {
             defer { targetAdmin.close() }
             try hardenServer(targetAdmin)
             try targetAdmin.execute("DROP DATABASE IF EXISTS \(quoteIdentifier(record.postgresDatabase)) WITH (FORCE)")
-            try targetAdmin.execute("DROP ROLE IF EXISTS \(quoteIdentifier(record.postgresRole))")
+            try dropRole(record.postgresRole, on: targetAdmin, server: target.name.rawValue)
             try targetAdmin.execute(
                 "CREATE ROLE \(quoteIdentifier(record.postgresRole)) NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS CONNECTION LIMIT \(configuration.planConnectionLimits[record.lifecycle.plan] ?? -1) PASSWORD \(quoteLiteral(verifier))"
             )
@@ -142,7 +142,7 @@ extension Controller {
         let sourceAdmin = try connectAdmin(source)
         defer { sourceAdmin.close() }
         try sourceAdmin.execute("DROP DATABASE IF EXISTS \(quoteIdentifier(record.postgresDatabase)) WITH (FORCE)")
-        try sourceAdmin.execute("DROP ROLE IF EXISTS \(quoteIdentifier(record.postgresRole))")
+        try dropRole(record.postgresRole, on: sourceAdmin, server: source.name.rawValue)
         let now = clock.now()
         try catalog.transaction { () throws(TenureError) in
             try catalog.finishIntent(intent.id, status: .completed, now: now)
@@ -161,7 +161,7 @@ extension Controller {
             let targetAdmin = try connectAdmin(target)
             defer { targetAdmin.close() }
             try targetAdmin.execute("DROP DATABASE IF EXISTS \(quoteIdentifier(record.postgresDatabase)) WITH (FORCE)")
-            try targetAdmin.execute("DROP ROLE IF EXISTS \(quoteIdentifier(record.postgresRole))")
+            try dropRole(record.postgresRole, on: targetAdmin, server: target.name.rawValue)
         }
         let source = try catalog.server(named: record.serverName)
         let sourceAdmin = try connectAdmin(source)

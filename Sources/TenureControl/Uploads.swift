@@ -516,7 +516,7 @@ extension Controller {
             guard let name = row[0] else { continue }
             try admin.execute("DROP DATABASE IF EXISTS \(quoteIdentifier(name)) WITH (FORCE)")
         }
-        try admin.execute("DROP ROLE IF EXISTS \(quoteIdentifier(record.postgresRole))")
+        try dropRole(record.postgresRole, on: admin, server: server.name.rawValue)
         try catalog.lock(key: filesLockKey(record))
         defer { try? catalog.unlock(key: filesLockKey(record)) }
         let directory = uploadDirectory(record.id)
