@@ -166,16 +166,7 @@ public final class Controller {
 
         try catalog.lock(key: intent.lockKey)
         defer { try? catalog.unlock(key: intent.lockKey) }
-        try catalog.transaction { () throws(TenureError) in
-            try catalog.reservePlace(onServer: server.name.rawValue)
-            try catalog.insertDatabase(record)
-            // Its data key is made with it (it seals every stored backup of it).
-            _ = try dataKey(owner: id.rawValue)
-            try catalog.insertIntent(intent)
-            try catalog.audit(
-                at: now, databaseID: id.rawValue, actor: actor, action: LifecycleEvent.create.rawValue, from: nil, to: DatabaseState.provisioning.rawValue,
-                reason: nil, detail: ["name": record.name, "plan": plan.rawValue, "server": server.name.rawValue])
-        }
+        try recordProvisioning(record, intent: intent, plan: plan)
         Failpoint.createAfterIntent.hit()
 
         let password = Self.randomPassword()
@@ -197,19 +188,7 @@ public final class Controller {
             try tenant.execute(
                 "ALTER SCHEMA public OWNER TO pg_database_owner; REVOKE ALL ON SCHEMA public FROM PUBLIC; GRANT USAGE ON SCHEMA public TO PUBLIC")
 
-            let ready = clock.now()
-            var next = record
-            _ = try next.lifecycle.ready(now: ready, policy: policy)
-            try catalog.transaction { () throws(TenureError) in
-                guard try catalog.updateDatabase(next, expectedVersion: record.version, now: ready) else {
-                    throw TenureError(.concurrentModification, "database \(id) changed while it was being provisioned")
-                }
-                try catalog.finishIntent(intent.id, status: .completed, now: ready)
-                try catalog.audit(
-                    at: ready, databaseID: id.rawValue, actor: actor, action: LifecycleEvent.ready.rawValue, from: DatabaseState.provisioning.rawValue,
-                    to: next.state.rawValue, reason: nil)
-            }
-            record = try catalog.database(id)
+            record = try recordReady(record, intent: intent.id, while: "being provisioned")
         } catch {
             logger.debug("create failed, rolling back", metadata: ["tenure.database_id": "\(id)"])
             do throws(TenureError) { try rollBackCreate(intent, reason: error.message) } catch let rollbackError {
@@ -220,6 +199,46 @@ public final class Controller {
             throw error
         }
         return CreatedDatabase(record: record, password: password, connectionURL: Self.connectionURL(record, server: server, password: password))
+    }
+
+    /// The catalog's side of a new database, in one transaction: a place reserved on its
+    /// server, its provisioning row, its data key (it seals every stored backup of it), the
+    /// create intent and the `create` audit event (`detail` added to it).
+    func recordProvisioning(_ record: DatabaseRecord, intent: IntentRecord, plan: Plan, detail: [String: String] = [:]) throws(TenureError) {
+        try catalog.transaction { () throws(TenureError) in
+            try catalog.reservePlace(onServer: record.serverName)
+            try catalog.insertDatabase(record)
+            _ = try dataKey(owner: record.id.rawValue)
+            try catalog.insertIntent(intent)
+            try catalog.audit(
+                at: intent.createdAt, databaseID: record.id.rawValue, actor: actor, action: LifecycleEvent.create.rawValue, from: nil,
+                to: DatabaseState.provisioning.rawValue, reason: nil,
+                detail: ["name": record.name, "plan": plan.rawValue, "server": record.serverName].merging(detail) { $1 })
+        }
+    }
+
+    /// A provisioned database made ready, in one transaction: its row (only if it is still
+    /// the version `record` read; otherwise "changed while it was `activity`"), the create
+    /// intent closed, the `ready` audit event (with `detail`), and whatever `also` records.
+    /// Returns the row as stored.
+    func recordReady(
+        _ record: DatabaseRecord, intent: IntentID, while activity: String, detail: [String: String] = [:],
+        also: () throws(TenureError) -> Void = { () throws(TenureError) in }
+    ) throws(TenureError) -> DatabaseRecord {
+        let now = clock.now()
+        var next = record
+        _ = try next.lifecycle.ready(now: now, policy: policy)
+        try catalog.transaction { () throws(TenureError) in
+            guard try catalog.updateDatabase(next, expectedVersion: record.version, now: now) else {
+                throw TenureError(.concurrentModification, "database \(record.id) changed while it was \(activity)")
+            }
+            try catalog.finishIntent(intent, status: .completed, now: now)
+            try catalog.audit(
+                at: now, databaseID: record.id.rawValue, actor: actor, action: LifecycleEvent.ready.rawValue, from: DatabaseState.provisioning.rawValue,
+                to: next.state.rawValue, reason: nil, detail: detail)
+            try also()
+        }
+        return try catalog.database(record.id)
     }
 
     static func connectionURL(_ record: DatabaseRecord, server: ServerRecord, password: String) -> String {

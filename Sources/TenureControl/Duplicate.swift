@@ -47,15 +47,7 @@ extension Controller {
         try hardenServer(admin)
         try catalog.lock(key: intent.lockKey)
         defer { try? catalog.unlock(key: intent.lockKey) }
-        try catalog.transaction { () throws(TenureError) in
-            try catalog.reservePlace(onServer: server.name.rawValue)
-            try catalog.insertDatabase(record)
-            _ = try dataKey(owner: id.rawValue)
-            try catalog.insertIntent(intent)
-            try catalog.audit(
-                at: now, databaseID: id.rawValue, actor: actor, action: LifecycleEvent.create.rawValue, from: nil, to: DatabaseState.provisioning.rawValue,
-                reason: nil, detail: ["name": record.name, "plan": plan.rawValue, "server": server.name.rawValue, "duplicate_of": sourceID.rawValue])
-        }
+        try recordProvisioning(record, intent: intent, plan: plan, detail: ["duplicate_of": sourceID.rawValue])
         let password = Self.randomPassword()
         do throws(TenureError) {
             let verifier = try admin.scramVerifier(password: password, role: record.postgresRole)
@@ -156,21 +148,13 @@ extension Controller {
         }
         try catalog.assertFence()
         try admin.execute("ALTER ROLE \(role) LOGIN")
-        let now = clock.now()
-        var next = record
-        _ = try next.lifecycle.ready(now: now, policy: policy)
-        try catalog.transaction { () throws(TenureError) in
-            guard try catalog.updateDatabase(next, expectedVersion: record.version, now: now) else {
-                throw TenureError(.concurrentModification, "database \(id) changed while it was being duplicated")
-            }
-            try catalog.finishIntent(intent.id, status: .completed, now: now)
+        let actor = self.actor
+        return try recordReady(
+            record, intent: intent.id, while: "being duplicated", detail: ["duplicate_of": sourceID.rawValue, "neutralized": applied.joined(separator: ",")]
+        ) { () throws(TenureError) in
             try catalog.audit(
-                at: now, databaseID: id.rawValue, actor: actor, action: LifecycleEvent.ready.rawValue, from: DatabaseState.provisioning.rawValue,
-                to: next.state.rawValue, reason: nil, detail: ["duplicate_of": sourceID.rawValue, "neutralized": applied.joined(separator: ",")])
-            try catalog.audit(
-                at: now, databaseID: sourceID.rawValue, actor: actor, action: "duplicated", from: nil, to: nil, reason: nil,
+                at: clock.now(), databaseID: sourceID.rawValue, actor: actor, action: "duplicated", from: nil, to: nil, reason: nil,
                 detail: ["database_id": id.rawValue, "server": record.serverName])
         }
-        return try catalog.database(id)
     }
 }

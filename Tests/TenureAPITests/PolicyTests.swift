@@ -121,17 +121,26 @@ import Glibc
         try handle.seek(toOffset: size / 2)
         try handle.write(contentsOf: Data([0xde, 0xad, 0xbe, 0xef]))
         try handle.close()
-        // The scheduler drills both (one per interval, never-drilled first).
+        // The scheduler drills both (one per interval, never-drilled first). A tick may drill
+        // the second backup between its backup and the write above; it passes then, and it is
+        // drilled once more by hand (the scheduler drills a backup once).
         var drills: [[String: Any]] = []
+        func drilled(_ backup: String, _ outcome: String) -> Bool {
+            drills.contains { $0["backup_id"] as? String == backup && $0["outcome"] as? String == outcome }
+        }
+        var again = false
         let deadline = Date().addingTimeInterval(90)
         while Date() < deadline {
             drills = try api.call("GET", "/v1/drills").json["drills"] as? [[String: Any]] ?? []
-            if Set(drills.compactMap { $0["backup_id"] as? String }) == Set(backups) { break }
+            if drilled(backups[0], "passed") && drilled(backups[1], "failed") { break }
+            if drilled(backups[1], "passed") && !again {
+                again = true
+                #expect(try api.call("POST", "/v1/drills", json: ["backup_id": backups[1]]).status == 202)
+            }
             usleep(500_000)
         }
-        let outcomes = Dictionary(drills.map { ($0["backup_id"] as! String, $0["outcome"] as! String) }) { first, _ in first }
-        #expect(outcomes[backups[0]] == "passed" && outcomes[backups[1]] == "failed", "\(drills)")
-        if let bad = drills.first(where: { $0["backup_id"] as? String == backups[1] }) {
+        #expect(drilled(backups[0], "passed") && drilled(backups[1], "failed") && !drilled(backups[0], "failed"), "\(drills)")
+        if let bad = drills.first(where: { $0["backup_id"] as? String == backups[1] && $0["outcome"] as? String == "failed" }) {
             let detail = bad["detail"] as? [String: Any] ?? [:]
             #expect(!(detail["error"] as? String ?? "").isEmpty, "\(bad)")
         }
