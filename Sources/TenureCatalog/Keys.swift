@@ -105,7 +105,7 @@ extension Catalog {
         return result.rows.indices.map { row in
             WrappedDataKey(
                 id: DataKeyID(unchecked: result[row, "id"]!), owner: result[row, "owner"]!,
-                wrapped: decodeHex(result[row, "wrapped"] ?? ""), masterKeyID: result[row, "master_key_id"]!,
+                wrapped: hexBytes(result[row, "wrapped"] ?? "") ?? [], masterKeyID: result[row, "master_key_id"]!,
                 createdAt: date(result[row, "created_at"])!)
         }
     }
@@ -130,29 +130,6 @@ extension Catalog {
             subject: result[0, "subject"]!, payload: result[0, "payload"]!, signature: result[0, "signature"]!, keyID: result[0, "key_id"]!,
             issuedAt: date(result[0, "issued_at"])!)
     }
-}
-
-/// Bytes of a hex string (lowercase or uppercase); stops at the first non-hex pair.
-func decodeHex(_ text: String) -> [UInt8] {
-    var bytes: [UInt8] = []
-    bytes.reserveCapacity(text.utf8.count / 2)
-    var high: UInt8?
-    for character in text.utf8 {
-        let value: UInt8
-        switch character {
-        case 48...57: value = character - 48
-        case 97...102: value = character - 87
-        case 65...70: value = character - 55
-        default: return bytes
-        }
-        if let first = high {
-            bytes.append(first << 4 | value)
-            high = nil
-        } else {
-            high = value
-        }
-    }
-    return bytes
 }
 
 extension Catalog {

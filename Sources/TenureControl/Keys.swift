@@ -7,57 +7,6 @@ import TenureEngine
 import Glibc
 #endif
 
-/// A key file: 64 hex digits and a newline, mode 0600, created with O_EXCL so that two
-/// processes starting at once end up with one key.
-enum KeyFile {
-    /// The key, or nil when the file does not exist; an unreadable or malformed file is an error.
-    static func read(_ path: String, setting: String) throws(TenureError) -> [UInt8]? {
-        guard FileManager.default.fileExists(atPath: path) else { return nil }
-        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
-            throw TenureError(.invalidConfiguration, "\(setting) \(path) cannot be read (check its owner and mode)")
-        }
-        let hex = text.trimmingCharacters(in: .whitespacesAndNewlines)
-        guard hex.utf8.count == 64, hex.utf8.allSatisfy({ (48...57).contains($0) || (97...102).contains($0) }) else {
-            throw TenureError(.invalidConfiguration, "\(setting) \(path) is not a key (64 lowercase hex digits)")
-        }
-        return stride(from: 0, to: 64, by: 2).map { offset in
-            let start = hex.utf8.index(hex.utf8.startIndex, offsetBy: offset)
-            return UInt8(String(hex.utf8[start..<hex.utf8.index(start, offsetBy: 2)])!, radix: 16)!
-        }
-    }
-
-    /// Writes a new key file (fsynced); false if one exists already.
-    static func create(_ path: String, key: [UInt8], setting: String) throws(TenureError) -> Bool {
-        let directory = (path as NSString).deletingLastPathComponent
-        if !directory.isEmpty {
-            do { try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true) } catch {
-                throw TenureError(.invalidConfiguration, "cannot create \(directory) for \(setting): \(error.localizedDescription)")
-            }
-        }
-        let descriptor = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
-        guard descriptor >= 0 else {
-            if errno == EEXIST { return false }
-            throw TenureError(.invalidConfiguration, "cannot create \(setting) \(path): \(String(cString: strerror(errno)))")
-        }
-        defer { close(descriptor) }
-        let line = Array((SHA256.hex(key) + "\n").utf8)
-        let written = line.withUnsafeBytes { write(descriptor, $0.baseAddress, $0.count) }
-        guard written == line.count, fsync(descriptor) == 0 else {
-            unlink(path)
-            throw TenureError(.invalidConfiguration, "cannot write \(setting) \(path): \(String(cString: strerror(errno)))")
-        }
-        return true
-    }
-
-    static func syncDirectory(of path: String) {
-        let directory = open((path as NSString).deletingLastPathComponent.isEmpty ? "." : (path as NSString).deletingLastPathComponent, O_RDONLY | O_CLOEXEC)
-        if directory >= 0 {
-            fsync(directory)
-            close(directory)
-        }
-    }
-}
-
 /// A raw data key from a key file (`--data-key-file`: 64 hex digits).
 public func readDataKeyFile(_ path: String) throws(TenureError) -> [UInt8] {
     guard let key = try KeyFile.read(path, setting: "--data-key-file") else { throw TenureError(.invalidRequest, "--data-key-file \(path) does not exist") }

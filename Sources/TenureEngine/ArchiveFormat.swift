@@ -169,27 +169,15 @@ public struct ArchiveKey: Sendable {
     /// Loads the key, creating it the first time (`create`); nil if absent and not created.
     public static func load(home: String, create: Bool) throws(TenureError) -> ArchiveKey? {
         let path = home + "/archive.key"
-        if let text = try? String(contentsOfFile: path, encoding: .utf8) {
-            let hex = Array(text.trimmingCharacters(in: .whitespacesAndNewlines).utf8)
-            guard hex.count == 64 else { throw TenureError(.invalidConfiguration, "\(path) is not a 64-digit hex key") }
-            return ArchiveKey(bytes: decodeHexBytea("\\x" + String(decoding: hex, as: UTF8.self)))
-        }
+        let setting = "the archive key"
+        if let bytes = try KeyFile.read(path, setting: setting) { return ArchiveKey(bytes: bytes) }
         guard create else { return nil }
-        do { try FileManager.default.createDirectory(atPath: home, withIntermediateDirectories: true) } catch {
-            throw TenureError(.invalidConfiguration, "cannot create \(home): \(error.localizedDescription)")
-        }
         var generator = SystemRandomNumberGenerator()
         let bytes = (0..<32).map { _ in UInt8.random(in: 0...255, using: &generator) }
-        let descriptor = open(path, O_WRONLY | O_CREAT | O_EXCL, 0o600)
-        guard descriptor >= 0 else {
-            // Created meanwhile by another process: use theirs.
-            if let existing = try load(home: home, create: false) { return existing }
-            throw TenureError(.invalidConfiguration, "cannot create \(path)")
-        }
-        let line = SHA256.hex(bytes) + "\n"
-        _ = line.withCString { write(descriptor, $0, strlen($0)) }
-        close(descriptor)
-        return ArchiveKey(bytes: bytes)
+        if try KeyFile.create(path, key: bytes, setting: setting) { return ArchiveKey(bytes: bytes) }
+        // Created meanwhile by another process: use theirs.
+        guard let theirs = try KeyFile.read(path, setting: setting) else { throw TenureError(.invalidConfiguration, "cannot create \(path)") }
+        return ArchiveKey(bytes: theirs)
     }
 
     func sign(_ manifest: Manifest) -> ManifestSignature {

@@ -448,25 +448,10 @@ struct BackupWorker {
     }
 }
 
-/// `\x4142` → [0x41, 0x42].
+/// `\x4142` → [0x41, 0x42] (anything else: no bytes).
 func decodeHexBytea(_ text: String) -> [UInt8] {
-    var bytes: [UInt8] = []
-    let utf8 = Array(text.utf8)
-    guard utf8.count >= 2, utf8[0] == UInt8(ascii: "\\"), utf8[1] == UInt8(ascii: "x") else { return [] }
-    bytes.reserveCapacity((utf8.count - 2) / 2)
-    func nibble(_ byte: UInt8) -> UInt8 {
-        switch byte {
-        case UInt8(ascii: "0")...UInt8(ascii: "9"): return byte - UInt8(ascii: "0")
-        case UInt8(ascii: "a")...UInt8(ascii: "f"): return byte - UInt8(ascii: "a") + 10
-        default: return byte - UInt8(ascii: "A") + 10
-        }
-    }
-    var index = 2
-    while index + 1 < utf8.count {
-        bytes.append(nibble(utf8[index]) << 4 | nibble(utf8[index + 1]))
-        index += 2
-    }
-    return bytes
+    guard text.hasPrefix("\\x") else { return [] }
+    return hexBytes(text.dropFirst(2)) ?? []
 }
 
 /// Where segments go: a tar archive, or a plain SQL zstd stream.

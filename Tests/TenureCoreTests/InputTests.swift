@@ -37,6 +37,12 @@ import Testing
         }
     }
 
+    @Test func hexDigitsOfEitherCaseAndNothingElse() {
+        #expect(hexBytes("00ff0A7f") == [0x00, 0xFF, 0x0A, 0x7F])
+        #expect(hexBytes("") == [])
+        for bad in ["0", "0g", "\\x00", " 00", "0 0", "ff\n"] { #expect(hexBytes(bad) == nil, "\(bad)") }
+    }
+
     @Test func typedIDs() throws {
         let id = DatabaseID.random()
         #expect(id.rawValue.hasPrefix("db_") && id.rawValue.count == 23)
