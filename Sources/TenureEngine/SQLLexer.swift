@@ -70,11 +70,16 @@ public final class SQLLexer {
         while index < bytes.count {
             // COPY data, every whole line of the chunk at once: most of a dump's bytes, so they
             // skip the byte-by-byte state machine (same checks: UTF-8, no NUL, the \. line).
-            if mode == .copyData, !skippingToLineEnd, copyLine.isEmpty, utf8Pending == 0,
-                let used = try copyLines(bytes, from: index, emit: emit)
-            {
-                index += used
-                continue
+            if mode == .copyData, !skippingToLineEnd {
+                if copyLine.isEmpty, utf8Pending == 0, let used = try copyLines(bytes, from: index, emit: emit) {
+                    index += used
+                    continue
+                }
+                // A line longer than what has come so far: its bytes in one piece too.
+                if !copyLine.isEmpty {
+                    index += try continueCopyLine(bytes, from: index, emit: emit)
+                    continue
+                }
             }
             let byte = bytes[index]
             index += 1
@@ -158,28 +163,7 @@ public final class SQLLexer {
             }
             search = at + 1
         }
-        var newlines = 0
-        var position = start
-        while position < dataEnd {
-            if utf8Pending == 0 {
-                while position + 8 <= dataEnd {
-                    let word = (base + position).loadUnaligned(as: UInt64.self)
-                    // Stop at a non-ASCII or a zero byte; count the newlines.
-                    if word & 0x8080_8080_8080_8080 != 0 || nonzeroBytes(word) != 0x8080_8080_8080_8080 { break }
-                    newlines += 8 &- nonzeroBytes(word ^ 0x0A0A_0A0A_0A0A_0A0A).nonzeroBitCount
-                    position += 8
-                }
-                guard position < dataEnd else { break }
-            }
-            let byte = bytes[position]
-            if let why = encodingProblem(byte) {
-                line += newlines
-                throw reject(why)
-            }
-            if byte == 0x0A { newlines += 1 }
-            position += 1
-        }
-        line += newlines
+        line += try checkedNewlines(bytes, from: start, to: dataEnd)
         if dataEnd > start {
             copyBuffer.append(contentsOf: UnsafeRawBufferPointer(rebasing: bytes[start..<dataEnd]))
             if copyBuffer.count >= 1 << 20 {
@@ -196,6 +180,61 @@ public final class SQLLexer {
         try endCopyLine(UnsafeRawBufferPointer(rebasing: bytes[dataEnd..<markerEnd]), emit: emit)
         line += 1
         return markerEnd - start
+    }
+
+    /// The rest of a COPY data line begun in an earlier chunk (a long value): up to its
+    /// newline, when the line is ended, or all of `bytes`, kept for the next chunk. Checked as
+    /// `copyLines` checks. Returns the bytes taken.
+    private func continueCopyLine(_ bytes: UnsafeRawBufferPointer, from start: Int, emit: (SQLEvent) throws(TenureError) -> Void) throws(TenureError)
+        -> Int
+    {
+        let base = bytes.baseAddress!
+        let newline = memchr(base + start, 0x0A, bytes.count - start).map { UnsafeRawPointer($0) - base }
+        let end = newline ?? bytes.count
+        _ = try checkedNewlines(bytes, from: start, to: end)
+        copyLine.append(contentsOf: UnsafeRawBufferPointer(rebasing: bytes[start..<end]))
+        guard let newline else {
+            byteCount += Int64(end - start)
+            if end > start { previous = bytes[end - 1] }
+            return end - start
+        }
+        guard utf8Pending == 0 else { throw reject("invalid UTF-8; this is not a UTF-8 SQL text file") }
+        byteCount += Int64(newline + 1 - start)
+        copyLine.append(0x0A)
+        let completed = copyLine
+        copyLine.removeAll(keepingCapacity: true)
+        try completed.withBytes { (text) throws(TenureError) in try endCopyLine(text, emit: emit) }
+        line += 1
+        previous = 0x0A
+        return newline + 1 - start
+    }
+
+    /// Checks `bytes[start..<end]` as text (no NUL, valid UTF-8; ASCII eight bytes at a time)
+    /// and returns how many newlines it holds; a bad byte is reported with its own line number.
+    private func checkedNewlines(_ bytes: UnsafeRawBufferPointer, from start: Int, to end: Int) throws(TenureError) -> Int {
+        let base = bytes.baseAddress!
+        var newlines = 0
+        var position = start
+        while position < end {
+            if utf8Pending == 0 {
+                while position + 8 <= end {
+                    let word = (base + position).loadUnaligned(as: UInt64.self)
+                    // Stop at a non-ASCII or a zero byte; count the newlines.
+                    if word & 0x8080_8080_8080_8080 != 0 || nonzeroBytes(word) != 0x8080_8080_8080_8080 { break }
+                    newlines += 8 &- nonzeroBytes(word ^ 0x0A0A_0A0A_0A0A_0A0A).nonzeroBitCount
+                    position += 8
+                }
+                guard position < end else { break }
+            }
+            let byte = bytes[position]
+            if let why = encodingProblem(byte) {
+                line += newlines
+                throw reject(why)
+            }
+            if byte == 0x0A { newlines += 1 }
+            position += 1
+        }
+        return newlines
     }
 
     /// The high bit of each byte of `word` that is not zero, exactly (no borrow between bytes).
