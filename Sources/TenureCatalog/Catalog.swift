@@ -139,15 +139,20 @@ public final class Catalog {
         guard let row = server.rows.first else {
             throw TenureError(.serverNotFound, "no tenant server named '\(printable(name))'; see `tenure server list`", context: ["server": name])
         }
-        guard row[1] == "active" else {
-            throw TenureError(.lifecycleConflict, "server '\(printable(name))' is draining: no new databases are placed there", context: ["server": name])
-        }
-        let capacity = Int(row[0] ?? "0") ?? 0
         let placed =
             Int((try connection.query("SELECT count(*)::text FROM databases WHERE server_name = $1 AND state <> 'destroyed'", [name]).rows.first?[0] ?? nil) ?? "0") ?? 0
-        guard placed < capacity else {
-            throw TenureError(.lifecycleConflict, "server '\(printable(name))' is full (\(placed) of \(capacity) databases)", context: ["server": name])
+        if let refusal = Self.placeRefusal(name, state: row[1] ?? "", placed: placed, capacity: Int(row[0] ?? "0") ?? 0) { throw refusal }
+    }
+
+    /// Why a server takes no new database (draining, or full), if it does not.
+    public static func placeRefusal(_ name: String, state: String, placed: Int, capacity: Int) -> TenureError? {
+        guard state == "active" else {
+            return TenureError(.lifecycleConflict, "server '\(printable(name))' is draining: no new databases are placed there", context: ["server": name])
         }
+        guard placed < capacity else {
+            return TenureError(.lifecycleConflict, "server '\(printable(name))' is full (\(placed) of \(capacity) databases)", context: ["server": name])
+        }
+        return nil
     }
 
     public func servers() throws(TenureError) -> [ServerRecord] {

@@ -20,14 +20,10 @@ extension Controller {
         let counts = try catalog.placedCounts()
         if let requested {
             let server = try catalog.server(named: requested)
-            guard server.state == .active else {
-                throw TenureError(
-                    .lifecycleConflict, "server '\(server.name)' is draining: no new databases are placed there", context: ["server": server.name.rawValue])
-            }
-            guard counts[server.name.rawValue, default: 0] < server.capacity else {
-                throw TenureError(
-                    .lifecycleConflict, "server '\(server.name)' is full (\(counts[server.name.rawValue, default: 0]) of \(server.capacity) databases)",
-                    context: ["server": server.name.rawValue])
+            if let refusal = Catalog.placeRefusal(
+                server.name.rawValue, state: server.state.rawValue, placed: counts[server.name.rawValue, default: 0], capacity: server.capacity)
+            {
+                throw refusal
             }
             return server
         }

@@ -68,18 +68,16 @@ public final class SQLLexer {
     public func feed(_ bytes: UnsafeRawBufferPointer, emit: (SQLEvent) throws(TenureError) -> Void) throws(TenureError) {
         var index = 0
         while index < bytes.count {
-            // COPY data, every whole line of the chunk at once: most of a dump's bytes, so they
-            // skip the byte-by-byte state machine (same checks: UTF-8, no NUL, the \. line).
+            // COPY data (most of a dump's bytes) skips the byte-by-byte state machine, with the
+            // same checks (UTF-8, no NUL, the \. line): every whole line of the chunk at once,
+            // and a line not ended within the chunk kept in one piece for the next.
             if mode == .copyData, !skippingToLineEnd {
-                if copyLine.isEmpty, utf8Pending == 0, let used = try copyLines(bytes, from: index, emit: emit) {
+                if copyLine.isEmpty, let used = try copyLines(bytes, from: index, emit: emit) {
                     index += used
-                    continue
-                }
-                // A line longer than what has come so far: its bytes in one piece too.
-                if !copyLine.isEmpty {
+                } else {
                     index += try continueCopyLine(bytes, from: index, emit: emit)
-                    continue
                 }
+                continue
             }
             let byte = bytes[index]
             index += 1
@@ -182,7 +180,7 @@ public final class SQLLexer {
         return markerEnd - start
     }
 
-    /// The rest of a COPY data line begun in an earlier chunk (a long value): up to its
+    /// A COPY data line not ended within one chunk (a long value), or its rest: up to its
     /// newline, when the line is ended, or all of `bytes`, kept for the next chunk. Checked as
     /// `copyLines` checks. Returns the bytes taken.
     private func continueCopyLine(_ bytes: UnsafeRawBufferPointer, from start: Int, emit: (SQLEvent) throws(TenureError) -> Void) throws(TenureError)
@@ -201,9 +199,8 @@ public final class SQLLexer {
         guard utf8Pending == 0 else { throw reject("invalid UTF-8; this is not a UTF-8 SQL text file") }
         byteCount += Int64(newline + 1 - start)
         copyLine.append(0x0A)
-        let completed = copyLine
+        try copyLine.withBytes { (text) throws(TenureError) in try endCopyLine(text, emit: emit) }
         copyLine.removeAll(keepingCapacity: true)
-        try completed.withBytes { (text) throws(TenureError) in try endCopyLine(text, emit: emit) }
         line += 1
         previous = 0x0A
         return newline + 1 - start
@@ -280,19 +277,12 @@ public final class SQLLexer {
     private func step(_ byte: UInt8, emit: (SQLEvent) throws(TenureError) -> Void) throws(TenureError) {
         switch mode {
         case .copyData:
-            if skippingToLineEnd {
-                if byte == 0x0A {
-                    skippingToLineEnd = false
-                } else if byte != 0x20 && byte != 0x09 && byte != 0x0D {
-                    throw reject("COPY data must start on the line after the COPY statement")
-                }
-                return
+            // Only the rest of the COPY statement's line comes here; `feed` takes the data.
+            if byte == 0x0A {
+                skippingToLineEnd = false
+            } else if byte != 0x20 && byte != 0x09 && byte != 0x0D {
+                throw reject("COPY data must start on the line after the COPY statement")
             }
-            copyLine.append(byte)
-            guard byte == 0x0A else { return }
-            let completed = copyLine
-            copyLine.removeAll(keepingCapacity: true)
-            try completed.withBytes { (text) throws(TenureError) in try endCopyLine(text, emit: emit) }
         case .backslashLine:
             if byte == 0x0A {
                 try endBackslashLine()
