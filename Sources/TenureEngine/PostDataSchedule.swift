@@ -17,6 +17,9 @@ import TenureCore
 /// - Priority (speed): keys and indexes that foreign keys depend on (directly or not) first (small, and they
 ///   unblock the foreign keys), then by table size, biggest first (its builds are the longest
 ///   chain), and per table keys, then indexes, then the rest, then foreign keys.
+/// - Idle sessions (speed): `spareSessions` tells a session starting a big build how many
+///   sessions would otherwise wait while it runs (the work left on other tables is under a
+///   quarter of this table's), so the build can use their cores as parallel workers.
 struct PostDataSchedule {
     enum Next {
         case run(Int, SchemaEntry)
@@ -51,6 +54,12 @@ struct PostDataSchedule {
     private let rank: [Int: (priority: Int64, order: Int)]
     private var running: [Int: [Claim]] = [:]
     private var finishedCount = 0
+    /// Each entry's size (its biggest table's data bytes) and the lock group of that table.
+    private let sizes: [Int64]
+    private let mainGroup: [Int?]
+    /// The sizes of the entries not finished yet, in all and per main lock group.
+    private var unfinishedBytes: Int64 = 0
+    private var unfinishedByGroup: [Int: Int64] = [:]
 
     /// - Parameters:
     ///   - entries: the post-data entries, each with its dump id.
@@ -110,11 +119,20 @@ struct PostDataSchedule {
             }
         }
         var rank: [Int: (priority: Int64, order: Int)] = [:]
+        var sizes: [Int64] = []
+        var mainGroup: [Int?] = []
         for (index, entry) in entries.enumerated() {
-            let size = entry.dependencies.compactMap { tables[$0]?.byteCount }.max() ?? 0
+            let biggest = entry.dependencies.compactMap { tables[$0] }.max { $0.byteCount < $1.byteCount }
+            let size = biggest?.byteCount ?? 0
             rank[index] = (neededByForeignKey.contains(index) ? Int64.max : size, order(entry))
+            sizes.append(size)
+            mainGroup.append(biggest?.lockGroup)
+            unfinishedBytes += size
+            if let group = biggest?.lockGroup { unfinishedByGroup[group, default: 0] += size }
         }
         self.rank = rank
+        self.sizes = sizes
+        self.mainGroup = mainGroup
         for index in entries.indices where remaining[index] == 0 { insertReady(index) }
     }
 
@@ -158,6 +176,30 @@ struct PostDataSchedule {
         return false
     }
 
+    /// Builds smaller than this never ask for parallel workers (PostgreSQL's own threshold for
+    /// a parallel scan, `min_parallel_table_scan_size`, is 8 MB).
+    static let parallelBuildBytes: Int64 = 16 << 20
+
+    /// How many of `sessions` would sit idle while entry `index` (just taken by `next`) runs:
+    /// when the work left on other tables (their data bytes) is under a quarter of this
+    /// entry's table, the other sessions soon run out of work, so an index build may use that
+    /// many parallel workers, less the builds of the same table that can run beside it. 0 for
+    /// a small table, or while other tables hold enough work to keep the sessions busy (workers
+    /// there only add the cost of merging their sorts).
+    func spareSessions(for index: Int, sessions: Int) -> Int {
+        let size = sizes[index]
+        guard sessions > 1, size >= Self.parallelBuildBytes, let group = mainGroup[index] else { return 0 }
+        let elsewhere = unfinishedBytes - (unfinishedByGroup[group] ?? 0)
+        guard elsewhere < size / 4 else { return 0 }
+        // Entries of the same table that hold a session now, or will as soon as one is free:
+        // running ones, and ready index builds beside an index build (SHARE locks).
+        var beside = running.keys.filter { $0 != index && mainGroup[$0] == group && sizes[$0] >= size / 4 }.count
+        if entries[index].type == "INDEX" {
+            beside += ready.filter { entries[$0].type == "INDEX" && mainGroup[$0] == group && sizes[$0] >= size / 4 }.count
+        }
+        return max(0, sessions - 1 - beside)
+    }
+
     /// The best ready entry that takes no lock a running entry holds. With nothing running,
     /// the best ready entry always can start (the graph has no cycle, so one is ready).
     mutating func next() -> Next {
@@ -175,6 +217,8 @@ struct PostDataSchedule {
         precondition(running[index] != nil, "finishing an entry that runs")
         running[index] = nil
         finishedCount += 1
+        unfinishedBytes -= sizes[index]
+        if let group = mainGroup[index] { unfinishedByGroup[group, default: 0] -= sizes[index] }
         for next in dependents[index] {
             remaining[next] -= 1
             if remaining[next] == 0 { insertReady(next) }

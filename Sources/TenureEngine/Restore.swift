@@ -37,6 +37,23 @@ public struct RestoreOptions: Sendable {
         guard let value = ProcessInfo.processInfo.environment["TENURE_RESTORE_INDEX_WORKERS"] else { return 0 }
         return Int(value).flatMap { $0 >= 0 ? $0 : nil }
     }()
+    /// With the default above (no `TENURE_RESTORE_INDEX_WORKERS`), a big index build that the
+    /// schedule finds running while other sessions would wait (`PostDataSchedule.spareSessions`)
+    /// gets those sessions' share as parallel workers, and the next build goes back to 0.
+    public var idleSessionsBuildInParallel = ProcessInfo.processInfo.environment["TENURE_RESTORE_INDEX_WORKERS"] == nil
+
+    /// What a post-data session runs before `entry` when the schedule found `spare` sessions
+    /// idle, given the workers it set last (updated): nil when nothing changes.
+    /// With a label (`TENURE_TIMING=1`), a build given workers is named on stderr.
+    func workersSetting(for entry: SchemaEntry, spare: Int, current: inout Int, label: String?, since started: Date) -> String? {
+        guard idleSessionsBuildInParallel, entry.type == "INDEX" || entry.type == "CONSTRAINT", spare != current else { return nil }
+        current = spare
+        if let label, spare > 0 {
+            FileHandle.standardError.write(
+                Data(String(format: "%@ %.2f s: %@ may use %d parallel workers\n", label, Date().timeIntervalSince(started), entry.describe, spare).utf8))
+        }
+        return "SET max_parallel_maintenance_workers = \(spare)"
+    }
     /// `statement_timeout` of the restore's sessions in milliseconds; 0 = none.
     public var statementTimeoutMilliseconds = 0
     /// Load the tables whose every column has a built-in type `BinaryCopyEncoder` converts
@@ -476,6 +493,7 @@ final class Restore {
         // Commits need not wait for their WAL flush: the rename that publishes the database
         // commits synchronously and flushes all earlier WAL with it.
         let settings = options.buildSettings
+        let options = self.options
         let timing = self.timing
         let started = self.started
         let progress = self.progress
@@ -488,8 +506,14 @@ final class Restore {
                 connection.close()
                 throw error
             }
-            return PostDataSession(close: { connection.close() }) { (entry) throws(TenureError) in
-                try timed(entry, label: timing ? "restore" : nil, since: started) { () throws(TenureError) in try connection.execute(entry.sql) }
+            var workers = options.indexBuildWorkers ?? -1
+            return PostDataSession(close: { connection.close() }) { (entry, spare) throws(TenureError) in
+                if let setting = options.workersSetting(for: entry, spare: spare, current: &workers, label: timing ? "restore" : nil, since: started) {
+                    try connection.execute(setting)
+                }
+                try timed(entry, label: timing ? "restore" : nil, since: started, workers: workers) { () throws(TenureError) in
+                    try connection.execute(entry.sql)
+                }
             }
         }
     }
@@ -497,13 +521,14 @@ final class Restore {
 
 /// Runs one post-data entry; with a label (`TENURE_TIMING=1`), prints it on stderr when it
 /// took over 0.1 s, with the time since `started`.
-func timed(_ entry: SchemaEntry, label: String?, since started: Date, _ body: () throws(TenureError) -> Void) throws(TenureError) {
+func timed(_ entry: SchemaEntry, label: String?, since started: Date, workers: Int = 0, _ body: () throws(TenureError) -> Void) throws(TenureError) {
     let entryStart = Date()
     try body()
     let took = Date().timeIntervalSince(entryStart)
     if let label, took > 0.1 {
+        let parallel = workers > 0 && (entry.type == "INDEX" || entry.type == "CONSTRAINT") ? " (up to \(workers) parallel workers)" : ""
         FileHandle.standardError.write(
-            Data(String(format: "%@ %.2f s: %@ took %.2f s\n", label, Date().timeIntervalSince(started), entry.describe, took).utf8))
+            Data(String(format: "%@ %.2f s: %@ took %.2f s%@\n", label, Date().timeIntervalSince(started), entry.describe, took, parallel).utf8))
     }
 }
 
@@ -569,10 +594,11 @@ struct PostDataPlan {
     }
 }
 
-/// One session of the post-data pool: runs an entry, and is closed when the pool is done.
+/// One session of the post-data pool: runs an entry (given how many sessions the schedule
+/// found idle beside it, `PostDataSchedule.spareSessions`), and is closed when the pool is done.
 struct PostDataSession {
     let close: () -> Void
-    let run: (SchemaEntry) throws(TenureError) -> Void
+    let run: (SchemaEntry, Int) throws(TenureError) -> Void
 }
 
 /// Runs a schedule's entries on up to `jobs` sessions (made by `open`, one per thread), each
@@ -584,16 +610,17 @@ func runPostDataPool(
 ) throws(TenureError) {
     let count = schedule.count
     guard count > 0 else { return }
-    let pool = PostDataPool(schedule)
-    runThreads(count: min(max(jobs, 1), count), name: name) { _ in
+    let sessions = min(max(jobs, 1), count)
+    let pool = PostDataPool(schedule, sessions: sessions)
+    runThreads(count: sessions, name: name) { _ in
         do throws(TenureError) {
             let session = try open()
             defer { session.close() }
-            while let (id, entry) = pool.take() {
+            while let (id, entry, spare) = pool.take() {
                 var attempt = 1
                 while true {
                     do throws(TenureError) {
-                        try session.run(entry)
+                        try session.run(entry, spare)
                         break
                     } catch {
                         if error.sqlState == "40P01" && attempt < 5 {
@@ -620,18 +647,22 @@ final class PostDataPool: @unchecked Sendable {
     private let condition = NSCondition()
     private var schedule: PostDataSchedule
     private var stopped = false
+    private let sessions: Int
     let failure = FirstFailure()
 
-    init(_ schedule: PostDataSchedule) { self.schedule = schedule }
+    init(_ schedule: PostDataSchedule, sessions: Int) {
+        self.schedule = schedule
+        self.sessions = sessions
+    }
 
-    /// The next entry to build, waiting until one can start; nil when all are done or a
-    /// session failed.
-    func take() -> (id: Int, entry: SchemaEntry)? {
+    /// The next entry to build and the sessions idle beside it, waiting until one can start;
+    /// nil when all are done or a session failed.
+    func take() -> (id: Int, entry: SchemaEntry, spare: Int)? {
         condition.lock()
         defer { condition.unlock() }
         while !stopped {
             switch schedule.next() {
-            case .run(let id, let entry): return (id, entry)
+            case .run(let id, let entry): return (id, entry, schedule.spareSessions(for: id, sessions: sessions))
             case .done: return nil
             case .wait: condition.wait()
             }

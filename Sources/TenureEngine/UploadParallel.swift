@@ -291,7 +291,8 @@ struct ParallelCustomUpload: Sendable {
             throw TenureError(.uploadRejected, error.message)
         }
         let upload = self
-        let settings = RestoreOptions(target: importer.target, jobs: 1).buildSettings
+        let options = RestoreOptions(target: importer.target, jobs: 1)
+        let settings = options.buildSettings
         let label = Self.timing ? "upload" : nil
         try runPostDataPool(schedule.schedule, jobs: min(importer.jobs, Self.maximumDataSessions), name: "tenure-upload-post-data") { () throws(TenureError) in
             let connection = try upload.progress.session(upload.importer.target, applicationName: "tenure-upload-post-data")
@@ -302,8 +303,14 @@ struct ParallelCustomUpload: Sendable {
                 connection.close()
                 throw error
             }
-            return PostDataSession(close: { connection.close() }) { (entry) throws(TenureError) in
-                try timed(entry, label: label, since: upload.started) { () throws(TenureError) in try upload.runText(entry.sql, on: connection, shared: shared) }
+            var workers = options.indexBuildWorkers ?? -1
+            return PostDataSession(close: { connection.close() }) { (entry, spare) throws(TenureError) in
+                if let setting = options.workersSetting(for: entry, spare: spare, current: &workers, label: label, since: upload.started) {
+                    try connection.execute(setting)
+                }
+                try timed(entry, label: label, since: upload.started, workers: workers) { () throws(TenureError) in
+                    try upload.runText(entry.sql, on: connection, shared: shared)
+                }
             }
         }
         // The last pass, then a commit that waits for its WAL flush, and so for every

@@ -62,7 +62,7 @@ import TenureCore
 
     static let sizes: [Int: Int64] = [1: 1 << 20, 2: 500 << 20, 3: 40 << 20]
 
-    static func tables(_ preData: [SchemaEntry]) -> [Int: PostDataSchedule.Table] {
+    static func tables(_ preData: [SchemaEntry], sizes: [Int: Int64] = sizes) -> [Int: PostDataSchedule.Table] {
         var tables: [Int: PostDataSchedule.Table] = [:]
         // p and its partitions form one lock group, as Restore.runPostData derives it.
         for entry in preData where entry.type == "TABLE" {
@@ -72,10 +72,46 @@ import TenureCore
         return tables
     }
 
-    func schedule() throws -> PostDataSchedule {
+    func schedule(sizes: [Int: Int64] = sizes) throws -> PostDataSchedule {
         let preData = splitSchemaEntries(Self.preData).entries
         return try PostDataSchedule(
-            splitSchemaEntries(Self.postData).entries, tables: Self.tables(preData), preDataIDs: Set(preData.compactMap(\.dumpID)))
+            splitSchemaEntries(Self.postData).entries, tables: Self.tables(preData, sizes: sizes), preDataIDs: Set(preData.compactMap(\.dumpID)))
+    }
+
+    /// Runs the schedule one entry at a time until `name` is taken; returns its id.
+    func runUntil(_ name: String, _ schedule: inout PostDataSchedule) -> Int? {
+        while case .run(let id, let entry) = schedule.next() {
+            if entry.name == name { return id }
+            schedule.finish(id)
+        }
+        return nil
+    }
+
+    /// A big build gets the sessions that would wait beside it as parallel workers, never
+    /// while other tables still hold enough work for them, and not for a small table.
+    @Test func idleSessionsGoToTheBigTablesBuilds() throws {
+        // events 500 MiB against 81 MiB elsewhere (medium's two builds, customers): under a
+        // quarter, so the other session would soon wait.
+        var schedule = try schedule()
+        let key = try #require(runUntil("events events_pkey", &schedule))
+        #expect(schedule.spareSessions(for: key, sessions: 2) == 1)
+        #expect(schedule.spareSessions(for: key, sessions: 4) == 3)
+        #expect(schedule.spareSessions(for: key, sessions: 1) == 0)
+        // The two index builds of events can run side by side: they share the sessions.
+        schedule.finish(key)
+        let index = try #require(runUntil("events_customer", &schedule))
+        #expect(schedule.spareSessions(for: index, sessions: 2) == 0)
+        #expect(schedule.spareSessions(for: index, sessions: 3) == 1)
+
+        // A medium table of 200 MiB keeps the other session busy: no workers.
+        var busy = try self.schedule(sizes: [1: 1 << 20, 2: 500 << 20, 3: 200 << 20])
+        let busyKey = try #require(runUntil("events events_pkey", &busy))
+        #expect(busy.spareSessions(for: busyKey, sessions: 2) == 0)
+
+        // A small table never asks for workers.
+        var small = try self.schedule(sizes: [1: 1 << 20, 2: 8 << 20, 3: 1 << 20])
+        let smallKey = try #require(runUntil("events events_pkey", &small))
+        #expect(small.spareSessions(for: smallKey, sessions: 2) == 0)
     }
 
     func take(_ schedule: inout PostDataSchedule) -> (Int, SchemaEntry)? {

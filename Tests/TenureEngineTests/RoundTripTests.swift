@@ -50,6 +50,31 @@ import TenureTestSupport
         #expect(visible == [["t"]], "COPY FREEZE leaves the pages all-visible")
     }
 
+    /// One big table and little else: the other session would wait through its key's build,
+    /// so that build is given a parallel worker; the copy is the same.
+    @Test func aBuildRunningAloneUsesTheIdleSession() throws {
+        let server = try TestServer.shared()
+        let source = newDatabaseName("alone")
+        _ = try server.rows("CREATE DATABASE \(source)")
+        for statement in [
+            "CREATE TABLE kinds (id integer PRIMARY KEY, label text)",
+            "INSERT INTO kinds SELECT g, 'kind ' || g FROM generate_series(1, 10) g",
+            "CREATE TABLE big (id bigint, kind integer NOT NULL, note text)",
+            "INSERT INTO big SELECT g, 1 + g % 10, md5(g::text) || md5((g + 1)::text) FROM generate_series(1, 300000) g",
+            "ALTER TABLE big ADD PRIMARY KEY (id)",
+            "ALTER TABLE big ADD FOREIGN KEY (kind) REFERENCES kinds (id)",
+        ] { _ = try server.rows(statement, database: source) }
+        let archive = temporaryFile(".tenure")
+        defer { try? FileManager.default.removeItem(atPath: archive) }
+        #expect(try runTenure(["backup", "--url", url(server, source), "-o", archive], environment: [:]).status == 0)
+        let target = newDatabaseName("alone_copy")
+        let restore = try runTenure(["restore", archive, "--url", url(server, target), "--jobs", "2"], environment: ["TENURE_TIMING": "1"])
+        #expect(restore.status == 0, "\(restore)")
+        #expect(restore.stderr.contains("big_pkey (dump id") && restore.stderr.contains("may use 1 parallel workers"), "\(restore.stderr)")
+        #expect(try fingerprint(server, target) == fingerprint(server, source))
+        #expect(try schemaDump(server, target) == schemaDump(server, source))
+    }
+
     @Test func restoreFromStdinAndBackupToStdout() throws {
         let server = try TestServer.shared()
         let source = try createHardCases(server)
