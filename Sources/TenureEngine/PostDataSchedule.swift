@@ -60,6 +60,8 @@ struct PostDataSchedule {
     /// The sizes of the entries not finished yet, in all and per main lock group.
     private var unfinishedBytes: Int64 = 0
     private var unfinishedByGroup: [Int: Int64] = [:]
+    /// Parallel workers `spareSessions` gave to running entries.
+    private var granted: [Int: Int] = [:]
 
     /// - Parameters:
     ///   - entries: the post-data entries, each with its dump id.
@@ -180,24 +182,26 @@ struct PostDataSchedule {
     /// a parallel scan, `min_parallel_table_scan_size`, is 8 MB).
     static let parallelBuildBytes: Int64 = 16 << 20
 
-    /// How many of `sessions` would sit idle while entry `index` (just taken by `next`) runs:
-    /// when the work left on other tables (their data bytes) is under a quarter of this
-    /// entry's table, the other sessions soon run out of work, so an index build may use that
-    /// many parallel workers, less the builds of the same table that can run beside it. 0 for
-    /// a small table, or while other tables hold enough work to keep the sessions busy (workers
-    /// there only add the cost of merging their sorts).
-    func spareSessions(for index: Int, sessions: Int) -> Int {
+    /// How many of `sessions` would sit idle while entry `index` (just taken by `next`) runs,
+    /// recorded as given to it: when the work left on other tables (their data bytes) is under
+    /// a quarter of this entry's table, the other sessions soon run out of work, so an index
+    /// build may use their cores as parallel workers. Shared with the same table's builds that
+    /// run beside it (those running, with the workers they were given, and ready index builds,
+    /// which take a session each and an equal share; the last to start gets the remainder).
+    /// 0 for a small table, or while other tables hold enough work to keep the sessions busy
+    /// (workers there only add the cost of merging their sorts).
+    mutating func spareSessions(for index: Int, sessions: Int) -> Int {
         let size = sizes[index]
         guard sessions > 1, size >= Self.parallelBuildBytes, let group = mainGroup[index] else { return 0 }
         let elsewhere = unfinishedBytes - (unfinishedByGroup[group] ?? 0)
         guard elsewhere < size / 4 else { return 0 }
-        // Entries of the same table that hold a session now, or will as soon as one is free:
-        // running ones, and ready index builds beside an index build (SHARE locks).
-        var beside = running.keys.filter { $0 != index && mainGroup[$0] == group && sizes[$0] >= size / 4 }.count
-        if entries[index].type == "INDEX" {
-            beside += ready.filter { entries[$0].type == "INDEX" && mainGroup[$0] == group && sizes[$0] >= size / 4 }.count
-        }
-        return max(0, sessions - 1 - beside)
+        func beside(_ other: Int) -> Bool { other != index && mainGroup[other] == group && sizes[other] >= size / 4 }
+        var busy = 1
+        for other in running.keys where beside(other) { busy += 1 + (granted[other] ?? 0) }
+        let siblings = entries[index].type == "INDEX" ? ready.filter { entries[$0].type == "INDEX" && beside($0) }.count : 0
+        let spare = max(0, sessions - busy - siblings) / (1 + siblings)
+        granted[index] = spare
+        return spare
     }
 
     /// The best ready entry that takes no lock a running entry holds. With nothing running,
@@ -216,6 +220,7 @@ struct PostDataSchedule {
     mutating func finish(_ index: Int) {
         precondition(running[index] != nil, "finishing an entry that runs")
         running[index] = nil
+        granted[index] = nil
         finishedCount += 1
         unfinishedBytes -= sizes[index]
         if let group = mainGroup[index] { unfinishedByGroup[group, default: 0] -= sizes[index] }

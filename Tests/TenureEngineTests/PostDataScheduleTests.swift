@@ -97,11 +97,20 @@ import TenureCore
         #expect(schedule.spareSessions(for: key, sessions: 2) == 1)
         #expect(schedule.spareSessions(for: key, sessions: 4) == 3)
         #expect(schedule.spareSessions(for: key, sessions: 1) == 0)
-        // The two index builds of events can run side by side: they share the sessions.
+        // The two index builds of events can run side by side: they share the sessions, the
+        // one that starts second taking what the first left.
         schedule.finish(key)
+        var twoOfFour = schedule
         let index = try #require(runUntil("events_customer", &schedule))
         #expect(schedule.spareSessions(for: index, sessions: 2) == 0)
-        #expect(schedule.spareSessions(for: index, sessions: 3) == 1)
+        #expect(schedule.spareSessions(for: index, sessions: 3) == 0)
+        let sibling = try #require(take(&schedule))
+        #expect(sibling.1.name == "events_happened")
+        #expect(schedule.spareSessions(for: sibling.0, sessions: 3) == 1)
+        let first = try #require(runUntil("events_customer", &twoOfFour))
+        #expect(twoOfFour.spareSessions(for: first, sessions: 4) == 1)
+        let second = try #require(take(&twoOfFour))
+        #expect(twoOfFour.spareSessions(for: second.0, sessions: 4) == 1)
 
         // A medium table of 200 MiB keeps the other session busy: no workers.
         var busy = try self.schedule(sizes: [1: 1 << 20, 2: 500 << 20, 3: 200 << 20])
