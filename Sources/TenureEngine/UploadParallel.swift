@@ -265,6 +265,21 @@ struct ParallelCustomUpload: Sendable {
         if let error = shared.failure.error { throw error }
     }
 
+    /// Every table's and materialized view's size on the server by "schema\0name".
+    func loadedTableSizes() throws(TenureError) -> [String: Int64] {
+        let connection = try progress.session(importer.target, applicationName: "tenure-upload-post-data")
+        defer { connection.close() }
+        let result = try connection.query(
+            "SELECT n.nspname, c.relname, pg_catalog.pg_relation_size(c.oid) FROM pg_catalog.pg_class c "
+                + "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r', 'm')")
+        var sizes: [String: Int64] = [:]
+        for row in result.rows {
+            guard let schema = row[0], let name = row[1], let bytes = row[2].flatMap({ Int64($0) }) else { continue }
+            sizes[schema + "\u{0}" + name] = bytes
+        }
+        return sizes
+    }
+
     /// The post-data, scheduled from the dependencies pg_restore renders, on `jobs` sessions.
     func runPostData(_ plan: CustomArchiveTOC, archive: String, shared: Shared) throws(TenureError) {
         var rendered: [UInt8] = []
@@ -286,6 +301,9 @@ struct ParallelCustomUpload: Sendable {
         }
         var sizes: [String: Int64] = [:]
         for entry in plan.entries where entry.desc == "TABLE DATA" { sizes[entry.namespace + "\u{0}" + entry.tag] = entry.dataBytes }
+        // The archive's sizes are compressed, which understates a table that compresses well;
+        // the loaded tables' own sizes, where the server gives them, rank the builds instead.
+        if let loaded = try? loadedTableSizes() { sizes.merge(loaded) { _, loaded in loaded } }
         let schedule: PostDataPlan
         do { schedule = try PostDataPlan(entries, preData: preData, earlierIDs: ids.subtracting(postDataIDs), sizes: sizes) } catch {
             throw TenureError(.uploadRejected, error.message)
