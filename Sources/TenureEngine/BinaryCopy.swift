@@ -44,6 +44,8 @@ enum BinaryColumn: Equatable, Sendable {
 /// is never guessed at: the server's own parser decides it (and reports it, if it is bad).
 struct BinaryCopyEncoder: ~Copyable {
     let columns: [BinaryColumn]
+    /// `columns` where the row loop reads them without reference counting.
+    private let kinds: UnsafeMutableBufferPointer<BinaryColumn>
     /// Finished binary rows, handed out by `take`.
     private(set) var output: ByteBuffer
     /// The start of a row whose end is in the next chunk.
@@ -54,6 +56,8 @@ struct BinaryCopyEncoder: ~Copyable {
 
     init(columns: [BinaryColumn]) {
         self.columns = columns
+        kinds = .allocate(capacity: columns.count)
+        _ = kinds.initialize(from: columns)
         output = ByteBuffer(capacity: 1 << 20)
         carry = ByteBuffer(capacity: 1 << 16)
         field = ByteBuffer(capacity: 1 << 12)
@@ -62,6 +66,8 @@ struct BinaryCopyEncoder: ~Copyable {
         output.appendBigEndian(UInt32(0))
         output.appendBigEndian(UInt32(0))
     }
+
+    deinit { kinds.deallocate() }
 
     /// Converts the complete rows in `chunk` (keeping a partial last row for the next call).
     /// False: a value this encoder does not convert; the part must go the text way.
@@ -109,45 +115,56 @@ struct BinaryCopyEncoder: ~Copyable {
     private mutating func encodeRow(_ line: UnsafePointer<UInt8>, _ length: Int) -> Bool {
         // "\." alone ends COPY text data; leave such an oddity to the server.
         if length == 2 && line[0] == 0x5C && line[1] == 0x2E { return false }
-        guard !columns.isEmpty else { return false }
-        output.appendBigEndian(UInt16(columns.count))
+        let count = kinds.count
+        guard count > 0 else { return false }
+        // Room for the whole row, so no value grows the buffer: a field's binary form is at
+        // most its text plus 16 bytes (length word included; see `encodeValue`).
+        output.reserve(2 + count * 20 + length)
+        output.appendBigEndian(UInt16(count))
         var position = 0
-        for (index, column) in columns.enumerated() {
-            // Find the field's end and whether it holds an escape.
+        for index in 0..<count {
+            let column = kinds[index]
+            // The field's end (a tab, or the line's end) and whether it holds an escape.
             var cursor = position
             var escaped = false
-            while cursor < length {
-                // Eight bytes at a time while none is a tab or a backslash.
-                while cursor + 8 <= length {
-                    let word = UnsafeRawPointer(line + cursor).loadUnaligned(as: UInt64.self)
-                    if hasByte(word, 0x0909_0909_0909_0909) || hasByte(word, 0x5C5C_5C5C_5C5C_5C5C) { break }
-                    cursor += 8
+            while true {
+                if cursor + 8 <= length {
+                    // Eight bytes at a time; the lowest flagged byte is the first tab or backslash.
+                    let word = UInt64(littleEndian: UnsafeRawPointer(line + cursor).loadUnaligned(as: UInt64.self))
+                    let found = zeroBytes(word ^ 0x0909_0909_0909_0909) | zeroBytes(word ^ 0x5C5C_5C5C_5C5C_5C5C)
+                    if found == 0 {
+                        cursor += 8
+                        continue
+                    }
+                    cursor += found.trailingZeroBitCount >> 3
+                } else {
+                    while cursor < length && line[cursor] != 0x09 && line[cursor] != 0x5C { cursor += 1 }
+                    if cursor >= length { break }
                 }
-                guard cursor < length else { break }
-                let byte = line[cursor]
-                if byte == 0x09 { break }
-                if byte == 0x5C {
-                    escaped = true
-                    cursor += 1
-                }
-                cursor += 1
+                if line[cursor] == 0x09 { break }
+                escaped = true
+                cursor += 2  // the backslash and the byte it escapes
             }
             if cursor > length { return false }  // a backslash ending the line
-            let isLast = index == columns.count - 1
+            let isLast = index == count - 1
             if isLast ? cursor != length : cursor >= length { return false }  // field count differs
             let start = line + position
-            let count = cursor - position
+            let size = cursor - position
             position = cursor + 1
-            if count == 2 && start[0] == 0x5C && start[1] == 0x4E {  // \N
+            if size == 2 && start[0] == 0x5C && start[1] == 0x4E {  // \N
                 output.appendBigEndian(UInt32(0xFFFF_FFFF))
                 continue
             }
-            if escaped {
-                guard column == .text || column == .json || column == .jsonb || column == .bytea, unescape(start, count),
+            if !escaped {
+                guard encodeValue(column, start, size) else { return false }
+            } else if column == .bytea {
+                // `\\x` then hex digits: the value `\x...` once its one escape is undone (any
+                // other escape decodes to a byte that is not a hex digit, refused either way).
+                guard size >= 2, start[0] == 0x5C, start[1] == 0x5C, encodeValue(.bytea, start + 1, size - 1) else { return false }
+            } else {
+                guard column == .text || column == .json || column == .jsonb, unescape(start, size),
                     encodeValue(column, field.start, field.count)
                 else { return false }
-            } else {
-                guard encodeValue(column, start, count) else { return false }
             }
         }
         rows += 1
@@ -224,16 +241,18 @@ struct BinaryCopyEncoder: ~Copyable {
             guard n >= 2, n % 2 == 0, p[0] == 0x5C, p[1] == UInt8(ascii: "x") else { return false }
             let count = (n - 2) / 2
             output.appendBigEndian(UInt32(count))
-            output.reserve(count)
             let values = hexValues
-            var index = 2
-            while index < n {
-                let high = values[Int(p[index])]
-                let low = values[Int(p[index + 1])]
-                guard (high | low) & 0xF0 == 0 else { return false }
-                output.appendUnchecked(high << 4 | low)
-                index += 2
+            let decoded = output.append(count) { target in
+                var bad: UInt8 = 0
+                for index in 0..<count {
+                    let high = values[Int(p[2 + 2 * index])]
+                    let low = values[Int(p[3 + 2 * index])]
+                    bad |= high | low
+                    target[index] = high << 4 | low
+                }
+                return bad & 0xF0 == 0
             }
+            guard decoded else { return false }
         case .uuid:
             guard n == 36 else { return false }
             output.appendBigEndian(UInt32(16))
@@ -273,10 +292,11 @@ struct BinaryCopyEncoder: ~Copyable {
     }
 }
 
-/// Whether any byte of `word` equals the byte repeated in `pattern`.
-@inline(__always) func hasByte(_ word: UInt64, _ pattern: UInt64) -> Bool {
-    let x = word ^ pattern
-    return (x &- 0x0101_0101_0101_0101) & ~x & 0x8080_8080_8080_8080 != 0
+/// The high bit of each zero byte of `x` set (bits above the lowest zero byte may be set
+/// falsely, so only the lowest flag is exact): with `x = word ^ pattern`, the first byte of
+/// a little-endian word equal to the pattern's byte is `trailingZeroBitCount / 8`.
+@inline(__always) func zeroBytes(_ x: UInt64) -> UInt64 {
+    (x &- 0x0101_0101_0101_0101) & ~x & 0x8080_8080_8080_8080
 }
 
 /// Each byte's hex digit value, 0xFF for a byte that is not a hex digit.
@@ -310,6 +330,16 @@ enum TextValues {
         if negative { index = 1 }
         guard index < n, n - index <= 19 else { return nil }
         var value: Int64 = 0
+        if n - index <= 18 {
+            // At most 18 digits: no overflow possible.
+            while index < n {
+                let digit = p[index] &- 0x30
+                guard digit < 10 else { return nil }
+                value = value &* 10 &+ Int64(digit)
+                index += 1
+            }
+            return negative ? -value : value
+        }
         while index < n {
             let digit = p[index] &- 0x30
             guard digit < 10 else { return nil }
@@ -379,47 +409,49 @@ enum TextValues {
         let integerDigits = integerEnd - integerStart
         let scale = fractionEnd - fractionStart
         guard index == n, integerDigits > 0, integerDigits <= 131_072, scale <= 0x3FFF else { return false }
-        // Group decimal digits by 4 from the decimal point: the integer part is left-padded,
-        // the fraction right-padded. digit(at:) reads a position relative to the point.
+        // Decimal digits grouped by 4 from the decimal point: the integer part left-padded,
+        // the fraction right-padded; zero groups at either end are not stored.
         let integerGroups = (integerDigits + 3) / 4
-        let fractionGroups = (scale + 3) / 4
-        func digit(_ position: Int) -> Int {
-            // position < 0: the |position|-th integer digit left of the point (1-based).
-            if position < 0 {
-                let offset = integerEnd + position
-                return offset >= integerStart ? Int(p[offset] - 0x30) : 0
+        let total = integerGroups + (scale + 3) / 4
+        return withUnsafeTemporaryAllocation(of: UInt16.self, capacity: total) { groups -> Bool in
+            var g = 0
+            var at = integerStart
+            var width = integerDigits - (integerGroups - 1) * 4  // the first group's digits
+            while at < integerEnd {
+                var value = 0
+                for k in 0..<width { value = value &* 10 &+ Int(p[at + k] &- 0x30) }
+                groups[g] = UInt16(truncatingIfNeeded: value)
+                g += 1
+                at += width
+                width = 4
             }
-            let offset = fractionStart + position
-            return offset < fractionEnd ? Int(p[offset] - 0x30) : 0
-        }
-        func group(_ g: Int) -> UInt16 {
-            // g < integerGroups: integer group from the left; then fraction groups.
-            var value = 0
-            if g < integerGroups {
-                let first = -(integerGroups - g) * 4
-                for k in 0..<4 { value = value * 10 + digit(first + k) }
-            } else {
-                let first = (g - integerGroups) * 4
-                for k in 0..<4 { value = value * 10 + digit(first + k) }
+            at = fractionStart
+            while at < fractionEnd {
+                var value = 0
+                for k in 0..<4 { value = value &* 10 &+ (at + k < fractionEnd ? Int(p[at + k] &- 0x30) : 0) }
+                groups[g] = UInt16(truncatingIfNeeded: value)
+                g += 1
+                at += 4
             }
-            return UInt16(value)
+            var first = 0
+            var last = total - 1
+            while first <= last, groups[first] == 0 { first += 1 }
+            while last >= first, groups[last] == 0 { last -= 1 }
+            let count = first <= last ? last - first + 1 : 0
+            let weight = count == 0 ? 0 : integerGroups - 1 - first
+            output.reserve(12 + 2 * count)
+            output.appendBigEndian(UInt32(8 + 2 * count))
+            output.appendBigEndian(UInt16(count))
+            output.appendBigEndian(UInt16(bitPattern: Int16(weight)))
+            output.appendBigEndian(count == 0 ? 0 : sign)
+            output.appendBigEndian(UInt16(scale))
+            if count > 0 { for i in first...last { output.appendBigEndian(groups[i]) } }
+            return true
         }
-        var first = 0
-        var last = integerGroups + fractionGroups - 1
-        while first <= last, group(first) == 0 { first += 1 }
-        while last >= first, group(last) == 0 { last -= 1 }
-        let count = first <= last ? last - first + 1 : 0
-        let weight = count == 0 ? 0 : integerGroups - 1 - first
-        output.appendBigEndian(UInt32(8 + 2 * count))
-        output.appendBigEndian(UInt16(count))
-        output.appendBigEndian(UInt16(bitPattern: Int16(weight)))
-        output.appendBigEndian(count == 0 ? 0 : sign)
-        output.appendBigEndian(UInt16(scale))
-        if count > 0 { for g in first...last { output.appendBigEndian(group(g)) } }
-        return true
     }
 
-    static let postgresEpochDay = julianDay(year: 2000, month: 1, day: 1)
+    /// `julianDay(year: 2000, month: 1, day: 1)`, PostgreSQL's epoch.
+    static let postgresEpochDay = 2_451_545
 
     /// PostgreSQL's `date2j`.
     static func julianDay(year: Int, month: Int, day: Int) -> Int {
@@ -439,7 +471,12 @@ enum TextValues {
         return julian
     }
 
-    static func digits(_ p: UnsafePointer<UInt8>, _ from: Int, _ count: Int) -> Int? {
+    @inline(__always) static func digits(_ p: UnsafePointer<UInt8>, _ from: Int, _ count: Int) -> Int? {
+        if count == 2 {
+            let high = p[from] &- 0x30
+            let low = p[from + 1] &- 0x30
+            return high < 10 && low < 10 ? Int(high) * 10 + Int(low) : nil
+        }
         var value = 0
         for index in from..<(from + count) {
             let digit = p[index] &- 0x30
@@ -447,6 +484,14 @@ enum TextValues {
             value = value * 10 + Int(digit)
         }
         return value
+    }
+
+    static func daysInMonth(year: Int, month: Int) -> Int {
+        switch month {
+        case 2: year % 4 == 0 && (year % 100 != 0 || year % 400 == 0) ? 29 : 28
+        case 4, 6, 9, 11: 30
+        default: 31
+        }
     }
 
     /// `YYYY-MM-DD` (AD, four to six year digits): days since 2000-01-01 and the bytes used.
@@ -457,9 +502,7 @@ enum TextValues {
             let year = digits(p, 0, yearDigits), let month = digits(p, yearDigits + 1, 2), let day = digits(p, yearDigits + 4, 2),
             year >= 1, (1...12).contains(month), day >= 1
         else { return nil }
-        let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0)
-        let lengths = [31, leap ? 29 : 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31]
-        guard day <= lengths[month - 1] else { return nil }
+        guard day <= 28 || day <= daysInMonth(year: year, month: month) else { return nil }
         return (julianDay(year: year, month: month, day: day) - postgresEpochDay, yearDigits + 6)
     }
 
@@ -525,8 +568,11 @@ struct ByteBuffer: ~Copyable {
 
     deinit { base.deallocate() }
 
-    mutating func reserve(_ extra: Int) {
-        guard count + extra > capacity else { return }
+    @inline(__always) mutating func reserve(_ extra: Int) {
+        if count + extra > capacity { grow(extra) }
+    }
+
+    @inline(never) private mutating func grow(_ extra: Int) {
         var grown = capacity * 2
         while grown < count + extra { grown *= 2 }
         let fresh = UnsafeMutablePointer<UInt8>.allocate(capacity: grown)
@@ -536,12 +582,20 @@ struct ByteBuffer: ~Copyable {
         capacity = grown
     }
 
-    mutating func appendUnchecked(_ byte: UInt8) {
+    /// Lets `fill` write `extra` bytes at the end; they count only if it returns true.
+    @inline(__always) mutating func append(_ extra: Int, _ fill: (UnsafeMutablePointer<UInt8>) -> Bool) -> Bool {
+        reserve(extra)
+        guard fill(base + count) else { return false }
+        count += extra
+        return true
+    }
+
+    @inline(__always) mutating func appendUnchecked(_ byte: UInt8) {
         base[count] = byte
         count += 1
     }
 
-    mutating func append(_ bytes: UnsafePointer<UInt8>, count extra: Int) {
+    @inline(__always) mutating func append(_ bytes: UnsafePointer<UInt8>, count extra: Int) {
         reserve(extra)
         (base + count).update(from: bytes, count: extra)
         count += extra
@@ -552,7 +606,7 @@ struct ByteBuffer: ~Copyable {
         for byte in bytes { appendUnchecked(byte) }
     }
 
-    mutating func appendBigEndian<T: FixedWidthInteger>(_ value: T) {
+    @inline(__always) mutating func appendBigEndian<T: FixedWidthInteger>(_ value: T) {
         reserve(MemoryLayout<T>.size)
         UnsafeMutableRawPointer(base + count).storeBytes(of: value.bigEndian, as: T.self)
         count += MemoryLayout<T>.size
