@@ -54,6 +54,20 @@ public struct RestoreOptions: Sendable {
         }
         return "SET max_parallel_maintenance_workers = \(spare)"
     }
+    /// A post-data session on `connection`: each entry's SQL goes to `run` after the workers
+    /// setting its spare sessions call for, timed under `label` (see `timed`).
+    func postDataSession(
+        on connection: PostgresConnection, label: String?, since started: Date, run: @escaping (String) throws(TenureError) -> Void
+    ) -> PostDataSession {
+        var workers = indexBuildWorkers ?? -1
+        return PostDataSession(close: { connection.close() }) { (entry, spare) throws(TenureError) in
+            if let setting = workersSetting(for: entry, spare: spare, current: &workers, label: label, since: started) {
+                try connection.execute(setting)
+            }
+            try timed(entry, label: label, since: started, workers: workers) { () throws(TenureError) in try run(entry.sql) }
+        }
+    }
+
     /// `statement_timeout` of the restore's sessions in milliseconds; 0 = none.
     public var statementTimeoutMilliseconds = 0
     /// Load the tables whose every column has a built-in type `BinaryCopyEncoder` converts
@@ -506,14 +520,8 @@ final class Restore {
                 connection.close()
                 throw error
             }
-            var workers = options.indexBuildWorkers ?? -1
-            return PostDataSession(close: { connection.close() }) { (entry, spare) throws(TenureError) in
-                if let setting = options.workersSetting(for: entry, spare: spare, current: &workers, label: timing ? "restore" : nil, since: started) {
-                    try connection.execute(setting)
-                }
-                try timed(entry, label: timing ? "restore" : nil, since: started, workers: workers) { () throws(TenureError) in
-                    try connection.execute(entry.sql)
-                }
+            return options.postDataSession(on: connection, label: timing ? "restore" : nil, since: started) { (sql) throws(TenureError) in
+                try connection.execute(sql)
             }
         }
     }

@@ -321,14 +321,8 @@ struct ParallelCustomUpload: Sendable {
                 connection.close()
                 throw error
             }
-            var workers = options.indexBuildWorkers ?? -1
-            return PostDataSession(close: { connection.close() }) { (entry, spare) throws(TenureError) in
-                if let setting = options.workersSetting(for: entry, spare: spare, current: &workers, label: label, since: upload.started) {
-                    try connection.execute(setting)
-                }
-                try timed(entry, label: label, since: upload.started, workers: workers) { () throws(TenureError) in
-                    try upload.runText(entry.sql, on: connection, shared: shared)
-                }
+            return options.postDataSession(on: connection, label: label, since: upload.started) { (sql) throws(TenureError) in
+                try upload.runText(sql, on: connection, shared: shared)
             }
         }
         // The last pass, then a commit that waits for its WAL flush, and so for every

@@ -111,6 +111,11 @@ import TenureCore
         #expect(twoOfFour.spareSessions(for: first, sessions: 4) == 1)
         let second = try #require(take(&twoOfFour))
         #expect(twoOfFour.spareSessions(for: second.0, sessions: 4) == 1)
+        // The foreign key's check is no index build: never given workers, nor counted as using them.
+        twoOfFour.finish(first)
+        twoOfFour.finish(second.0)
+        let foreignKey = try #require(runUntil("events events_customer_fkey", &twoOfFour))
+        #expect(twoOfFour.spareSessions(for: foreignKey, sessions: 4) == 0)
 
         // A medium table of 200 MiB keeps the other session busy: no workers.
         var busy = try self.schedule(sizes: [1: 1 << 20, 2: 500 << 20, 3: 200 << 20])
