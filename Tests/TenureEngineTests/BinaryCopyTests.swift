@@ -75,6 +75,39 @@ import TenureTestSupport
         #expect(Array(bytes[33..<(33 + expected.count)]) == expected)
     }
 
+    /// The fields of one encoded row (nil for NULL), read back from the binary stream.
+    func fields(_ bytes: [UInt8]) -> [[UInt8]?] {
+        var at = 19
+        let count = Int(bytes[at]) << 8 | Int(bytes[at + 1])
+        at += 2
+        var result: [[UInt8]?] = []
+        for _ in 0..<count {
+            let length = bytes[at..<(at + 4)].reduce(0) { $0 << 8 | UInt32($1) }
+            at += 4
+            if length == 0xFFFF_FFFF {
+                result.append(nil)
+                continue
+            }
+            result.append(Array(bytes[at..<(at + Int(length))]))
+            at += Int(length)
+        }
+        return result
+    }
+
+    /// Tabs and escapes at every offset of the eight-byte words the field scan reads.
+    @Test func fieldEndsAtEveryOffset() throws {
+        for first in 0...17 {
+            for second in 0...17 {
+                let a = String(repeating: "a", count: first)
+                let b = String(repeating: "b", count: second)
+                // Three text fields, the middle one escaped at its start, middle and end.
+                let line = "\(a)\t\\t\(b)\\n\(a)\\\\\t\(b)\n"
+                let bytes = try #require(encode([.text, .text, .text], line), "\(first), \(second)")
+                #expect(fields(bytes) == [Array(a.utf8), Array("\t\(b)\n\(a)\\".utf8), Array(b.utf8)], "\(first), \(second)")
+            }
+        }
+    }
+
     @Test func refusesWhatItDoesNotKnow() {
         #expect(encode([.text], "\\101\n") == nil, "octal escape")
         #expect(encode([.text], "\\x41\n") == nil, "hex escape")
@@ -85,6 +118,9 @@ import TenureTestSupport
         #expect(encode([.int2], "40000\n") == nil, "out of range")
         #expect(encode([.int8], "9223372036854775808\n") == nil, "out of range")
         #expect(encode([.bytea], "\\\\001\n") == nil, "escape-format bytea")
+        #expect(encode([.bytea], "a\\\\x00\n") == nil, "bytea text not starting with its escape")
+        #expect(encode([.bytea], "a\\x00\n") == nil, "a hex escape of COPY inside bytea text")
+        #expect(encode([.bytea], "\\\\x00\\\\\n") == nil, "an escape after the hex digits")
         #expect(encode([.bool], "true\n") == nil)
         #expect(encode([.uuid], "{a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11}\n") == nil)
         #expect(encode([.float8], "1e999\n") == nil, "overflow: the server decides")
