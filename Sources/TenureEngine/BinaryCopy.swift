@@ -43,8 +43,7 @@ enum BinaryColumn: Equatable, Sendable {
 /// `feed` returns false and the caller loads the part as text instead, so an unusual value
 /// is never guessed at: the server's own parser decides it (and reports it, if it is bad).
 struct BinaryCopyEncoder: ~Copyable {
-    let columns: [BinaryColumn]
-    /// `columns` where the row loop reads them without reference counting.
+    /// The columns' types, where the row loop reads them without reference counting.
     private let kinds: UnsafeMutableBufferPointer<BinaryColumn>
     /// Finished binary rows, handed out by `take`.
     private(set) var output: ByteBuffer
@@ -55,7 +54,6 @@ struct BinaryCopyEncoder: ~Copyable {
     private(set) var rows = 0
 
     init(columns: [BinaryColumn]) {
-        self.columns = columns
         kinds = .allocate(capacity: columns.count)
         _ = kinds.initialize(from: columns)
         output = ByteBuffer(capacity: 1 << 20)
@@ -439,7 +437,6 @@ enum TextValues {
             while last >= first, groups[last] == 0 { last -= 1 }
             let count = first <= last ? last - first + 1 : 0
             let weight = count == 0 ? 0 : integerGroups - 1 - first
-            output.reserve(12 + 2 * count)
             output.appendBigEndian(UInt32(8 + 2 * count))
             output.appendBigEndian(UInt16(count))
             output.appendBigEndian(UInt16(bitPattern: Int16(weight)))

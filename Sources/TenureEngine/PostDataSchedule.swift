@@ -192,9 +192,7 @@ struct PostDataSchedule {
     /// (workers there only add the cost of merging their sorts).
     mutating func spareSessions(for index: Int, sessions: Int) -> Int {
         let size = sizes[index]
-        // Only index builds (indexes, primary keys, unique constraints) use parallel workers.
-        guard entries[index].type == "INDEX" || entries[index].type == "CONSTRAINT" else { return 0 }
-        guard sessions > 1, size >= Self.parallelBuildBytes, let group = mainGroup[index] else { return 0 }
+        guard entries[index].buildsIndex, sessions > 1, size >= Self.parallelBuildBytes, let group = mainGroup[index] else { return 0 }
         let elsewhere = unfinishedBytes - (unfinishedByGroup[group] ?? 0)
         guard elsewhere < size / 4 else { return 0 }
         func beside(_ other: Int) -> Bool { other != index && mainGroup[other] == group && sizes[other] >= size / 4 }

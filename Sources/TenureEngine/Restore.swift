@@ -46,7 +46,7 @@ public struct RestoreOptions: Sendable {
     /// idle, given the workers it set last (updated): nil when nothing changes.
     /// With a label (`TENURE_TIMING=1`), a build given workers is named on stderr.
     func workersSetting(for entry: SchemaEntry, spare: Int, current: inout Int, label: String?, since started: Date) -> String? {
-        guard idleSessionsBuildInParallel, entry.type == "INDEX" || entry.type == "CONSTRAINT", spare != current else { return nil }
+        guard idleSessionsBuildInParallel, entry.buildsIndex, spare != current else { return nil }
         current = spare
         if let label, spare > 0 {
             FileHandle.standardError.write(
@@ -534,7 +534,7 @@ func timed(_ entry: SchemaEntry, label: String?, since started: Date, workers: I
     try body()
     let took = Date().timeIntervalSince(entryStart)
     if let label, took > 0.1 {
-        let parallel = workers > 0 && (entry.type == "INDEX" || entry.type == "CONSTRAINT") ? " (up to \(workers) parallel workers)" : ""
+        let parallel = workers > 0 && entry.buildsIndex ? " (up to \(workers) parallel workers)" : ""
         FileHandle.standardError.write(
             Data(String(format: "%@ %.2f s: %@ took %.2f s%@\n", label, Date().timeIntervalSince(started), entry.describe, took, parallel).utf8))
     }
@@ -824,6 +824,10 @@ struct SchemaEntry: Sendable {
     let dumpID: Int?
     /// The dump ids of the entries this one depends on, as pg_dump recorded them.
     let dependencies: [Int]
+
+    /// Whether the entry builds an index (an index, or a primary key or unique constraint):
+    /// the entries that may use parallel maintenance workers.
+    var buildsIndex: Bool { type == "INDEX" || type == "CONSTRAINT" }
 
     /// "INDEX public.events_customer (dump id 3221)".
     var describe: String {
