@@ -38,6 +38,32 @@ struct PostDataSchedule {
         var lockGroup: Int
     }
 
+    /// The tables and materialized views of a pre-data section by dump id, each with its data
+    /// size (by "schema\0name" in `sizes`, 0 if absent) and its lock group: tables joined by a
+    /// partition attachment or by inheritance (a table entry that depends on another table)
+    /// form one tree.
+    static func lockedTables(_ preData: [SchemaEntry], sizes: [String: Int64] = [:]) -> [Int: Table] {
+        let relations = preData.filter { ($0.type == "TABLE" || $0.type == "MATERIALIZED VIEW") && $0.dumpID != nil }
+        let relationIDs = Set(relations.map { $0.dumpID! })
+        var parent: [Int: Int] = [:]
+        func root(_ id: Int) -> Int {
+            var id = id
+            while let next = parent[id], next != id { id = next }
+            return id
+        }
+        for entry in preData where entry.type == "TABLE ATTACH" || entry.type == "TABLE" {
+            let members = entry.dependencies.filter(relationIDs.contains) + (entry.type == "TABLE" ? [entry.dumpID].compactMap { $0 } : [])
+            guard let first = members.first else { continue }
+            for other in members.dropFirst() where root(other) != root(first) { parent[root(other)] = root(first) }
+        }
+        var locked: [Int: Table] = [:]
+        for entry in relations {
+            let id = entry.dumpID!
+            locked[id] = Table(name: entry.schema + "." + entry.name, byteCount: sizes[entry.schema + "\u{0}" + entry.name] ?? 0, lockGroup: root(id))
+        }
+        return locked
+    }
+
     private struct Claim {
         var table: Int
         var exclusive: Bool
@@ -51,7 +77,8 @@ struct PostDataSchedule {
     private var remaining: [Int]
     /// Entries whose dependencies are done, best first.
     private var ready: [Int] = []
-    private let rank: [Int: (priority: Int64, order: Int)]
+    /// Each entry's place in `ready`'s order (by position): priority, then type order.
+    private let rank: [(priority: Int64, order: Int)]
     private var running: [Int: [Claim]] = [:]
     private var finishedCount = 0
     /// Each entry's size (its biggest table's data bytes) and the lock group of that table.
@@ -120,13 +147,13 @@ struct PostDataSchedule {
             default: return 2
             }
         }
-        var rank: [Int: (priority: Int64, order: Int)] = [:]
+        var rank: [(priority: Int64, order: Int)] = []
         var sizes: [Int64] = []
         var mainGroup: [Int?] = []
         for (index, entry) in entries.enumerated() {
             let biggest = entry.dependencies.compactMap { tables[$0] }.max { $0.byteCount < $1.byteCount }
             let size = biggest?.byteCount ?? 0
-            rank[index] = (neededByForeignKey.contains(index) ? Int64.max : size, order(entry))
+            rank.append((neededByForeignKey.contains(index) ? Int64.max : size, order(entry)))
             sizes.append(size)
             mainGroup.append(biggest?.lockGroup)
             unfinishedBytes += size
@@ -157,15 +184,25 @@ struct PostDataSchedule {
             "the archive's post-data dependencies form a cycle through \(stuck.joined(separator: ", ")); nothing was restored")
     }
 
+    /// Whether entry `a` goes before entry `b` in `ready`: higher priority, then lower type
+    /// order, then earlier in the archive.
+    private func precedes(_ a: Int, _ b: Int) -> Bool {
+        let (keyA, keyB) = (rank[a], rank[b])
+        if keyA.priority != keyB.priority { return keyA.priority > keyB.priority }
+        if keyA.order != keyB.order { return keyA.order < keyB.order }
+        return a < b
+    }
+
+    /// Inserts `index` into `ready` at its place, found by binary search (schemas with
+    /// thousands of tables make thousands of entries ready at once).
     private mutating func insertReady(_ index: Int) {
-        let key = rank[index]!
-        let at = ready.firstIndex { other in
-            let otherKey = rank[other]!
-            if otherKey.priority != key.priority { return otherKey.priority < key.priority }
-            if otherKey.order != key.order { return otherKey.order > key.order }
-            return other > index
+        var low = 0
+        var high = ready.count
+        while low < high {
+            let middle = (low + high) / 2
+            if precedes(ready[middle], index) { low = middle + 1 } else { high = middle }
         }
-        ready.insert(index, at: at ?? ready.endIndex)
+        ready.insert(index, at: low)
     }
 
     var isEmpty: Bool { finishedCount == entries.count }

@@ -285,7 +285,7 @@ final class Restore {
                     mark("database created")
                     main = try connect()
                 case .preData(let script):
-                    try execute(script, restrictKey: restrictKey, section: "pre-data schema", on: main!)
+                    try runPreData(script, restrictKey: restrictKey, on: main!)
                     preDataEntries = splitSchemaEntries(script).entries
                     mark("pre-data done")
                 case .tables(let list):
@@ -398,6 +398,51 @@ final class Restore {
         let text = try filtered(stripRestrictLines(script, key: restrictKey), section: section)
         do { try connection.execute(text) } catch {
             throw TenureError(error.code, "restoring the \(section) failed: \(error.message)", context: error.context, sqlState: error.sqlState)
+        }
+    }
+
+    /// The pre-data, as `PreDataPlan` splits it: in order on `main`, long runs of table and
+    /// sequence entries on `jobs` sessions.
+    func runPreData(_ script: String, restrictKey: String?, on main: PostgresConnection) throws(TenureError) {
+        let text = try filtered(stripRestrictLines(script, key: restrictKey), section: "pre-data schema")
+        let (preamble, entries) = splitSchemaEntries(text)
+        guard options.jobs > 1, let plan = try PreDataPlan(entries) else {
+            return try executeSection(text, on: main)
+        }
+        try executeSection(preamble, on: main)
+        for segment in plan.segments {
+            switch segment {
+            case .serial(let entries):
+                try executeSection(entries.map(\.sql).joined(separator: "\n"), on: main)
+            case .parallel(let schedule):
+                mark("pre-data pool of \(schedule.count) entries")
+                let (parameters, progress, settings) = (self.parameters, self.progress, restoreSessionSettings(options))
+                do throws(TenureError) {
+                    // A unique violation is two sessions naming a table's array type alike at
+                    // once; the entry rolled back and runs again once the other committed.
+                    try runPostDataPool(schedule, jobs: options.jobs, name: "tenure-pre-data", retrying: ["40P01", "23505"]) {
+                        () throws(TenureError) in
+                        let connection = try progress.session(parameters, applicationName: "tenure-restore-worker")
+                        do throws(TenureError) {
+                            try connection.execute(settings)
+                            try connection.execute(preamble)
+                        } catch {
+                            connection.close()
+                            throw error
+                        }
+                        return PostDataSession(close: { connection.close() }) { (entry, _) throws(TenureError) in try connection.execute(entry.sql) }
+                    }
+                } catch {
+                    throw TenureError(error.code, "restoring the pre-data schema failed: \(error.message)", context: error.context, sqlState: error.sqlState)
+                }
+            }
+        }
+    }
+
+    /// Runs pre-data statements on `connection`, naming the section in an error.
+    func executeSection(_ text: String, on connection: PostgresConnection) throws(TenureError) {
+        do { try connection.execute(text) } catch {
+            throw TenureError(error.code, "restoring the pre-data schema failed: \(error.message)", context: error.context, sqlState: error.sqlState)
         }
     }
 
@@ -576,27 +621,7 @@ struct PostDataPlan {
                     "the archive's post-data entry \(entry.describe) depends on entry \(missing), which the archive does not carry; nothing was restored")
             }
         }
-        let relations = preData.filter { ($0.type == "TABLE" || $0.type == "MATERIALIZED VIEW") && $0.dumpID != nil }
-        let relationIDs = Set(relations.map { $0.dumpID! })
-        // Lock groups: tables joined by a partition attachment or by inheritance (a table
-        // entry that depends on another table) form one tree.
-        var parent: [Int: Int] = [:]
-        func root(_ id: Int) -> Int {
-            var id = id
-            while let next = parent[id], next != id { id = next }
-            return id
-        }
-        for entry in preData where entry.type == "TABLE ATTACH" || entry.type == "TABLE" {
-            let members = entry.dependencies.filter(relationIDs.contains) + (entry.type == "TABLE" ? [entry.dumpID].compactMap { $0 } : [])
-            guard let first = members.first else { continue }
-            for other in members.dropFirst() where root(other) != root(first) { parent[root(other)] = root(first) }
-        }
-        var locked: [Int: PostDataSchedule.Table] = [:]
-        for entry in relations {
-            let id = entry.dumpID!
-            locked[id] = PostDataSchedule.Table(
-                name: entry.schema + "." + entry.name, byteCount: sizes[entry.schema + "\u{0}" + entry.name] ?? 0, lockGroup: root(id))
-        }
+        let locked = PostDataSchedule.lockedTables(preData, sizes: sizes)
         schedule = try PostDataSchedule(entries.filter { !last.contains($0.dumpID!) }, tables: locked, preDataIDs: earlierIDs)
         self.last = entries.filter { last.contains($0.dumpID!) }
     }
@@ -614,7 +639,8 @@ struct PostDataSession {
 /// back, so it runs again (up to 5 times; the lock groups make this rare). The first failure
 /// stops the other sessions after their current entry and is thrown.
 func runPostDataPool(
-    _ schedule: PostDataSchedule, jobs: Int, name: String, open: @escaping @Sendable () throws(TenureError) -> PostDataSession
+    _ schedule: PostDataSchedule, jobs: Int, name: String, retrying: Set<String> = ["40P01"],
+    open: @escaping @Sendable () throws(TenureError) -> PostDataSession
 ) throws(TenureError) {
     let count = schedule.count
     guard count > 0 else { return }
@@ -631,7 +657,7 @@ func runPostDataPool(
                         try session.run(entry, spare)
                         break
                     } catch {
-                        if error.sqlState == "40P01" && attempt < 5 {
+                        if let state = error.sqlState, retrying.contains(state), attempt < 5 {
                             attempt += 1
                             Thread.sleep(forTimeInterval: 0.05 * Double(attempt))
                             continue
@@ -850,65 +876,129 @@ func sessionSettingName(_ line: Substring) -> Substring? {
 /// entry's header) are taken off the entry before and carried by every later entry, so that
 /// entries run on different sessions, in any order, each see their own.
 func splitSchemaEntries(_ script: String) -> (preamble: String, entries: [SchemaEntry]) {
-    let lines = script.split(separator: "\n", omittingEmptySubsequences: false)
-    var preamble: [Substring] = []
-    var entries: [SchemaEntry] = []
-    var settings: [Substring: Substring] = [:]
-    struct Header {
-        var type = "?", name = "?", schema = "", dumpID: Int?, dependencies: [Int] = []
+    var script = script
+    return script.withUTF8 { SchemaScanner(bytes: $0).split() }
+}
+
+/// `splitSchemaEntries` over the script's UTF-8 bytes: lines as byte ranges, strings made
+/// only for what an entry keeps (a schema of thousands of tables has tens of thousands of lines).
+private struct SchemaScanner {
+    let bytes: UnsafeBufferPointer<UInt8>
+
+    func text(_ range: Range<Int>) -> String { String(decoding: UnsafeBufferPointer(rebasing: bytes[range]), as: UTF8.self) }
+
+    func hasPrefix(_ range: Range<Int>, _ prefix: StaticString) -> Bool {
+        let count = prefix.utf8CodeUnitCount
+        guard range.count >= count else { return false }
+        for offset in 0..<count where bytes[range.lowerBound + offset] != prefix.utf8Start[offset] { return false }
+        return true
     }
-    var current: (header: Header, settings: String, lines: [Substring])?
-    func close() {
-        guard let open = current else { return }
-        var body = open.lines
-        // Settings written for the next entry belong to it, not to this one.
-        var moved: [Substring] = []
-        while let last = body.last, last.isEmpty || sessionSettingName(last) != nil {
-            if sessionSettingName(last) != nil { moved.insert(last, at: 0) }
-            body.removeLast()
+
+    /// The setting's name when the line is `SET default_tablespace = ...;` or
+    /// `SET default_table_access_method = ...;`.
+    func settingName(_ range: Range<Int>) -> String? {
+        guard range.count > 4, bytes[range.upperBound - 1] == UInt8(ascii: ";") else { return nil }
+        if hasPrefix(range, "SET default_tablespace = ") { return "default_tablespace" }
+        if hasPrefix(range, "SET default_table_access_method = ") { return "default_table_access_method" }
+        return nil
+    }
+
+    /// A comment header line's value after `prefix`, as the range of the rest of the line.
+    func rest(_ range: Range<Int>, after prefix: StaticString) -> Range<Int> { (range.lowerBound + prefix.utf8CodeUnitCount)..<range.upperBound }
+
+    func split() -> (preamble: String, entries: [SchemaEntry]) {
+        var lines: [Range<Int>] = []
+        var start = 0
+        for index in 0..<bytes.count where bytes[index] == 0x0A {
+            lines.append(start..<index)
+            start = index + 1
         }
-        for line in moved { settings[sessionSettingName(line)!] = line }
-        entries.append(
-            SchemaEntry(
-                type: open.header.type, name: open.header.name, schema: open.header.schema, sql: open.settings + body.joined(separator: "\n"),
-                dumpID: open.header.dumpID, dependencies: open.header.dependencies))
-        current = nil
-    }
-    var index = 0
-    while index < lines.count {
-        if lines[index] == "--" {
-            // A header: "--", comment lines, one of them "-- Name: ...", then "--".
-            var end = index + 1
-            while end < lines.count, lines[end].hasPrefix("-- ") { end += 1 }
-            let comments = lines[(index + 1)..<end]
-            if end < lines.count, lines[end] == "--", let nameLine = comments.first(where: { $0.hasPrefix("-- Name: ") }) {
-                close()
-                var header = Header()
-                for field in nameLine.dropFirst("-- ".count).components(separatedBy: "; ") {
-                    if field.hasPrefix("Name: ") { header.name = String(field.dropFirst(6)) }
-                    if field.hasPrefix("Type: ") { header.type = String(field.dropFirst(6)) }
-                    if field.hasPrefix("Schema: ") { header.schema = String(field.dropFirst(8)) }
-                }
-                if let toc = comments.first(where: { $0.hasPrefix("-- TOC entry ") }) {
-                    header.dumpID = Int(toc.dropFirst("-- TOC entry ".count).prefix { $0.isNumber })
-                }
-                if let line = comments.first(where: { $0.hasPrefix("-- Dependencies: ") }) {
-                    header.dependencies = line.dropFirst("-- Dependencies: ".count).split(separator: " ").compactMap { Int($0) }
-                }
-                let prefix = settings.keys.sorted().map { String(settings[$0]!) + "\n" }.joined()
-                current = (header, prefix, [])
-                index = end + 1
-                continue
+        lines.append(start..<bytes.count)
+
+        var entries: [SchemaEntry] = []
+        var settings: [String: String] = [:]
+        var settingsPrefix = ""
+        func setting(_ name: String, _ line: Range<Int>) {
+            settings[name] = text(line)
+            settingsPrefix = settings.keys.sorted().map { settings[$0]! + "\n" }.joined()
+        }
+        var preambleEnd: Int?
+        struct Open {
+            var type = "?", name = "?", schema = "", dumpID: Int?, dependencies: [Int] = []
+            var prefix = ""
+            var first = 0
+        }
+        var current: Open?
+        func close(before next: Int) {
+            guard let open = current else { return }
+            // Settings written for the next entry belong to it, not to this one.
+            var last = next - 1
+            var moved: [Int] = []
+            while last >= open.first, lines[last].isEmpty || settingName(lines[last]) != nil {
+                if settingName(lines[last]) != nil { moved.append(last) }
+                last -= 1
             }
+            let body = last >= open.first ? text(lines[open.first].lowerBound..<lines[last].upperBound) : ""
+            entries.append(
+                SchemaEntry(type: open.type, name: open.name, schema: open.schema, sql: open.prefix + body, dumpID: open.dumpID, dependencies: open.dependencies))
+            for line in moved.reversed() { setting(settingName(lines[line])!, lines[line]) }
+            current = nil
         }
-        if current != nil {
-            current!.lines.append(lines[index])
+        var index = 0
+        while index < lines.count {
+            let line = lines[index]
+            if line.count == 2 && bytes[line.lowerBound] == 0x2D && bytes[line.lowerBound + 1] == 0x2D {
+                // A header: "--", comment lines, one of them "-- Name: ...", then "--".
+                var end = index + 1
+                while end < lines.count, hasPrefix(lines[end], "-- ") { end += 1 }
+                if end < lines.count, lines[end].count == 2, bytes[lines[end].lowerBound] == 0x2D, bytes[lines[end].lowerBound + 1] == 0x2D,
+                    let nameLine = lines[(index + 1)..<end].first(where: { hasPrefix($0, "-- Name: ") })
+                {
+                    if current == nil { preambleEnd = preambleEnd ?? index }
+                    close(before: index)
+                    var open = Open()
+                    // "Name: n; Type: t; Schema: s; Owner: o", split at every "; ".
+                    var fieldStart = nameLine.lowerBound + 3
+                    var cursor = fieldStart
+                    func field(_ range: Range<Int>) {
+                        if hasPrefix(range, "Name: ") { open.name = text(rest(range, after: "Name: ")) }
+                        if hasPrefix(range, "Type: ") { open.type = text(rest(range, after: "Type: ")) }
+                        if hasPrefix(range, "Schema: ") { open.schema = text(rest(range, after: "Schema: ")) }
+                    }
+                    while cursor + 1 < nameLine.upperBound {
+                        if bytes[cursor] == UInt8(ascii: ";") && bytes[cursor + 1] == 0x20 {
+                            field(fieldStart..<cursor)
+                            cursor += 2
+                            fieldStart = cursor
+                        } else {
+                            cursor += 1
+                        }
+                    }
+                    field(fieldStart..<nameLine.upperBound)
+                    let comments = lines[(index + 1)..<end]
+                    if let toc = comments.first(where: { hasPrefix($0, "-- TOC entry ") }) {
+                        open.dumpID = Int(text(rest(toc, after: "-- TOC entry ")).prefix { $0.isNumber })
+                    }
+                    if let line = comments.first(where: { hasPrefix($0, "-- Dependencies: ") }) {
+                        open.dependencies = text(rest(line, after: "-- Dependencies: ")).split(separator: " ").compactMap { Int($0) }
+                    }
+                    open.prefix = settingsPrefix
+                    open.first = end + 1
+                    current = open
+                    index = end + 1
+                    continue
+                }
+            }
+            if current == nil, let name = settingName(line) { setting(name, line) }
+            index += 1
+        }
+        if current != nil { close(before: lines.count) }
+        let preamble: String
+        if let end = preambleEnd {
+            preamble = end == 0 ? "" : text(0..<lines[end - 1].upperBound)
         } else {
-            if let name = sessionSettingName(lines[index]) { settings[name] = lines[index] }
-            preamble.append(lines[index])
+            preamble = text(0..<bytes.count)
         }
-        index += 1
+        return (preamble, entries)
     }
-    close()
-    return (preamble.joined(separator: "\n"), entries)
 }

@@ -105,6 +105,68 @@ func createDependencyCases(_ server: TestServer) throws -> String {
         #expect(try leftovers(server).isEmpty)
     }
 
+    /// A schema of many tables: its table and sequence entries run on several sessions (the
+    /// restore says so with TENURE_TIMING=1), and the copy still matches the source, including
+    /// tables whose array types are named alike when created at once.
+    @Test func manyTablesRestoreOnSeveralSessions() throws {
+        let server = try TestServer.shared()
+        let source = newDatabaseName("many")
+        _ = try server.rows("CREATE DATABASE \(source)")
+        let connection = try server.connect(database: source)
+        defer { connection.close() }
+        try connection.execute(
+            #"""
+            CREATE SCHEMA app;
+            CREATE TYPE app.mood AS ENUM ('sad', 'ok', 'happy');
+            CREATE TYPE app.pair AS (a integer, b text);
+            CREATE SEQUENCE app.shared_ids;
+            DO $$ BEGIN FOR i IN 1..40 LOOP
+                EXECUTE format('CREATE TABLE app.t%s (id serial PRIMARY KEY, shared bigint DEFAULT nextval(''app.shared_ids''), '
+                    'feeling app.mood, body text CONSTRAINT t%s_short CHECK (length(body) < 100))', i, i);
+                EXECUTE format('ALTER TABLE app.t%s ALTER COLUMN body SET STORAGE EXTERNAL', i);
+                EXECUTE format('COMMENT ON TABLE app.t%s IS %L', i, 'table ' || i);
+                EXECUTE format('COMMENT ON COLUMN app.t%s.body IS %L', i, 'body of ' || i);
+                EXECUTE format('INSERT INTO app.t%s (feeling, body) SELECT ''ok'', ''row '' || g FROM generate_series(1, %s) g', i, i);
+            END LOOP; END $$;
+            CREATE TABLE app.counted (n bigint GENERATED ALWAYS AS IDENTITY, note text);
+            INSERT INTO app.counted (note) VALUES ('one'), ('two');
+            CREATE TABLE app.foo (x integer);
+            CREATE TABLE app._foo (y integer);
+            CREATE TABLE app.tenure_restore_runs_long_table_names_side_by_side_on_two_sessia (x integer);
+            CREATE TABLE app.tenure_restore_runs_long_table_names_side_by_side_on_two_sessib (y integer);
+            INSERT INTO app.foo VALUES (1);
+            INSERT INTO app._foo VALUES (2);
+            CREATE TABLE app.parent (id integer, label text);
+            CREATE TABLE app.child_a (extra integer) INHERITS (app.parent);
+            CREATE TABLE app.child_b (other text) INHERITS (app.parent);
+            INSERT INTO app.child_a VALUES (1, 'a', 10);
+            INSERT INTO app.child_b VALUES (2, 'b', 'x');
+            CREATE TABLE app.ranges (k integer NOT NULL, v text) PARTITION BY RANGE (k);
+            CREATE TABLE app.ranges_1 PARTITION OF app.ranges FOR VALUES FROM (0) TO (10);
+            CREATE TABLE app.ranges_2 PARTITION OF app.ranges FOR VALUES FROM (10) TO (20);
+            CREATE TABLE app.ranges_3 PARTITION OF app.ranges FOR VALUES FROM (20) TO (30);
+            INSERT INTO app.ranges SELECT g, 'v' || g FROM generate_series(0, 29) g;
+            CREATE TABLE app.typed OF app.pair;
+            INSERT INTO app.typed VALUES (1, 'one');
+            CREATE UNLOGGED TABLE app.scratch (k integer);
+            INSERT INTO app.scratch VALUES (7);
+            SELECT setval('app.shared_ids', 5000);
+            """#)
+        let archive = temporaryFile(".tenure")
+        defer { try? FileManager.default.removeItem(atPath: archive) }
+        let backup = try runTenure(["backup", "--url", url(server, source), "-o", archive, "--jobs", "2"], environment: [:])
+        #expect(backup.status == 0, "\(backup)")
+        for jobs in ["1", "2", "4"] {
+            let target = newDatabaseName("many_copy")
+            let restore = try runTenure(["restore", archive, "--url", url(server, target), "--jobs", jobs], environment: ["TENURE_TIMING": "1"])
+            #expect(restore.status == 0, "\(restore)")
+            #expect(restore.stderr.contains("pre-data pool of") == (jobs != "1"), "\(restore.stderr)")
+            #expect(try schemaDump(server, target) == schemaDump(server, source))
+            #expect(try fingerprint(server, target) == fingerprint(server, source))
+        }
+        #expect(try leftovers(server).isEmpty)
+    }
+
     @Test func extensionConfigurationRowsAreCarried() throws {
         let server = try TestServer.shared()
         let source = try createDependencyCases(server)

@@ -1,3 +1,4 @@
+import Foundation
 import Testing
 import TenureCore
 
@@ -220,6 +221,54 @@ import TenureCore
             done.insert(entry.dumpID!)
         }
         #expect(done.count == 14)
+    }
+
+    /// The pre-data: a long run of table and sequence entries goes to the sessions, in an order
+    /// that keeps every dependency; everything else stays in the script's order on one session.
+    @Test func preDataRunsLongRunsOfTablesInParallel() throws {
+        var script = "SET statement_timeout = 0;\n\n" + Self.entry(1, [], "app", "SCHEMA", "CREATE SCHEMA app;")
+        for id in 10..<30 { script += Self.entry(id, [1], "t\(id)", "TABLE", "CREATE TABLE app.t\(id) (a integer);", schema: "app") }
+        script += Self.entry(30, [10], "t10_a_seq", "SEQUENCE", "CREATE SEQUENCE app.t10_a_seq;", schema: "app")
+        script += Self.entry(31, [30], "t10_a_seq", "SEQUENCE OWNED BY", "ALTER SEQUENCE app.t10_a_seq OWNED BY app.t10.a;", schema: "app")
+        script += Self.entry(32, [10, 30], "t10 a", "DEFAULT", "ALTER TABLE ONLY app.t10 ALTER COLUMN a SET DEFAULT nextval('app.t10_a_seq');", schema: "app")
+        script += Self.entry(33, [10], "TABLE t10", "COMMENT", "COMMENT ON TABLE app.t10 IS 'x';", schema: "app")
+        script += Self.entry(34, [11], "v", "VIEW", "CREATE VIEW app.v AS SELECT * FROM app.t11;", schema: "app")
+        script += Self.entry(35, [1], "late", "TABLE", "CREATE TABLE app.late (a integer);", schema: "app")
+        let plan = try #require(try PreDataPlan(splitSchemaEntries(script).entries))
+        #expect(plan.segments.count == 3)
+        guard case .serial(let first) = plan.segments[0], case .parallel(var schedule) = plan.segments[1], case .serial(let last) = plan.segments[2] else {
+            Issue.record("segments: \(plan.segments)")
+            return
+        }
+        #expect(first.map(\.dumpID) == [1])
+        #expect(last.map(\.dumpID) == [34, 35], "a view ends the run; what follows a run too short runs in order")
+        #expect(schedule.count == 24)
+        // Two sessions drain it: each entry after its dependencies, the entries on one table
+        // (owned-by, default, comment) never beside each other.
+        var running: [(Int, SchemaEntry)] = []
+        var done = Set<Int>()
+        while done.count < 24 {
+            if running.count < 2, case .run(let id, let entry) = schedule.next() {
+                for dependency in entry.dependencies where dependency >= 10 { #expect(done.contains(dependency), "\(entry.name) before \(dependency)") }
+                if entry.dependencies.contains(10) {
+                    #expect(!running.contains { $0.1.dependencies.contains(10) }, "\(entry.name) beside another entry on t10")
+                }
+                running.append((id, entry))
+                continue
+            }
+            let (id, entry) = running.removeFirst()
+            schedule.finish(id)
+            done.insert(entry.dumpID!)
+        }
+        // Too short a run, a run with an entry that depends on a later one, or a script
+        // without a table of contents: nothing in parallel.
+        #expect(try PreDataPlan(splitSchemaEntries(script).entries, minimumRun: 40) == nil)
+        var forward = "SET statement_timeout = 0;\n\n" + Self.entry(1, [], "app", "SCHEMA", "CREATE SCHEMA app;")
+        forward += Self.entry(10, [1, 99], "t10", "TABLE", "CREATE TABLE app.t10 (a app.later);", schema: "app")
+        for id in 11..<30 { forward += Self.entry(id, [1], "t\(id)", "TABLE", "CREATE TABLE app.t\(id) (a integer);", schema: "app") }
+        forward += Self.entry(99, [1], "later", "TYPE", "CREATE TYPE app.later AS (a integer);", schema: "app")
+        #expect(try PreDataPlan(splitSchemaEntries(forward).entries) == nil)
+        #expect(try PreDataPlan(splitSchemaEntries(script.replacingOccurrences(of: "-- TOC entry", with: "-- entry")).entries) == nil)
     }
 
     @Test func aDependencyTheArchiveDoesNotCarryIsAnErrorNamingBoth() {
