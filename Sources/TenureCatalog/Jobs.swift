@@ -97,6 +97,10 @@ extension Catalog {
     /// A queued backup or drill starts only while fewer than `perServer` backups and drills
     /// run on its tenant server; claims take turns on a transaction lock so that two replicas
     /// cannot both start the last allowed one.
+    ///
+    /// `started_at` (and `finished_at` in `endAttempt`) is `now` or the catalog server's clock
+    /// when that is later: a `now` taken before the claim waited (a busy machine) would
+    /// otherwise date the start before the end of the job it waited for.
     public func claimJob(
         owner: String, lease: Duration, policy: JobRetryPolicy, now: Date, only: JobID? = nil, perServer: Int = 1, movesPerServer: Int = 1
     ) throws(TenureError) -> ClaimedJob? {
@@ -148,7 +152,8 @@ extension Catalog {
                 let claimed = try connection.query(
                     """
                     UPDATE jobs SET state = 'running', attempt = attempt + 1, fence = fence + 1, lease_owner = $2,
-                        lease_expires_at = clock_timestamp() + $3::bigint * interval '1 millisecond', started_at = coalesce(started_at, to_timestamp($4::float8))
+                        lease_expires_at = clock_timestamp() + $3::bigint * interval '1 millisecond',
+                        started_at = coalesce(started_at, greatest(to_timestamp($4::float8), clock_timestamp()))
                     WHERE id = $1 RETURNING id
                     """,
                     [job.id.rawValue, owner, Self.milliseconds(lease), epoch(now)])
@@ -184,7 +189,8 @@ extension Catalog {
         case .finish(let state):
             updated = try connection.query(
                 """
-                UPDATE jobs SET state = $3, result = $4::jsonb, error = $5::jsonb, progress = $6::jsonb, finished_at = to_timestamp($7::float8),
+                UPDATE jobs SET state = $3, result = $4::jsonb, error = $5::jsonb, progress = $6::jsonb,
+                    finished_at = greatest(to_timestamp($7::float8), clock_timestamp()),
                     lease_owner = NULL, lease_expires_at = NULL
                 WHERE id = $1 AND fence = $2 AND state = 'running'
                 """,
