@@ -422,14 +422,7 @@ final class Restore {
                     // once; the entry rolled back and runs again once the other committed.
                     try runPostDataPool(schedule, jobs: options.jobs, name: "tenure-pre-data", retrying: ["40P01", "23505"]) {
                         () throws(TenureError) in
-                        let connection = try progress.session(parameters, applicationName: "tenure-restore-worker")
-                        do throws(TenureError) {
-                            try connection.execute(settings)
-                            try connection.execute(preamble)
-                        } catch {
-                            connection.close()
-                            throw error
-                        }
+                        let connection = try poolSession(progress, parameters, settings: settings, preamble: preamble)
                         return PostDataSession(close: { connection.close() }) { (entry, _) throws(TenureError) in try connection.execute(entry.sql) }
                     }
                 } catch {
@@ -557,19 +550,28 @@ final class Restore {
         let started = self.started
         let progress = self.progress
         try runPostDataPool(schedule, jobs: options.jobs, name: "tenure-post-data") { [settings] () throws(TenureError) in
-            let connection = try progress.session(parameters, applicationName: "tenure-restore-worker")
-            do throws(TenureError) {
-                try connection.execute(settings)
-                try connection.execute(preamble)
-            } catch {
-                connection.close()
-                throw error
-            }
+            let connection = try poolSession(progress, parameters, settings: settings, preamble: preamble)
             return options.postDataSession(on: connection, label: timing ? "restore" : nil, since: started) { (sql) throws(TenureError) in
                 try connection.execute(sql)
             }
         }
     }
+}
+
+/// A session of one of the restore's pools: connected, then `settings` and the schema
+/// script's `preamble` run (closed again if either fails).
+func poolSession(_ progress: TransferProgress, _ parameters: ConnectionParameters, settings: String, preamble: String) throws(TenureError)
+    -> PostgresConnection
+{
+    let connection = try progress.session(parameters, applicationName: "tenure-restore-worker")
+    do throws(TenureError) {
+        try connection.execute(settings)
+        try connection.execute(preamble)
+    } catch {
+        connection.close()
+        throw error
+    }
+    return connection
 }
 
 /// Runs one post-data entry; with a label (`TENURE_TIMING=1`), prints it on stderr when it
