@@ -863,15 +863,6 @@ struct SchemaEntry: Sendable {
     }
 }
 
-/// "default_tablespace" for a line `SET default_tablespace = ...;` that pg_dump writes between
-/// entries (the settings it switches per entry); nil for any other line.
-func sessionSettingName(_ line: Substring) -> Substring? {
-    for name in ["default_tablespace", "default_table_access_method"] where line.hasPrefix("SET \(name) = ") && line.hasSuffix(";") {
-        return line.dropFirst(4).prefix(name.count)
-    }
-    return nil
-}
-
 /// Splits a pg_dump section into its preamble (SET statements) and entries, by the comment
 /// headers pg_dump writes before every entry. The settings pg_dump switches between entries
 /// (`SET default_tablespace`, `SET default_table_access_method`, written just before an
