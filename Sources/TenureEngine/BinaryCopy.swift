@@ -1,4 +1,6 @@
 import Foundation
+import TenureCore
+import TenurePQ
 
 /// The column types whose COPY text the restore converts to COPY's binary format itself.
 /// Parsing text in the server (line and field splitting, `numeric_in`, the date-time parser)
@@ -6,34 +8,93 @@ import Foundation
 /// its table on the text path.
 enum BinaryColumn: Equatable, Sendable {
     case bool, int2, int4, int8, float4, float8, numeric, text, bytea, date, timestamp, timestamptz, json, jsonb, uuid
+    /// A one-dimensional array (lower bound 1, or empty) of a scalar kind; `elementType` is
+    /// the array type's element type OID, which `array_recv` checks.
+    indirect case array(BinaryColumn, elementType: UInt32)
 
-    /// By the built-in type's OID (domains and every other type: nil).
-    init?(typeOID: UInt32) {
-        switch typeOID {
-        case 16: self = .bool
-        case 21: self = .int2
-        case 23: self = .int4
-        case 20: self = .int8
-        case 700: self = .float4
-        case 701: self = .float8
-        case 1700: self = .numeric
-        case 25, 1043, 1042: self = .text  // text, varchar, bpchar: the same bytes either way
-        case 17: self = .bytea
-        case 1082: self = .date
-        case 1114: self = .timestamp
-        case 1184: self = .timestamptz
-        case 114: self = .json
-        case 3802: self = .jsonb
-        case 2950: self = .uuid
-        default: return nil
-        }
+    /// The scalar kinds by their type's input and receive functions (both built into the
+    /// server): the receive function, given what the encoder writes, stores exactly what the
+    /// input function stores from the COPY text. Matching functions rather than type OIDs
+    /// also covers types that reuse them: `varchar` and `bpchar` (the typmod is applied by
+    /// either function alike), enums (both look the label up), and extension types such as
+    /// citext, whose I/O functions are text's.
+    static let byFunctions: [String: BinaryColumn] = [
+        "boolin/boolrecv": .bool, "int2in/int2recv": .int2, "int4in/int4recv": .int4, "int8in/int8recv": .int8,
+        "float4in/float4recv": .float4, "float8in/float8recv": .float8, "numeric_in/numeric_recv": .numeric,
+        "textin/textrecv": .text, "varcharin/varcharrecv": .text, "bpcharin/bpcharrecv": .text, "enum_in/enum_recv": .text,
+        "byteain/bytearecv": .bytea, "date_in/date_recv": .date, "timestamp_in/timestamp_recv": .timestamp,
+        "timestamptz_in/timestamptz_recv": .timestamptz, "json_in/json_recv": .json, "jsonb_in/jsonb_recv": .jsonb,
+        "uuid_in/uuid_recv": .uuid,
+    ]
+
+    /// What the catalog says of one type, as `resolve` reads it.
+    struct CatalogType: Sendable {
+        /// `pg_type.typtype`: b(ase), d(omain), e(num), ...
+        var kind: String
+        var baseType: UInt32
+        var elementType: UInt32
+        /// "input/receive" (`prosrc` of both) when both are built-in (`LANGUAGE internal`).
+        var functions: String?
     }
 
-    /// The binary types of `columns` (by name, in COPY order) from the table's column types
-    /// by name; nil unless every column has one.
-    static func plan(_ columns: [String], types: [String: UInt32]) -> [BinaryColumn]? {
-        let binary = columns.compactMap { types[$0].flatMap(BinaryColumn.init(typeOID:)) }
+    /// The binary kind of type `oid`: a domain loads as its base type (`domain_recv` and
+    /// `domain_in` both check the domain's constraints), an array of a scalar kind as
+    /// `.array`; nil for anything else.
+    static func resolve(_ oid: UInt32, in catalog: [UInt32: CatalogType], depth: Int = 0) -> BinaryColumn? {
+        guard depth < 16, let type = catalog[oid] else { return nil }
+        if type.kind == "d" { return resolve(type.baseType, in: catalog, depth: depth + 1) }
+        guard let functions = type.functions else { return nil }
+        if functions == "array_in/array_recv" {
+            guard type.elementType != 0, let element = resolve(type.elementType, in: catalog, depth: depth + 1) else { return nil }
+            if case .array = element { return nil }
+            return .array(element, elementType: type.elementType)
+        }
+        return byFunctions[functions]
+    }
+
+    /// The catalog rows `resolve` needs for `oids` (and the base and element types they lead
+    /// to), read from the database being loaded.
+    static func catalog(for oids: Set<UInt32>, on connection: PostgresConnection) throws(TenureError) -> [UInt32: CatalogType] {
+        guard !oids.isEmpty else { return [:] }
+        let result = try connection.query(
+            """
+            WITH RECURSIVE needed(oid) AS (
+                SELECT pg_catalog.unnest($1::pg_catalog.oid[])
+                UNION
+                SELECT v.next FROM needed n JOIN pg_catalog.pg_type t ON t.oid = n.oid,
+                    LATERAL (VALUES (t.typbasetype), (t.typelem)) v(next)
+                WHERE v.next <> 0
+            )
+            SELECT t.oid::pg_catalog.int8, t.typtype::pg_catalog.text, t.typbasetype::pg_catalog.int8, t.typelem::pg_catalog.int8,
+                CASE WHEN i.prolang = 12 AND r.prolang = 12 THEN i.prosrc || '/' || r.prosrc END
+            FROM needed n
+            JOIN pg_catalog.pg_type t ON t.oid = n.oid
+            JOIN pg_catalog.pg_proc i ON i.oid = t.typinput
+            LEFT JOIN pg_catalog.pg_proc r ON r.oid = t.typreceive
+            """, ["{" + oids.sorted().map(String.init).joined(separator: ",") + "}"])
+        var catalog: [UInt32: CatalogType] = [:]
+        for row in result.rows {
+            guard let oid = row[0].flatMap({ UInt32($0) }), let kind = row[1] else { continue }
+            catalog[oid] = CatalogType(
+                kind: kind, baseType: row[2].flatMap { UInt32($0) } ?? 0, elementType: row[3].flatMap { UInt32($0) } ?? 0, functions: row[4])
+        }
+        return catalog
+    }
+
+    /// The binary kinds of `columns` (by name, in COPY order) from the table's column type
+    /// OIDs by name; nil unless every column has one.
+    static func plan(_ columns: [String], types: [String: UInt32], catalog: [UInt32: CatalogType]) -> [BinaryColumn]? {
+        let binary = columns.compactMap { types[$0].flatMap { resolve($0, in: catalog) } }
         return binary.count == columns.count ? binary : nil
+    }
+
+    /// Whether a field of this kind may hold COPY's backslash escapes (undone before the
+    /// value is converted).
+    var takesEscapedText: Bool {
+        switch self {
+        case .text, .json, .jsonb, .array: true
+        default: false
+        }
     }
 }
 
@@ -51,6 +112,8 @@ struct BinaryCopyEncoder: ~Copyable {
     private var carry: ByteBuffer
     /// One field with COPY's escapes undone.
     private var field: ByteBuffer
+    /// One quoted array element with the array's escapes undone.
+    private var element: ByteBuffer
     private(set) var rows = 0
 
     init(columns: [BinaryColumn]) {
@@ -59,6 +122,7 @@ struct BinaryCopyEncoder: ~Copyable {
         output = ByteBuffer(capacity: 1 << 20)
         carry = ByteBuffer(capacity: 1 << 16)
         field = ByteBuffer(capacity: 1 << 12)
+        element = ByteBuffer(capacity: 1 << 10)
         // Signature, flags, header-extension length.
         output.append(contentsOf: [0x50, 0x47, 0x43, 0x4F, 0x50, 0x59, 0x0A, 0xFF, 0x0D, 0x0A, 0x00])
         output.appendBigEndian(UInt32(0))
@@ -160,7 +224,7 @@ struct BinaryCopyEncoder: ~Copyable {
                 // other escape decodes to a byte that is not a hex digit, refused either way).
                 guard size >= 2, start[0] == 0x5C, start[1] == 0x5C, encodeValue(.bytea, start + 1, size - 1) else { return false }
             } else {
-                guard column == .text || column == .json || column == .jsonb, unescape(start, size),
+                guard column.takesEscapedText, unescape(start, size),
                     encodeValue(column, field.start, field.count)
                 else { return false }
             }
@@ -281,11 +345,98 @@ struct BinaryCopyEncoder: ~Copyable {
             }
             output.appendBigEndian(UInt32(4))
             output.appendBigEndian(UInt32(bitPattern: days))
-        case .timestamp, .timestamptz:
-            guard let micros = TextValues.timestamp(p, n, zoned: column == .timestamptz) else { return false }
+        case .timestamp:
+            guard let micros = TextValues.timestamp(p, n, zoned: false) else { return false }
             output.appendBigEndian(UInt32(8))
             output.appendBigEndian(UInt64(bitPattern: micros))
+        case .timestamptz:
+            guard let micros = TextValues.timestamp(p, n, zoned: true) else { return false }
+            output.appendBigEndian(UInt32(8))
+            output.appendBigEndian(UInt64(bitPattern: micros))
+        case .array(let kind, let elementType):
+            return encodeArray(kind, elementType: elementType, p, n)
         }
+        return true
+    }
+
+    /// An array's text as `array_out` writes it for one dimension with lower bound 1 (`{}`,
+    /// or `{a,"b c",NULL}`: elements quoted when they need it, `"` and `\` escaped inside
+    /// quotes) as `array_recv` reads it: dimensions, a has-nulls flag, the element type, then
+    /// each element in its own binary form. Anything else (several dimensions, bounds other
+    /// than 1, white space, an unquoted escape, a NULL spelled otherwise): false.
+    private mutating func encodeArray(_ kind: BinaryColumn, elementType: UInt32, _ p: UnsafePointer<UInt8>, _ n: Int) -> Bool {
+        guard n >= 2, p[0] == UInt8(ascii: "{"), p[n - 1] == UInt8(ascii: "}") else { return false }
+        let lengthAt = output.count
+        output.appendBigEndian(UInt32(0))  // the value's length, set at the end
+        if n == 2 {
+            // `{}`: no dimensions.
+            output.appendBigEndian(UInt32(0))
+            output.appendBigEndian(UInt32(0))
+            output.appendBigEndian(elementType)
+            output.storeBigEndian(UInt32(12), at: lengthAt)
+            return true
+        }
+        output.appendBigEndian(UInt32(1))
+        let flagsAt = output.count
+        output.appendBigEndian(UInt32(0))
+        output.appendBigEndian(elementType)
+        let countAt = output.count
+        output.appendBigEndian(UInt32(0))
+        output.appendBigEndian(UInt32(1))  // lower bound
+        let end = n - 1  // the closing brace
+        var index = 1
+        var count: UInt32 = 0
+        var hasNull = false
+        while true {
+            guard index < end else { return false }  // an empty element
+            if p[index] == UInt8(ascii: "\"") {
+                element.removeAll()
+                index += 1
+                while true {
+                    guard index < end else { return false }
+                    let byte = p[index]
+                    if byte == UInt8(ascii: "\"") { break }
+                    if byte == 0x5C {
+                        guard index + 1 < end else { return false }
+                        element.append(p + index + 1, count: 1)
+                        index += 2
+                    } else {
+                        element.append(p + index, count: 1)
+                        index += 1
+                    }
+                }
+                index += 1
+                guard encodeValue(kind, element.start, element.count) else { return false }
+            } else {
+                let start = index
+                while index < end && p[index] != UInt8(ascii: ",") {
+                    switch p[index] {
+                    case UInt8(ascii: "\""), 0x5C, UInt8(ascii: "{"), UInt8(ascii: "}"), 0x20, 0x09, 0x0A, 0x0B, 0x0C, 0x0D: return false
+                    default: index += 1
+                    }
+                }
+                let size = index - start
+                guard size > 0 else { return false }
+                if size == 4 && (p[start] | 0x20) == UInt8(ascii: "n") && (p[start + 1] | 0x20) == UInt8(ascii: "u")
+                    && (p[start + 2] | 0x20) == UInt8(ascii: "l") && (p[start + 3] | 0x20) == UInt8(ascii: "l")
+                {
+                    // array_in reads an unquoted NULL in any case as a null element; array_out
+                    // writes it in capitals only.
+                    guard TextValues.matches(p + start, 4, "NULL") else { return false }
+                    output.appendBigEndian(UInt32(0xFFFF_FFFF))
+                    hasNull = true
+                } else {
+                    guard encodeValue(kind, p + start, size) else { return false }
+                }
+            }
+            count += 1
+            if index == end { break }
+            guard p[index] == UInt8(ascii: ",") else { return false }
+            index += 1
+        }
+        output.storeBigEndian(UInt32(hasNull ? 1 : 0), at: flagsAt)
+        output.storeBigEndian(count, at: countAt)
+        output.storeBigEndian(UInt32(output.count - lengthAt - 4), at: lengthAt)
         return true
     }
 }
@@ -607,6 +758,12 @@ struct ByteBuffer: ~Copyable {
         reserve(MemoryLayout<T>.size)
         UnsafeMutableRawPointer(base + count).storeBytes(of: value.bigEndian, as: T.self)
         count += MemoryLayout<T>.size
+    }
+
+    /// Overwrites four bytes already appended at `offset`.
+    mutating func storeBigEndian(_ value: UInt32, at offset: Int) {
+        precondition(offset >= 0 && offset + 4 <= count, "storing inside the buffer")
+        UnsafeMutableRawPointer(base + offset).storeBytes(of: value.bigEndian, as: UInt32.self)
     }
 
     mutating func removeAll() { count = 0 }

@@ -367,8 +367,9 @@ final class Restore {
         return quieted
     }
 
-    /// The binary column types of every table whose every COPY column has one (see
-    /// `BinaryColumn`), by table index, read from the catalog of the database being built.
+    /// The binary column kinds of every table whose every COPY column has one (see
+    /// `BinaryColumn.resolve`), by table index, read from the catalog of the database being
+    /// built.
     func binaryPlan(_ tables: [TableEntry], on connection: PostgresConnection) throws(TenureError) -> [Int: [BinaryColumn]] {
         let result = try connection.query(
             """
@@ -384,10 +385,11 @@ final class Restore {
             guard let schema = row[0], let table = row[1], let column = row[2], let oid = row[3].flatMap({ UInt32($0) }) else { continue }
             types[schema + "\u{0}" + table, default: [:]][column] = oid
         }
+        let catalog = try BinaryColumn.catalog(for: Set(types.values.flatMap(\.values)), on: connection)
         var plan: [Int: [BinaryColumn]] = [:]
         for table in tables where !table.columns.isEmpty {
             guard let columnTypes = types[table.schema + "\u{0}" + table.name] else { continue }
-            if let columns = BinaryColumn.plan(table.columns, types: columnTypes) { plan[table.index] = columns }
+            if let columns = BinaryColumn.plan(table.columns, types: columnTypes, catalog: catalog) { plan[table.index] = columns }
         }
         return plan
     }

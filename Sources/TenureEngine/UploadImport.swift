@@ -169,7 +169,7 @@ public final class StatementRunner {
     /// Extensions `createExtension` made.
     var createdExtensions = Set<String>()
     /// Converts pg_dump's `COPY ... FROM stdin` data to COPY's binary format on the client
-    /// when every column has a built-in type `BinaryCopyEncoder` knows (the server's text
+    /// when every column has a type `BinaryCopyEncoder` knows (the server's text
     /// parsing is most of a load's CPU). A value it does not convert fails the COPY with
     /// `binaryFallback` in the error's context: the caller reruns the same script as text.
     var binaryCopy = false
@@ -177,6 +177,8 @@ public final class StatementRunner {
     var partConnections: [PostgresConnection] = []
     private var split: SplitBinaryCopy?
     private(set) var binaryTables = 0
+    /// The catalog rows `BinaryColumn.resolve` read so far, by type OID.
+    private var binaryCatalog: [UInt32: BinaryColumn.CatalogType] = [:]
     static let binaryFallback = "binary_fallback"
 
     public convenience init(connection: PostgresConnection, lexer: SQLLexer, limits: UploadLimits, policy: Bool = true) {
@@ -308,7 +310,9 @@ public final class StatementRunner {
         for row in result.rows {
             if let name = row[0], let oid = row[1].flatMap({ UInt32($0) }) { types[name] = oid }
         }
-        guard let binary = BinaryColumn.plan(columns, types: types) else { return nil }
+        let unknown = Set(types.values).subtracting(binaryCatalog.keys)
+        if !unknown.isEmpty { binaryCatalog.merge(try BinaryColumn.catalog(for: unknown, on: connection)) { $1 } }
+        guard let binary = BinaryColumn.plan(columns, types: types, catalog: binaryCatalog) else { return nil }
         return (String(text.dropLast(" FROM stdin;".count)) + " FROM STDIN (FORMAT binary)", binary)
     }
 

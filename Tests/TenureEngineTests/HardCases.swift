@@ -52,6 +52,34 @@ FROM generate_series(1, 5000) g;
 -- Values the binary loader leaves to the server's text input (BC, years past six digits).
 CREATE TABLE text_fallback (id integer, d date, tz timestamptz, n numeric);
 INSERT INTO text_fallback VALUES (1, '0044-03-15 BC', '0044-03-15 12:00+00 BC', 1), (2, '5874897-12-31', 'infinity', 2), (3, '2026-01-01', '2026-01-01 00:00+00', 3);
+-- Types the restore loads in binary through their catalog entries: domains (over scalars and
+-- arrays, with checks), an enum, citext, and one-dimensional arrays of the binary kinds.
+CREATE DOMAIN positive_int AS integer CHECK (VALUE > 0);
+CREATE DOMAIN money2 AS numeric(10,2);
+CREATE DOMAIN short_label AS varchar(12) NOT NULL;
+CREATE DOMAIN label_of_label AS short_label;
+CREATE DOMAIN int_list AS integer[] CHECK (cardinality(VALUE) < 10);
+CREATE TABLE binary_more (
+    id integer PRIMARY KEY, p positive_int, m money2, l short_label, ll label_of_label, e mood, ci citext,
+    ai integer[], ab bigint[], at text[], av varchar(5)[], an numeric(8,3)[], aby bytea[], aj jsonb[], au uuid[], ad date[], atz timestamptz[],
+    abo boolean[], af float8[], ae mood[], adom positive_int[], il int_list
+);
+INSERT INTO binary_more VALUES
+ (1, 1, 0.005, 'a', 'b', 'sad', 'MiXeD', '{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}'),
+ (2, NULL, NULL, '', '', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL),
+ (3, 2147483647, -99999999.99, 'tab	x', E'back\\slash', 'happy', E'Ärger\ttab', '{1,NULL,-2147483648}', '{9223372036854775807,NULL}',
+  ARRAY['', 'NULL', 'null', NULL, 'a b', 'c,d', '{e}', 'f"g', E'h\\i', E'tab\there', E'new\nline', '😀', ' lead', 'trail '],
+  '{abcde,"x y",NULL}', '{1.5,-0.001,NaN,NULL}', ARRAY['\x'::bytea, '\x00ff', NULL], ARRAY['{"a": [1, "b"]}'::jsonb, 'null', '1', '"s"', NULL],
+  '{a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11,NULL}', '{2000-02-29,infinity,NULL}', '{"2026-03-29 02:30+02",-infinity}', '{t,f,NULL}',
+  '{NaN,Infinity,-Infinity,1e-300,-0}', '{happy,NULL,sad}', '{1,2,NULL}', '{3,4}');
+INSERT INTO binary_more SELECT g + 100, g, g / 7.0, 'l' || g, 'm' || g, (ARRAY['sad', 'ok', 'happy'])[g % 3 + 1]::mood, 'Ci' || g,
+  ARRAY[g, g + 1], ARRAY[g::bigint * 1000003], ARRAY['t' || g, E'q"' || g], ARRAY[left(md5(g::text), 5)], ARRAY[g / 3.0], ARRAY[decode(md5(g::text), 'hex')],
+  ARRAY[jsonb_build_object('g', g)], ARRAY[md5(g::text)::uuid], ARRAY[date '2024-01-01' - g], ARRAY[timestamptz '2024-01-01 00:00+00' + g * interval '1 minute'],
+  ARRAY[g % 2 = 0], ARRAY[g / 9.0], ARRAY['ok'::mood], ARRAY[g::positive_int], ARRAY[g]
+FROM generate_series(1, 3000) g;
+-- Arrays the binary loader leaves to the server's text input (several dimensions, bounds).
+CREATE TABLE array_fallback (id integer, a integer[]);
+INSERT INTO array_fallback VALUES (1, '{{1,2},{3,4}}'), (2, '[0:1]={5,6}'), (3, '{7}');
 CREATE TABLE "Odd Schema"."Mixed ""Quoted"" Name" ("Weird Col" text, "select" integer, "ÜberCol" text);
 INSERT INTO "Odd Schema"."Mixed ""Quoted"" Name" VALUES ('a', 1, 'b'), (NULL, NULL, NULL), ('', 0, E'\t');
 CREATE TABLE no_columns ();
