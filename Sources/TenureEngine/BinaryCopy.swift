@@ -8,9 +8,18 @@ import TenurePQ
 /// its table on the text path.
 enum BinaryColumn: Equatable, Sendable {
     case bool, int2, int4, int8, float4, float8, numeric, text, bytea, date, timestamp, timestamptz, json, jsonb, uuid
-    /// A one-dimensional array (lower bound 1, or empty) of a scalar kind; `elementType` is
-    /// the array type's element type OID, which `array_recv` checks.
-    indirect case array(BinaryColumn, elementType: UInt32)
+    /// A one-dimensional array (lower bound 1, or empty) of a scalar kind, `element` being
+    /// its index in `scalars` (a plain value: the encoder's list of columns then needs no
+    /// reference counting in its row loop); `elementType` is the array type's element type
+    /// OID, which `array_recv` checks. Made by `array(of:elementType:)`.
+    case array(element: UInt8, elementType: UInt32)
+
+    static let scalars: [BinaryColumn] = [.bool, .int2, .int4, .int8, .float4, .float8, .numeric, .text, .bytea, .date, .timestamp, .timestamptz, .json, .jsonb, .uuid]
+
+    /// An array of `element`, nil unless it is one of the scalar kinds.
+    static func array(of element: BinaryColumn, elementType: UInt32) -> BinaryColumn? {
+        scalars.firstIndex(of: element).map { .array(element: UInt8($0), elementType: elementType) }
+    }
 
     /// The scalar kinds by their type's input and receive functions (both built into the
     /// server): the receive function, given what the encoder writes, stores exactly what the
@@ -46,8 +55,7 @@ enum BinaryColumn: Equatable, Sendable {
         guard let functions = type.functions else { return nil }
         if functions == "array_in/array_recv" {
             guard type.elementType != 0, let element = resolve(type.elementType, in: catalog, depth: depth + 1) else { return nil }
-            if case .array = element { return nil }
-            return .array(element, elementType: type.elementType)
+            return array(of: element, elementType: type.elementType)
         }
         return byFunctions[functions]
     }
@@ -219,7 +227,7 @@ struct BinaryCopyEncoder: ~Copyable {
             }
             if !escaped {
                 guard encodeValue(column, start, size) else { return false }
-            } else if column == .bytea {
+            } else if case .bytea = column {
                 // `\\x` then hex digits: the value `\x...` once its one escape is undone (any
                 // other escape decodes to a byte that is not a hex digit, refused either way).
                 guard size >= 2, start[0] == 0x5C, start[1] == 0x5C, encodeValue(.bytea, start + 1, size - 1) else { return false }
@@ -353,8 +361,8 @@ struct BinaryCopyEncoder: ~Copyable {
             guard let micros = TextValues.timestamp(p, n, zoned: true) else { return false }
             output.appendBigEndian(UInt32(8))
             output.appendBigEndian(UInt64(bitPattern: micros))
-        case .array(let kind, let elementType):
-            return encodeArray(kind, elementType: elementType, p, n)
+        case .array(let element, let elementType):
+            return encodeArray(BinaryColumn.scalars[Int(element)], elementType: elementType, p, n)
         }
         return true
     }

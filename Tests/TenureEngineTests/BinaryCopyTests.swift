@@ -127,7 +127,7 @@ import TenureTestSupport
     }
 
     @Test func arraysBecomeDimensionsFlagsAndElements() {
-        let int4s = BinaryColumn.array(.int4, elementType: 23)
+        let int4s = BinaryColumn.array(of: .int4, elementType: 23)!
         // Length 28: one dimension, has nulls, element type 23; 2 elements from 1; 7, NULL.
         #expect(
             value(int4s, "{7,NULL}") == [
@@ -135,7 +135,7 @@ import TenureTestSupport
             ])
         #expect(value(int4s, "{}") == [0, 0, 0, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 23])
         // Quoted text elements lose their quotes and escapes; "NULL" quoted is a string.
-        let texts = BinaryColumn.array(.text, elementType: 25)
+        let texts = BinaryColumn.array(of: .text, elementType: 25)!
         let quoted = value(texts, #"{"a\\\\\\"b","NULL",c}"#)  // COPY doubles the array's backslashes
         #expect(quoted.map { Array($0[24...]) } == [0, 0, 0, 4] + Array(#"a\"b"#.utf8) + [0, 0, 0, 4] + Array("NULL".utf8) + [0, 0, 0, 1, 0x63])
         // Left to the server: several dimensions, other bounds, spaces, a null spelled otherwise.
@@ -157,7 +157,7 @@ import TenureTestSupport
         ]
         #expect(BinaryColumn.resolve(9001, in: catalog) == .int4)
         #expect(BinaryColumn.resolve(9002, in: catalog) == .text)
-        #expect(BinaryColumn.resolve(9003, in: catalog) == .array(.int4, elementType: 9001))
+        #expect(BinaryColumn.resolve(9003, in: catalog) == .array(of: .int4, elementType: 9001))
         #expect(BinaryColumn.resolve(9004, in: catalog) == .text)
         for unknown: UInt32 in [9005, 9006, 9007, 9008, 9009, 12345] { #expect(BinaryColumn.resolve(unknown, in: catalog) == nil, "\(unknown)") }
     }
@@ -206,7 +206,7 @@ import TenureTestSupport
         // Multi-dimensional arrays and other lower bounds go the text way.
         var fallback: [UInt8] = []
         _ = try connection.copyOut("COPY public.array_fallback TO STDOUT") { fallback.append(contentsOf: $0) }
-        let kinds = [BinaryColumn.int4, .array(.int4, elementType: 23)]
+        let kinds = [BinaryColumn.int4, .array(of: .int4, elementType: 23)!]
         for line in String(decoding: fallback, as: UTF8.self).split(separator: "\n") {
             #expect((encode(kinds, line + "\n") == nil) == !line.hasPrefix("3\t"), "\(line)")
         }
