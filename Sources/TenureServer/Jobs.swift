@@ -40,13 +40,23 @@ final class JobService: Service, Sendable {
         jobDocument(job, live: worker.progress(of: job.id), now: Date())
     }
 
-    /// Takes a transfer slot for a streamed export, or fails with 429.
-    func acquireTransfer() throws(TenureError) {
+    /// Takes a transfer slot for a streamed export or upload, or fails with 429. The job
+    /// worker holds a slot for a moment each time it looks for a job to claim (so a claim never
+    /// goes over the limit, even when nothing is claimable); a request arriving in that moment
+    /// waits for the slot (up to a second) instead of being refused while one is free.
+    func acquireTransfer() async throws(TenureError) {
         let limit = worker.slots.limit
-        guard worker.slots.tryAcquire() else {
-            throw TenureError(
-                .limitExceeded, "\(limit) transfers (exports, backups, restores) are running, the most this server allows at once; retry later",
-                context: ["retry_after": "5", "limit": String(limit)])
+        let deadline = ContinuousClock.now + .seconds(1)
+        while !worker.slots.tryAcquire() {
+            var cancelled = false
+            if ContinuousClock.now < deadline {
+                do { try await Task.sleep(for: .milliseconds(20)) } catch { cancelled = true }
+            }
+            if cancelled || ContinuousClock.now >= deadline {
+                throw TenureError(
+                    .limitExceeded, "\(limit) transfers (exports, backups, restores) are running, the most this server allows at once; retry later",
+                    context: ["retry_after": "5", "limit": String(limit)])
+            }
         }
         metrics.gauge("tenure_exports_running", adding: 1)
     }

@@ -492,7 +492,7 @@ struct Routes: Sendable {
         case .provisioning, .destroyed:
             throw TenureError(.lifecycleConflict, "a \(record.state.rawValue) database cannot be exported", context: ["database_id": id.rawValue])
         }
-        try jobs.acquireTransfer()
+        try await jobs.acquireTransfer()
         let progress = TransferProgress()
         let job: JobRecord
         do {

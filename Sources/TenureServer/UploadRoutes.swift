@@ -33,7 +33,7 @@ extension Routes {
         if let length = request.headers[.contentLength].flatMap({ Int64($0) }), length > limit {
             throw TenureError(.bodyTooLarge, "the upload is larger than the limit of \(limit) bytes (TENURE_UPLOAD_MAX_BYTES)", context: ["limit": String(limit)])
         }
-        try jobs.acquireTransfer()
+        try await jobs.acquireTransfer()
         let source = BodySource(what: "the request body")
         let outcome = Locked<Result<UploadRecord, TenureError>?>(nil)
         let finished = AsyncSignal()
