@@ -344,6 +344,10 @@ public final class Controller {
                     try record()
                 } catch {
                     try? reconcileAccess(id, server: server)
+                    // Changed meanwhile (a destruction does not take this lock, and may have
+                    // dropped the role under the action): that is the conflict to report, not
+                    // the server's error about a role that is gone.
+                    if let recorded = try? catalog.database(id), recorded.version != current.version { throw conflict }
                     throw error
                 }
             }
