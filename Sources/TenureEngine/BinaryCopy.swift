@@ -8,13 +8,17 @@ import TenurePQ
 /// its table on the text path.
 enum BinaryColumn: Equatable, Sendable {
     case bool, int2, int4, int8, float4, float8, numeric, text, bytea, date, timestamp, timestamptz, json, jsonb, uuid
+    case time, timetz, interval, inet, macaddr, macaddr8, oid, char
     /// A one-dimensional array (lower bound 1, or empty) of a scalar kind, `element` being
     /// its index in `scalars` (a plain value: the encoder's list of columns then needs no
     /// reference counting in its row loop); `elementType` is the array type's element type
     /// OID, which `array_recv` checks. Made by `array(of:elementType:)`.
     case array(element: UInt8, elementType: UInt32)
 
-    static let scalars: [BinaryColumn] = [.bool, .int2, .int4, .int8, .float4, .float8, .numeric, .text, .bytea, .date, .timestamp, .timestamptz, .json, .jsonb, .uuid]
+    static let scalars: [BinaryColumn] = [
+        .bool, .int2, .int4, .int8, .float4, .float8, .numeric, .text, .bytea, .date, .timestamp, .timestamptz, .json, .jsonb, .uuid,
+        .time, .timetz, .interval, .inet, .macaddr, .macaddr8, .oid, .char,
+    ]
 
     /// An array of `element`, nil unless it is one of the scalar kinds.
     static func array(of element: BinaryColumn, elementType: UInt32) -> BinaryColumn? {
@@ -33,7 +37,10 @@ enum BinaryColumn: Equatable, Sendable {
         "textin/textrecv": .text, "varcharin/varcharrecv": .text, "bpcharin/bpcharrecv": .text, "enum_in/enum_recv": .text,
         "byteain/bytearecv": .bytea, "date_in/date_recv": .date, "timestamp_in/timestamp_recv": .timestamp,
         "timestamptz_in/timestamptz_recv": .timestamptz, "json_in/json_recv": .json, "jsonb_in/jsonb_recv": .jsonb,
-        "uuid_in/uuid_recv": .uuid,
+        "uuid_in/uuid_recv": .uuid, "time_in/time_recv": .time, "timetz_in/timetz_recv": .timetz,
+        "interval_in/interval_recv": .interval, "inet_in/inet_recv": .inet, "cidr_in/cidr_recv": .inet,
+        "macaddr_in/macaddr_recv": .macaddr, "macaddr8_in/macaddr8_recv": .macaddr8, "oidin/oidrecv": .oid, "charin/charrecv": .char,
+        "namein/namerecv": .text,
     ]
 
     /// What the catalog says of one type, as `resolve` reads it.
@@ -100,7 +107,7 @@ enum BinaryColumn: Equatable, Sendable {
     /// value is converted).
     var takesEscapedText: Bool {
         switch self {
-        case .text, .json, .jsonb, .array: true
+        case .text, .json, .jsonb, .array, .char: true
         default: false
         }
     }
@@ -188,7 +195,8 @@ struct BinaryCopyEncoder: ~Copyable {
         let count = kinds.count
         guard count > 0 else { return false }
         // Room for the whole row, so no value grows the buffer: a field's binary form is at
-        // most its text plus 16 bytes (length word included; see `encodeValue`).
+        // most its text plus 16 bytes (length word included; see `encodeValue`), save a short
+        // IPv6 address (`::1`, 24 bytes), for which the appends' own checks make room.
         output.reserve(2 + count * 20 + length)
         output.appendBigEndian(UInt16(count))
         var position = 0
@@ -361,6 +369,50 @@ struct BinaryCopyEncoder: ~Copyable {
             guard let micros = TextValues.timestamp(p, n, zoned: true) else { return false }
             output.appendBigEndian(UInt32(8))
             output.appendBigEndian(UInt64(bitPattern: micros))
+        case .time:
+            guard let clock = TextValues.clock(p, n, from: 0), clock.end == n else { return false }
+            let micros = Int64(clock.hours * 3600 + clock.seconds) * 1_000_000 + Int64(clock.micros)
+            guard micros <= 86_400_000_000 else { return false }  // 24:00:00 is the largest time
+            output.appendBigEndian(UInt32(8))
+            output.appendBigEndian(UInt64(bitPattern: micros))
+        case .timetz:
+            guard let clock = TextValues.clock(p, n, from: 0), clock.hours < 24 || (clock.hours == 24 && clock.seconds == 0 && clock.micros == 0),
+                let offset = TextValues.zone(p, n, from: clock.end), abs(offset) < 16 * 3600
+            else { return false }
+            output.appendBigEndian(UInt32(12))
+            output.appendBigEndian(UInt64(Int64(clock.hours * 3600 + clock.seconds) * 1_000_000 + Int64(clock.micros)))
+            // The zone is stored in seconds west of Greenwich: `+02` is -7200.
+            output.appendBigEndian(UInt32(bitPattern: Int32(-offset)))
+        case .interval:
+            guard let value = TextValues.interval(p, n) else { return false }
+            output.appendBigEndian(UInt32(16))
+            output.appendBigEndian(UInt64(bitPattern: value.micros))
+            output.appendBigEndian(UInt32(bitPattern: value.days))
+            output.appendBigEndian(UInt32(bitPattern: value.months))
+        case .inet:
+            return TextValues.inet(p, n, into: &output)
+        case .macaddr:
+            return TextValues.macaddr(p, n, bytes: 6, into: &output)
+        case .macaddr8:
+            return TextValues.macaddr(p, n, bytes: 8, into: &output)
+        case .oid:
+            guard n > 0, p[0] != UInt8(ascii: "-"), let value = TextValues.integer(p, n), value <= Int64(UInt32.max) else { return false }
+            output.appendBigEndian(UInt32(4))
+            output.appendBigEndian(UInt32(value))
+        case .char:
+            // `charout` writes a byte with the high bit set as `\ooo`, no byte as nothing.
+            let byte: UInt8
+            if n == 0 {
+                byte = 0
+            } else if n == 1, p[0] < 0x80 {
+                byte = p[0]
+            } else if n == 4, p[0] == 0x5C, p[1] &- 0x30 < 4, p[2] &- 0x30 < 8, p[3] &- 0x30 < 8 {
+                byte = (p[1] - 0x30) << 6 | (p[2] - 0x30) << 3 | (p[3] - 0x30)
+            } else {
+                return false
+            }
+            output.appendBigEndian(UInt32(1))
+            output.appendBigEndian(byte)
         case .array(let element, let elementType):
             return encodeArray(BinaryColumn.scalars[Int(element)], elementType: elementType, p, n)
         }
@@ -667,11 +719,31 @@ enum TextValues {
     static func timestamp(_ p: UnsafePointer<UInt8>, _ n: Int, zoned: Bool) -> Int64? {
         if matches(p, n, "infinity") { return Int64.max }
         if matches(p, n, "-infinity") { return Int64.min }
-        guard let (days, used) = date(p, n), n >= used + 9, p[used] == 0x20, p[used + 3] == UInt8(ascii: ":"), p[used + 6] == UInt8(ascii: ":"),
-            let hour = digits(p, used + 1, 2), let minute = digits(p, used + 4, 2), let second = digits(p, used + 7, 2),
-            hour < 24, minute < 60, second < 60
+        guard let (days, used) = date(p, n), used < n, p[used] == 0x20, let clock = clock(p, n, from: used + 1), clock.hours < 24 else { return nil }
+        var offsetSeconds = 0
+        if zoned {
+            guard let offset = zone(p, n, from: clock.end) else { return nil }
+            offsetSeconds = offset
+        } else {
+            guard clock.end == n else { return nil }
+        }
+        // Years up to 294276 fit the server's range; beyond it the server decides.
+        let seconds = (days * 24 + clock.hours) * 3600 + clock.seconds - offsetSeconds
+        guard days < 106_000_000 else { return nil }
+        return Int64(seconds) * 1_000_000 + Int64(clock.micros)
+    }
+
+    /// `HH:MM:SS[.ffffff]` from `start` (`hourDigits` digits of hours, any value; minutes and
+    /// seconds below 60): the hours, the minutes and seconds in seconds, the microseconds, and
+    /// the index after it.
+    @inline(__always) static func clock(_ p: UnsafePointer<UInt8>, _ n: Int, from start: Int, hourDigits: Int = 2)
+        -> (hours: Int, seconds: Int, micros: Int, end: Int)?
+    {
+        let colon = start + hourDigits
+        guard n >= colon + 6, p[colon] == UInt8(ascii: ":"), p[colon + 3] == UInt8(ascii: ":"), let hours = digits(p, start, hourDigits),
+            let minute = digits(p, colon + 1, 2), let second = digits(p, colon + 4, 2), minute < 60, second < 60
         else { return nil }
-        var index = used + 9
+        var index = colon + 6
         var micros = 0
         if index < n && p[index] == UInt8(ascii: ".") {
             index += 1
@@ -685,29 +757,137 @@ enum TextValues {
             guard places > 0 else { return nil }
             for _ in places..<6 { micros *= 10 }
         }
-        var offsetSeconds = 0
-        if zoned {
-            guard index + 3 <= n, p[index] == UInt8(ascii: "+") || p[index] == UInt8(ascii: "-"), let hours = digits(p, index + 1, 2) else { return nil }
-            let negative = p[index] == UInt8(ascii: "-")
-            offsetSeconds = hours * 3600
+        return (hours, minute * 60 + second, micros, index)
+    }
+
+    /// A zone `±HH[:MM[:SS]]` from `start` to the end: its offset east of Greenwich in seconds.
+    @inline(__always) static func zone(_ p: UnsafePointer<UInt8>, _ n: Int, from start: Int) -> Int? {
+        var index = start
+        guard index + 3 <= n, p[index] == UInt8(ascii: "+") || p[index] == UInt8(ascii: "-"), let hours = digits(p, index + 1, 2) else { return nil }
+        let negative = p[index] == UInt8(ascii: "-")
+        var offset = hours * 3600
+        index += 3
+        if index < n {
+            guard index + 3 <= n, p[index] == UInt8(ascii: ":"), let minutes = digits(p, index + 1, 2), minutes < 60 else { return nil }
+            offset += minutes * 60
             index += 3
-            if index < n {
-                guard index + 3 <= n, p[index] == UInt8(ascii: ":"), let minutes = digits(p, index + 1, 2), minutes < 60 else { return nil }
-                offsetSeconds += minutes * 60
-                index += 3
-            }
-            if index < n {
-                guard index + 3 <= n, p[index] == UInt8(ascii: ":"), let seconds = digits(p, index + 1, 2), seconds < 60 else { return nil }
-                offsetSeconds += seconds
-                index += 3
-            }
-            if negative { offsetSeconds = -offsetSeconds }
+        }
+        if index < n {
+            guard index + 3 <= n, p[index] == UInt8(ascii: ":"), let seconds = digits(p, index + 1, 2), seconds < 60 else { return nil }
+            offset += seconds
+            index += 3
         }
         guard index == n else { return nil }
-        // Years up to 294276 fit the server's range; beyond it the server decides.
-        let seconds = ((days * 24 + hour) * 60 + minute) * 60 + second - offsetSeconds
-        guard days < 106_000_000 else { return nil }
-        return Int64(seconds) * 1_000_000 + Int64(micros)
+        return negative ? -offset : offset
+    }
+
+    /// `interval_out`'s text in the `postgres` IntervalStyle (`1 year -2 mons +3 days
+    /// -04:05:06.5`, `00:00:00`, hours past 24) as `interval_recv` reads it: microseconds,
+    /// days, months. Fields in that order, each at most once, one space apart. A negative
+    /// first field followed only by unsigned ones is refused: in the `sql_standard` style the
+    /// server would read them all as negative, so only text that means the same in every
+    /// style converts (`interval_out` signs the field after a negative one).
+    static func interval(_ p: UnsafePointer<UInt8>, _ n: Int) -> (micros: Int64, days: Int32, months: Int32)? {
+        var index = 0
+        var months: Int64 = 0
+        var days: Int64 = 0
+        var micros: Int64 = 0
+        var stage = 0  // 1 after years, 2 after months, 3 after days, 4 after the clock
+        var leadingMinus = false
+        var laterSign = false
+        var fields = 0
+        while index < n {
+            if index > 0 {
+                guard p[index] == 0x20 else { return nil }
+                index += 1
+            }
+            guard index < n, stage < 4 else { return nil }
+            let signed = p[index] == UInt8(ascii: "-") || p[index] == UInt8(ascii: "+")
+            let negative = p[index] == UInt8(ascii: "-")
+            if index == 0 { leadingMinus = negative } else if signed { laterSign = true }
+            if signed { index += 1 }
+            fields += 1
+            let start = index
+            while index < n, p[index] &- 0x30 < 10 { index += 1 }
+            let count = index - start
+            guard count > 0, count <= 10 else { return nil }
+            if index < n && p[index] == UInt8(ascii: ":") {
+                guard count >= 2, let clock = clock(p, n, from: start, hourDigits: count), clock.end == n else { return nil }
+                let (seconds, overflow) = Int64(clock.hours * 3600 + clock.seconds).multipliedReportingOverflow(by: 1_000_000)
+                guard !overflow, seconds <= Int64.max - Int64(clock.micros) else { return nil }
+                micros = negative ? -(seconds + Int64(clock.micros)) : seconds + Int64(clock.micros)
+                stage = 4
+                index = n
+                continue
+            }
+            guard var value = digits(p, start, count).map(Int64.init), index < n, p[index] == 0x20 else { return nil }
+            if negative { value = -value }
+            index += 1
+            let unit = index
+            while index < n, p[index] != 0x20 { index += 1 }
+            let word = p + unit
+            let size = index - unit
+            if stage < 1 && (matches(word, size, "year") || matches(word, size, "years")) {
+                months += value * 12
+                stage = 1
+            } else if stage < 2 && (matches(word, size, "mon") || matches(word, size, "mons")) {
+                months += value
+                stage = 2
+            } else if stage < 3 && (matches(word, size, "day") || matches(word, size, "days")) {
+                days = value
+                stage = 3
+            } else {
+                return nil
+            }
+        }
+        guard stage > 0, !leadingMinus || fields == 1 || laterSign, let m = Int32(exactly: months), let d = Int32(exactly: days) else { return nil }
+        return (micros, d, m)
+    }
+
+    /// `inet_out`'s and `cidr_out`'s text (`192.168.0.1`, `10.0.0.0/8`, `2001:db8::1/64`; the
+    /// address read by the C library's `inet_pton`) as `inet_recv` and `cidr_recv` read it:
+    /// family, mask bits, a cidr flag (ignored: the column's type decides), size, address.
+    static func inet(_ p: UnsafePointer<UInt8>, _ n: Int, into output: inout ByteBuffer) -> Bool {
+        guard n > 0, n < 64 else { return false }
+        let slash = (0..<n).first { p[$0] == UInt8(ascii: "/") } ?? n
+        let v6 = memchr(p, Int32(UInt8(ascii: ":")), slash) != nil
+        var bits = v6 ? 128 : 32
+        if slash < n {
+            guard (1...3).contains(n - slash - 1), let value = digits(p, slash + 1, n - slash - 1), value <= bits else { return false }
+            bits = value
+        }
+        return withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 64 + 16) { buffer -> Bool in
+            let text = buffer.baseAddress!
+            text.update(from: p, count: slash)
+            text[slash] = 0
+            let address = text + 64
+            let size = v6 ? 16 : 4
+            guard inet_pton(v6 ? AF_INET6 : AF_INET, UnsafeRawPointer(text).assumingMemoryBound(to: CChar.self), address) == 1 else { return false }
+            output.appendBigEndian(UInt32(4 + size))
+            output.appendBigEndian(UInt8(v6 ? 3 : 2))  // PGSQL_AF_INET6, PGSQL_AF_INET
+            output.appendBigEndian(UInt8(bits))
+            output.appendBigEndian(UInt8(0))
+            output.appendBigEndian(UInt8(size))
+            output.append(address, count: size)
+            return true
+        }
+    }
+
+    /// `macaddr_out`'s (`08:00:2b:01:02:03`) or `macaddr8_out`'s text: the address's bytes.
+    static func macaddr(_ p: UnsafePointer<UInt8>, _ n: Int, bytes count: Int, into output: inout ByteBuffer) -> Bool {
+        guard n == count * 3 - 1, (1..<count).allSatisfy({ p[$0 * 3 - 1] == UInt8(ascii: ":") }) else { return false }
+        output.appendBigEndian(UInt32(count))
+        let values = hexValues
+        return output.append(count) { target in
+            var bad: UInt8 = 0
+            for index in 0..<count {
+                let high = values[Int(p[3 * index])]
+                let low = values[Int(p[3 * index + 1])]
+                bad |= high | low
+                target[index] = high << 4 | low
+            }
+            return bad & 0xF0 == 0
+        }
     }
 }
 

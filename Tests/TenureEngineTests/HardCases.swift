@@ -77,6 +77,35 @@ INSERT INTO binary_more SELECT g + 100, g, g / 7.0, 'l' || g, 'm' || g, (ARRAY['
   ARRAY[jsonb_build_object('g', g)], ARRAY[md5(g::text)::uuid], ARRAY[date '2024-01-01' - g], ARRAY[timestamptz '2024-01-01 00:00+00' + g * interval '1 minute'],
   ARRAY[g % 2 = 0], ARRAY[g / 9.0], ARRAY['ok'::mood], ARRAY[g::positive_int], ARRAY[g]
 FROM generate_series(1, 3000) g;
+-- More kinds the restore loads in binary: times, intervals, network and MAC addresses, oid,
+-- "char", name, and arrays of them.
+CREATE TABLE binary_extra (
+    id integer PRIMARY KEY, t time, t3 time(3), tz timetz, iv interval, iv0 interval(0), ivym interval YEAR TO MONTH, ip inet, net cidr,
+    mac macaddr, mac8 macaddr8, o oid, ch "char", nm name, at time[], atz timetz[], aiv interval[], aip inet[], anet cidr[], ach "char"[], anm name[]
+);
+INSERT INTO binary_extra VALUES
+ (1, '00:00:00', '23:59:59.9994', '00:00:00+00', '00:00:00', '0', '0', '0.0.0.0', '0.0.0.0/0', '00:00:00:00:00:00', '00:00:00:00:00:00:00:00', 0,
+  '', '', '{}', '{}', '{}', '{}', '{}', '{}', '{}'),
+ (2, '24:00:00', '12:34:56.789', '24:00:00-15:59:59', '-178000000 years', '1 day 23:59:59.5', '-1 year -11 mons', '255.255.255.255',
+  '255.255.255.255/32', 'FF:FF:FF:FF:FF:FF', 'ff:ff:ff:ff:ff:ff:ff:ff', 4294967295, E'\t', 'a name, with "quotes" and spaces',
+  '{00:00:00,24:00:00,NULL}', '{"12:00:00+05:30","00:00:00-00:00:01",NULL}', '{"1 day","-1 days +02:00:00",00:00:00,NULL}',
+  '{::,::1,::ffff:1.2.3.4,192.168.1.5/24,NULL}', '{10.0.0.0/8,::/0,2001:db8::/32,NULL}', ARRAY['', 'a', '"', E'\\', ',', ' ', (-56)::"char", NULL],
+  ARRAY['', 'NULL', 'a b', E'tab\there', NULL]::name[]),
+ (3, '23:59:59.999999', '00:00:00.0005', '13:14:15.161718+14:59', '178000000 years', '-1 days +02:03:04', '178956970 years 7 mons', '::',
+  '::/0', '08:00:2b:01:02:03', '08:00:2b:ff:fe:01:02:03', 12345, (-56)::"char", repeat('n', 63), NULL, NULL, NULL, NULL, NULL, NULL, NULL),
+ (4, NULL, NULL, NULL, '1 year -2 mons +3 days -04:05:06.5', '-00:00:00.000001', NULL, '2001:db8::1/64', '2001:db8::/32', NULL, NULL, NULL,
+  E'\\', E'back\\slash', NULL, NULL, '{"2562047788:00:54.775807","-2562047788:00:54.775807","100:00:00"}', '{fe80::1:2:3:4/10}', NULL, NULL, NULL),
+ (5, NULL, NULL, NULL, '-1 years -2 mons -3 days', '3 mons -1 days', NULL, 'ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff', '::ffff:1.2.3.0/120', NULL, NULL,
+  NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL);
+INSERT INTO binary_extra SELECT g + 100, time '00:00' + g * interval '17.123457 seconds', time '00:00' + g * interval '1.0005 seconds',
+  timetz '12:00+05:30' + g * interval '1 minute', g * interval '1 day 1.5 seconds' - interval '40 days',
+  make_interval(months => g % 30 - 15, days => g % 7 - 3, secs => g * 0.25 - 300), make_interval(years => g % 5, months => g % 12),
+  ('10.' || g % 256 || '.' || g / 256 % 256 || '.' || g % 7 || '/' || (8 + g % 25))::inet, network(('10.' || g % 256 || '.' || g / 256 || '.0/24')::inet)::cidr,
+  lpad(to_hex(g), 12, '0')::macaddr, lpad(to_hex(g * 65537), 16, '0')::macaddr8, (g::bigint * 1000003 % 4294967296)::text::oid,
+  chr(32 + g % 95)::"char", ('n' || g)::name, ARRAY[time '01:00' + g * interval '1 second'], ARRAY[timetz '01:00-03' + g * interval '1 second'],
+  ARRAY[g * interval '1 hour', - g * interval '1 mon'], ARRAY[('2001:db8::' || to_hex(g))::inet, ('192.168.0.' || g % 256)::inet],
+  ARRAY[('2001:db8:' || to_hex(g) || '::/48')::cidr], ARRAY[chr(65 + g % 26)::"char"], ARRAY[('m' || g)::name]
+FROM generate_series(1, 3000) g;
 -- Arrays the binary loader leaves to the server's text input (several dimensions, bounds).
 CREATE TABLE array_fallback (id integer, a integer[]);
 INSERT INTO array_fallback VALUES (1, '{{1,2},{3,4}}'), (2, '[0:1]={5,6}'), (3, '{7}');
