@@ -8,16 +8,18 @@ import TenurePQ
 /// its table on the text path.
 enum BinaryColumn: Equatable, Sendable {
     case bool, int2, int4, int8, float4, float8, numeric, text, bytea, date, timestamp, timestamptz, json, jsonb, uuid
-    case time, timetz, interval, inet, macaddr, macaddr8, oid, char
+    case time, timetz, interval, inet, macaddr, macaddr8, oid, char, bit
     /// A one-dimensional array (lower bound 1, or empty) of a scalar kind, `element` being
     /// its index in `scalars` (a plain value: the encoder's list of columns then needs no
     /// reference counting in its row loop); `elementType` is the array type's element type
     /// OID, which `array_recv` checks. Made by `array(of:elementType:)`.
     case array(element: UInt8, elementType: UInt32)
+    /// A range of a scalar kind (`element` as for arrays); the server knows the range's type.
+    case range(element: UInt8)
 
     static let scalars: [BinaryColumn] = [
         .bool, .int2, .int4, .int8, .float4, .float8, .numeric, .text, .bytea, .date, .timestamp, .timestamptz, .json, .jsonb, .uuid,
-        .time, .timetz, .interval, .inet, .macaddr, .macaddr8, .oid, .char,
+        .time, .timetz, .interval, .inet, .macaddr, .macaddr8, .oid, .char, .bit,
     ]
 
     /// An array of `element`, nil unless it is one of the scalar kinds.
@@ -40,7 +42,7 @@ enum BinaryColumn: Equatable, Sendable {
         "uuid_in/uuid_recv": .uuid, "time_in/time_recv": .time, "timetz_in/timetz_recv": .timetz,
         "interval_in/interval_recv": .interval, "inet_in/inet_recv": .inet, "cidr_in/cidr_recv": .inet,
         "macaddr_in/macaddr_recv": .macaddr, "macaddr8_in/macaddr8_recv": .macaddr8, "oidin/oidrecv": .oid, "charin/charrecv": .char,
-        "namein/namerecv": .text,
+        "namein/namerecv": .text, "bit_in/bit_recv": .bit, "varbit_in/varbit_recv": .bit,
     ]
 
     /// What the catalog says of one type, as `resolve` reads it.
@@ -49,13 +51,15 @@ enum BinaryColumn: Equatable, Sendable {
         var kind: String
         var baseType: UInt32
         var elementType: UInt32
+        /// A range type's subtype (`pg_range.rngsubtype`), else 0.
+        var rangeSubtype: UInt32 = 0
         /// "input/receive" (`prosrc` of both) when both are built-in (`LANGUAGE internal`).
         var functions: String?
     }
 
     /// The binary kind of type `oid`: a domain loads as its base type (`domain_recv` and
     /// `domain_in` both check the domain's constraints), an array of a scalar kind as
-    /// `.array`; nil for anything else.
+    /// `.array`, a range of one as `.range`; nil for anything else.
     static func resolve(_ oid: UInt32, in catalog: [UInt32: CatalogType], depth: Int = 0) -> BinaryColumn? {
         guard depth < 16, let type = catalog[oid] else { return nil }
         if type.kind == "d" { return resolve(type.baseType, in: catalog, depth: depth + 1) }
@@ -64,11 +68,17 @@ enum BinaryColumn: Equatable, Sendable {
             guard type.elementType != 0, let element = resolve(type.elementType, in: catalog, depth: depth + 1) else { return nil }
             return array(of: element, elementType: type.elementType)
         }
+        if functions == "range_in/range_recv" {
+            guard type.rangeSubtype != 0, let element = resolve(type.rangeSubtype, in: catalog, depth: depth + 1),
+                let index = scalars.firstIndex(of: element)
+            else { return nil }
+            return .range(element: UInt8(index))
+        }
         return byFunctions[functions]
     }
 
-    /// The catalog rows `resolve` needs for `oids` (and the base and element types they lead
-    /// to), read from the database being loaded.
+    /// The catalog rows `resolve` needs for `oids` (and the base, element and range subtypes
+    /// they lead to), read from the database being loaded.
     static func catalog(for oids: Set<UInt32>, on connection: PostgresConnection) throws(TenureError) -> [UInt32: CatalogType] {
         guard !oids.isEmpty else { return [:] }
         let result = try connection.query(
@@ -77,21 +87,24 @@ enum BinaryColumn: Equatable, Sendable {
                 SELECT pg_catalog.unnest($1::pg_catalog.oid[])
                 UNION
                 SELECT v.next FROM needed n JOIN pg_catalog.pg_type t ON t.oid = n.oid,
-                    LATERAL (VALUES (t.typbasetype), (t.typelem)) v(next)
+                    LATERAL (VALUES (t.typbasetype), (t.typelem),
+                        (coalesce((SELECT g.rngsubtype FROM pg_catalog.pg_range g WHERE g.rngtypid = t.oid), 0))) v(next)
                 WHERE v.next <> 0
             )
             SELECT t.oid::pg_catalog.int8, t.typtype::pg_catalog.text, t.typbasetype::pg_catalog.int8, t.typelem::pg_catalog.int8,
-                CASE WHEN i.prolang = 12 AND r.prolang = 12 THEN i.prosrc || '/' || r.prosrc END
+                CASE WHEN i.prolang = 12 AND r.prolang = 12 THEN i.prosrc || '/' || r.prosrc END, g.rngsubtype::pg_catalog.int8
             FROM needed n
             JOIN pg_catalog.pg_type t ON t.oid = n.oid
             JOIN pg_catalog.pg_proc i ON i.oid = t.typinput
             LEFT JOIN pg_catalog.pg_proc r ON r.oid = t.typreceive
+            LEFT JOIN pg_catalog.pg_range g ON g.rngtypid = t.oid
             """, ["{" + oids.sorted().map(String.init).joined(separator: ",") + "}"])
         var catalog: [UInt32: CatalogType] = [:]
         for row in result.rows {
             guard let oid = row[0].flatMap({ UInt32($0) }), let kind = row[1] else { continue }
             catalog[oid] = CatalogType(
-                kind: kind, baseType: row[2].flatMap { UInt32($0) } ?? 0, elementType: row[3].flatMap { UInt32($0) } ?? 0, functions: row[4])
+                kind: kind, baseType: row[2].flatMap { UInt32($0) } ?? 0, elementType: row[3].flatMap { UInt32($0) } ?? 0,
+                rangeSubtype: row[5].flatMap { UInt32($0) } ?? 0, functions: row[4])
         }
         return catalog
     }
@@ -413,9 +426,85 @@ struct BinaryCopyEncoder: ~Copyable {
             }
             output.appendBigEndian(UInt32(1))
             output.appendBigEndian(byte)
+        case .bit:
+            // `0101…`: the length in bits, then the bits from the high end of each byte.
+            guard n <= 1 << 24 else { return false }
+            output.appendBigEndian(UInt32(4 + (n + 7) / 8))
+            output.appendBigEndian(UInt32(n))
+            return output.append((n + 7) / 8) { target in
+                var bad: UInt8 = 0
+                for byteIndex in 0..<(n + 7) / 8 {
+                    var byte: UInt8 = 0
+                    for bit in 0..<8 {
+                        let at = byteIndex * 8 + bit
+                        guard at < n else { break }
+                        let digit = p[at] &- 0x30
+                        bad |= digit
+                        byte |= (digit & 1) << (7 - bit)
+                    }
+                    target[byteIndex] = byte
+                }
+                return bad <= 1
+            }
         case .array(let element, let elementType):
             return encodeArray(BinaryColumn.scalars[Int(element)], elementType: elementType, p, n)
+        case .range(let element):
+            return encodeRange(BinaryColumn.scalars[Int(element)], p, n)
         }
+        return true
+    }
+
+    /// A range's text as `range_out` writes it (`empty`, `[1,10)`, `(,"2026-01-01 00:00:00+00"]`)
+    /// as `range_recv` reads it: flags, then each finite bound in its element's binary form.
+    /// A quoted bound holding a quote or backslash (never so for the built-in ranges'
+    /// numbers, dates and timestamps): false.
+    private mutating func encodeRange(_ kind: BinaryColumn, _ p: UnsafePointer<UInt8>, _ n: Int) -> Bool {
+        if TextValues.matches(p, n, "empty") {
+            output.appendBigEndian(UInt32(1))
+            output.appendBigEndian(UInt8(0x01))
+            return true
+        }
+        guard n >= 3, p[0] == UInt8(ascii: "[") || p[0] == UInt8(ascii: "("), p[n - 1] == UInt8(ascii: "]") || p[n - 1] == UInt8(ascii: ")")
+        else { return false }
+        let close = n - 1
+        /// The bound at `start`: quoted (holding no quote or backslash) or bare (holding none
+        /// of the characters `range_out` would quote), empty for an infinite bound; its text
+        /// and the index after it, where the comma or the closing bracket must follow.
+        func bound(at start: Int, lower: Bool) -> (text: Range<Int>?, end: Int)? {
+            if start < close && p[start] == UInt8(ascii: "\"") {
+                var index = start + 1
+                while index < close && p[index] != UInt8(ascii: "\"") {
+                    if p[index] == 0x5C { return nil }
+                    index += 1
+                }
+                guard index < close else { return nil }
+                return (start + 1..<index, index + 1)
+            }
+            var index = start
+            while index < close && !(lower && p[index] == UInt8(ascii: ",")) {
+                switch p[index] {
+                case UInt8(ascii: "\""), 0x5C, UInt8(ascii: "("), UInt8(ascii: ")"), UInt8(ascii: "["), UInt8(ascii: "]"), UInt8(ascii: ","), 0x20, 0x09,
+                    0x0A, 0x0B, 0x0C, 0x0D:
+                    return nil
+                default: index += 1
+                }
+            }
+            return (index > start ? start..<index : nil, index)
+        }
+        guard let lower = bound(at: 1, lower: true), lower.end < close, p[lower.end] == UInt8(ascii: ","),
+            let upper = bound(at: lower.end + 1, lower: false), upper.end == close
+        else { return false }
+        var flags: UInt8 = 0
+        if p[0] == UInt8(ascii: "[") { flags |= 0x02 }
+        if p[close] == UInt8(ascii: "]") { flags |= 0x04 }
+        if lower.text == nil { flags |= 0x08 }
+        if upper.text == nil { flags |= 0x10 }
+        let lengthAt = output.count
+        output.appendBigEndian(UInt32(0))  // the value's length, set at the end
+        output.appendBigEndian(flags)
+        if let text = lower.text, !encodeValue(kind, p + text.lowerBound, text.count) { return false }
+        if let text = upper.text, !encodeValue(kind, p + text.lowerBound, text.count) { return false }
+        output.storeBigEndian(UInt32(output.count - lengthAt - 4), at: lengthAt)
         return true
     }
 

@@ -145,8 +145,8 @@ import TenureTestSupport
     }
 
     @Test func catalogKindsFollowDomainsEnumsAndArrays() {
-        func type(_ kind: String, base: UInt32 = 0, element: UInt32 = 0, _ functions: String?) -> BinaryColumn.CatalogType {
-            BinaryColumn.CatalogType(kind: kind, baseType: base, elementType: element, functions: functions)
+        func type(_ kind: String, base: UInt32 = 0, element: UInt32 = 0, range: UInt32 = 0, _ functions: String?) -> BinaryColumn.CatalogType {
+            BinaryColumn.CatalogType(kind: kind, baseType: base, elementType: element, rangeSubtype: range, functions: functions)
         }
         let catalog: [UInt32: BinaryColumn.CatalogType] = [
             23: type("b", "int4in/int4recv"), 1007: type("b", element: 23, "array_in/array_recv"),
@@ -154,12 +154,15 @@ import TenureTestSupport
             9002: type("e", "enum_in/enum_recv"), 9003: type("b", element: 9001, "array_in/array_recv"),
             9004: type("b", "textin/textrecv"), 9005: type("b", "hstore_in/hstore_recv"), 9006: type("b", element: 1007, "array_in/array_recv"),
             9007: type("b", nil), 9008: type("d", base: 9008, "domain_in/domain_recv"), 9009: type("b", element: 9005, "array_in/array_recv"),
+            9010: type("r", range: 9000, "range_in/range_recv"), 9011: type("r", range: 9005, "range_in/range_recv"),
+            9012: type("r", "range_in/range_recv"),
         ]
         #expect(BinaryColumn.resolve(9001, in: catalog) == .int4)
         #expect(BinaryColumn.resolve(9002, in: catalog) == .text)
         #expect(BinaryColumn.resolve(9003, in: catalog) == .array(of: .int4, elementType: 9001))
         #expect(BinaryColumn.resolve(9004, in: catalog) == .text)
-        for unknown: UInt32 in [9005, 9006, 9007, 9008, 9009, 12345] { #expect(BinaryColumn.resolve(unknown, in: catalog) == nil, "\(unknown)") }
+        #expect(BinaryColumn.resolve(9010, in: catalog) == .range(element: UInt8(BinaryColumn.scalars.firstIndex(of: .int4)!)))
+        for unknown: UInt32 in [9005, 9006, 9007, 9008, 9009, 9011, 9012, 12345] { #expect(BinaryColumn.resolve(unknown, in: catalog) == nil, "\(unknown)") }
     }
 
     /// Every row the server writes for the binary-loadable types converts, and loading the
@@ -197,7 +200,26 @@ import TenureTestSupport
         for text in ["ab", "\\\\400"] { #expect(value(.char, text) == nil, "\(text)") }
     }
 
-    @Test(arguments: ["binary_types", "binary_more", "binary_extra"])
+    @Test func rangesAndBitStringsBecomeFlagsBoundsAndBits() {
+        let int4Range = BinaryColumn.range(element: UInt8(BinaryColumn.scalars.firstIndex(of: .int4)!))
+        // [1,10): lower inclusive (0x02), then two int4 bounds.
+        #expect(value(int4Range, "[1,10)") == [0, 0, 0, 17, 0x02, 0, 0, 0, 4, 0, 0, 0, 1, 0, 0, 0, 4, 0, 0, 0, 10])
+        #expect(value(int4Range, "empty") == [0, 0, 0, 1, 0x01])
+        // (,5]: lower infinite (0x08), upper inclusive (0x04).
+        #expect(value(int4Range, "(,5]") == [0, 0, 0, 9, 0x0C, 0, 0, 0, 4, 0, 0, 0, 5])
+        #expect(value(int4Range, "(,)") == [0, 0, 0, 1, 0x18])
+        let timestampRange = BinaryColumn.range(element: UInt8(BinaryColumn.scalars.firstIndex(of: .timestamp)!))
+        #expect(value(timestampRange, #"["2000-01-01 00:00:01",)"#) == [0, 0, 0, 13, 0x12, 0, 0, 0, 8, 0, 0, 0, 0, 0, 0x0F, 0x42, 0x40])
+        for text in ["[1,2", "1,2)", "[1,2,3)", "[1 ,2)", #"["1""",2)"#, #"[""1"",2)"#, "[a,2)", "EMPTY", #"["",2)"#] {
+            #expect(value(int4Range, text) == nil, "\(text)")
+        }
+        #expect(value(.bit, "10100000") == [0, 0, 0, 5, 0, 0, 0, 8, 0xA0])
+        #expect(value(.bit, "101") == [0, 0, 0, 5, 0, 0, 0, 3, 0xA0])
+        #expect(value(.bit, "") == [0, 0, 0, 4, 0, 0, 0, 0])
+        for text in ["102", "1 0", "x"] { #expect(value(.bit, text) == nil, "\(text)") }
+    }
+
+    @Test(arguments: ["binary_types", "binary_more", "binary_extra", "binary_ranges"])
     func binaryLoadStoresWhatTextLoadStores(_ table: String) throws {
         let server = try TestServer.shared()
         let database = try createHardCases(server)

@@ -106,6 +106,25 @@ INSERT INTO binary_extra SELECT g + 100, time '00:00' + g * interval '17.123457 
   ARRAY[g * interval '1 hour', - g * interval '1 mon'], ARRAY[('2001:db8::' || to_hex(g))::inet, ('192.168.0.' || g % 256)::inet],
   ARRAY[('2001:db8:' || to_hex(g) || '::/48')::cidr], ARRAY[chr(65 + g % 26)::"char"], ARRAY[('m' || g)::name]
 FROM generate_series(1, 3000) g;
+-- Ranges (built-in and one of the test's own, over a domain) and bit strings, in binary.
+CREATE DOMAIN short_float AS float8 CHECK (VALUE > -1e6);
+CREATE TYPE short_float_range AS RANGE (subtype = short_float);
+CREATE TABLE binary_ranges (
+    id integer PRIMARY KEY, i4 int4range, i8 int8range, nr numrange, d daterange, ts tsrange, tz tstzrange, own short_float_range, b bit(3), vb varbit,
+    vb5 bit varying(5)
+);
+INSERT INTO binary_ranges VALUES
+ (1, 'empty', '(,)', '[-Infinity,Infinity]', '[2000-02-29,infinity)', '[-infinity,2000-01-01 00:00:00.5)', '(,"2026-03-29 02:30+02"]', '(-1.5,NaN]',
+  B'000', B'', B'1'),
+ (2, '[1,1]', '[-9223372036854775808,9223372036854775806]', '(0.001,0.002)', '(,)', '(,)', 'empty', 'empty', B'111', repeat('10', 500)::varbit, B'10101'),
+ (3, '(,5]', '[3,)', '[1.5,1.5]', '[2000-01-01,2000-01-02)', '["2000-01-01 00:00:00","2000-01-01 00:00:00"]', '[infinity,infinity]', '[,0]',
+  NULL, NULL, NULL),
+ (4, NULL, NULL, NULL, NULL, NULL, NULL, NULL, B'010', B'1', B'');
+INSERT INTO binary_ranges SELECT g + 100, int4range(g, g + g % 17, '[]'), int8range(g::bigint * 1000003, NULL), numrange(g / 7.0, g / 3.0, '(]'),
+  daterange(date '2024-01-01' - g, date '2024-01-01' + g), tsrange(timestamp '2024-01-01' + g * interval '1 minute', NULL, '()'),
+  tstzrange(NULL, timestamptz '2024-01-01 00:00+00' + g * interval '1.5 seconds'), short_float_range(g / 9.0, g, '[]'),
+  (g % 8)::bit(3), (g::bit(16) >> (g % 16))::varbit, left((g % 32)::bit(5)::text, g % 6)::varbit(5)
+FROM generate_series(1, 3000) g;
 -- Arrays the binary loader leaves to the server's text input (several dimensions, bounds).
 CREATE TABLE array_fallback (id integer, a integer[]);
 INSERT INTO array_fallback VALUES (1, '{{1,2},{3,4}}'), (2, '[0:1]={5,6}'), (3, '{7}');
