@@ -8,7 +8,8 @@ import TenurePQ
 /// its table on the text path.
 enum BinaryColumn: Equatable, Sendable {
     case bool, int2, int4, int8, float4, float8, numeric, text, bytea, date, timestamp, timestamptz, json, jsonb, uuid
-    case time, timetz, interval, inet, macaddr, macaddr8, oid, char, bit
+    case time, timetz, interval, inet, macaddr, macaddr8, oid, char, bit, lsn
+    case point, box, lseg, line, circle, path, polygon
     /// A one-dimensional array (lower bound 1, or empty) of a scalar kind, `element` being
     /// its index in `scalars` (a plain value: the encoder's list of columns then needs no
     /// reference counting in its row loop); `elementType` is the array type's element type
@@ -19,12 +20,15 @@ enum BinaryColumn: Equatable, Sendable {
 
     static let scalars: [BinaryColumn] = [
         .bool, .int2, .int4, .int8, .float4, .float8, .numeric, .text, .bytea, .date, .timestamp, .timestamptz, .json, .jsonb, .uuid,
-        .time, .timetz, .interval, .inet, .macaddr, .macaddr8, .oid, .char, .bit,
+        .time, .timetz, .interval, .inet, .macaddr, .macaddr8, .oid, .char, .bit, .lsn,
+        .point, .box, .lseg, .line, .circle, .path, .polygon,
     ]
 
-    /// An array of `element`, nil unless it is one of the scalar kinds.
+    /// An array of `element`, nil unless it is one of the scalar kinds. Not of boxes: their
+    /// arrays separate elements with `;` (the type's `typdelim`), not the commas `encodeArray` reads.
     static func array(of element: BinaryColumn, elementType: UInt32) -> BinaryColumn? {
-        scalars.firstIndex(of: element).map { .array(element: UInt8($0), elementType: elementType) }
+        guard element != .box else { return nil }
+        return scalars.firstIndex(of: element).map { .array(element: UInt8($0), elementType: elementType) }
     }
 
     /// The scalar kinds by their type's input and receive functions (both built into the
@@ -42,7 +46,9 @@ enum BinaryColumn: Equatable, Sendable {
         "uuid_in/uuid_recv": .uuid, "time_in/time_recv": .time, "timetz_in/timetz_recv": .timetz,
         "interval_in/interval_recv": .interval, "inet_in/inet_recv": .inet, "cidr_in/cidr_recv": .inet,
         "macaddr_in/macaddr_recv": .macaddr, "macaddr8_in/macaddr8_recv": .macaddr8, "oidin/oidrecv": .oid, "charin/charrecv": .char,
-        "namein/namerecv": .text, "bit_in/bit_recv": .bit, "varbit_in/varbit_recv": .bit,
+        "namein/namerecv": .text, "bit_in/bit_recv": .bit, "varbit_in/varbit_recv": .bit, "pg_lsn_in/pg_lsn_recv": .lsn,
+        "point_in/point_recv": .point, "box_in/box_recv": .box, "lseg_in/lseg_recv": .lseg, "line_in/line_recv": .line,
+        "circle_in/circle_recv": .circle, "path_in/path_recv": .path, "poly_in/poly_recv": .polygon,
     ]
 
     /// What the catalog says of one type, as `resolve` reads it.
@@ -209,7 +215,8 @@ struct BinaryCopyEncoder: ~Copyable {
         guard count > 0 else { return false }
         // Room for the whole row, so no value grows the buffer: a field's binary form is at
         // most its text plus 16 bytes (length word included; see `encodeValue`), save a short
-        // IPv6 address (`::1`, 24 bytes), for which the appends' own checks make room.
+        // IPv6 address (`::1`, 24 bytes) and geometric values (`(0,0),(0,0)`, 36 bytes), for
+        // which the appends' own checks make room.
         output.reserve(2 + count * 20 + length)
         output.appendBigEndian(UInt16(count))
         var position = 0
@@ -446,6 +453,15 @@ struct BinaryCopyEncoder: ~Copyable {
                 }
                 return bad <= 1
             }
+        case .lsn:
+            // `XXXXXXXX/XXXXXXXX`: the high and low halves in hex.
+            guard let slash = (0..<n).first(where: { p[$0] == UInt8(ascii: "/") }), (1...8).contains(slash), (1...8).contains(n - slash - 1),
+                let high = TextValues.hex(p, slash), let low = TextValues.hex(p + slash + 1, n - slash - 1)
+            else { return false }
+            output.appendBigEndian(UInt32(8))
+            output.appendBigEndian(high << 32 | low)
+        case .point, .box, .lseg, .line, .circle, .path, .polygon:
+            return TextValues.geometry(column, p, n, into: &output)
         case .array(let element, let elementType):
             return encodeArray(BinaryColumn.scalars[Int(element)], elementType: elementType, p, n)
         case .range(let element):
@@ -960,6 +976,95 @@ enum TextValues {
             output.append(address, count: size)
             return true
         }
+    }
+
+    /// One to sixteen hex digits.
+    static func hex(_ p: UnsafePointer<UInt8>, _ n: Int) -> UInt64? {
+        guard (1...16).contains(n) else { return nil }
+        var value: UInt64 = 0
+        for index in 0..<n {
+            let digit = hexValues[Int(p[index])]
+            guard digit < 16 else { return nil }
+            value = value << 4 | UInt64(digit)
+        }
+        return value
+    }
+
+    /// A geometric value as its output function writes it, the numbers as `float8out` does
+    /// (`(x,y)` for a point; `(x,y),(x,y)` a box; `[(x,y),(x,y)]` a segment; `{a,b,c}` a line;
+    /// `<(x,y),r>` a circle; `((x,y),…)` a closed path or a polygon, `[(x,y),…]` an open path),
+    /// as the receive function reads it: the numbers as float8 in the same order, a path with
+    /// its closed flag and point count first, a polygon with its point count. A line with
+    /// a = b = 0 or a circle with a negative radius (which the server refuses): false.
+    static func geometry(_ kind: BinaryColumn, _ p: UnsafePointer<UInt8>, _ n: Int, into output: inout ByteBuffer) -> Bool {
+        var index = 0
+        func expect(_ byte: UInt8) -> Bool {
+            guard index < n, p[index] == byte else { return false }
+            index += 1
+            return true
+        }
+        func number() -> Double? {
+            let start = index
+            while index < n {
+                switch p[index] {
+                case UInt8(ascii: ","), UInt8(ascii: ")"), UInt8(ascii: "]"), UInt8(ascii: "}"), UInt8(ascii: ">"): break
+                default:
+                    index += 1
+                    continue
+                }
+                break
+            }
+            return double(p + start, index - start, single: false)
+        }
+        func point(into output: inout ByteBuffer) -> Bool {
+            guard expect(UInt8(ascii: "(")), let x = number(), expect(UInt8(ascii: ",")), let y = number(), expect(UInt8(ascii: ")")) else { return false }
+            output.appendBigEndian(x.bitPattern)
+            output.appendBigEndian(y.bitPattern)
+            return true
+        }
+        /// Points separated by commas up to `close`: how many.
+        func points(until close: UInt8, into output: inout ByteBuffer) -> UInt32? {
+            var count: UInt32 = 0
+            repeat {
+                guard point(into: &output) else { return nil }
+                count += 1
+            } while expect(UInt8(ascii: ","))
+            return expect(close) ? count : nil
+        }
+        let lengthAt = output.count
+        output.appendBigEndian(UInt32(0))  // the value's length, set at the end
+        switch kind {
+        case .point:
+            guard point(into: &output) else { return false }
+        case .box:
+            guard point(into: &output), expect(UInt8(ascii: ",")), point(into: &output) else { return false }
+        case .lseg:
+            guard expect(UInt8(ascii: "[")), point(into: &output), expect(UInt8(ascii: ",")), point(into: &output), expect(UInt8(ascii: "]")) else { return false }
+        case .line:
+            guard expect(UInt8(ascii: "{")), let a = number(), expect(UInt8(ascii: ",")), let b = number(), expect(UInt8(ascii: ",")), let c = number(),
+                expect(UInt8(ascii: "}")), a != 0 || b != 0
+            else { return false }
+            for value in [a, b, c] { output.appendBigEndian(value.bitPattern) }
+        case .circle:
+            guard expect(UInt8(ascii: "<")), point(into: &output), expect(UInt8(ascii: ",")), let radius = number(), expect(UInt8(ascii: ">")),
+                !(radius < 0)
+            else { return false }
+            output.appendBigEndian(radius.bitPattern)
+        case .path, .polygon:
+            let closed = n > 0 && p[0] == UInt8(ascii: "(")
+            guard closed || (kind == .path && n > 0 && p[0] == UInt8(ascii: "[")) else { return false }
+            index = 1
+            if kind == .path { output.appendBigEndian(UInt8(closed ? 1 : 0)) }
+            let countAt = output.count
+            output.appendBigEndian(UInt32(0))
+            guard let count = points(until: UInt8(ascii: closed ? ")" : "]"), into: &output) else { return false }
+            output.storeBigEndian(count, at: countAt)
+        default:
+            return false
+        }
+        guard index == n else { return false }
+        output.storeBigEndian(UInt32(output.count - lengthAt - 4), at: lengthAt)
+        return true
     }
 
     /// `macaddr_out`'s (`08:00:2b:01:02:03`) or `macaddr8_out`'s text: the address's bytes.

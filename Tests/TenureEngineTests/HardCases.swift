@@ -125,6 +125,18 @@ INSERT INTO binary_ranges SELECT g + 100, int4range(g, g + g % 17, '[]'), int8ra
   tstzrange(NULL, timestamptz '2024-01-01 00:00+00' + g * interval '1.5 seconds'), short_float_range(g / 9.0, g, '[]'),
   (g % 8)::bit(3), (g::bit(16) >> (g % 16))::varbit, left((g % 32)::bit(5)::text, g % 6)::varbit(5)
 FROM generate_series(1, 3000) g;
+-- Geometric types and LSNs, in binary.
+CREATE TABLE binary_shapes (id integer PRIMARY KEY, p point, b box, s lseg, l line, c circle, op path, cp path, pg polygon, lsn pg_lsn, ap point[]);
+INSERT INTO binary_shapes VALUES
+ (1, '(0,0)', '(0,0),(0,0)', '[(0,0),(0,0)]', '{1,0,0}', '<(0,0),0>', '[(0,0)]', '((0,0))', '((0,0))', '0/0', '{}'),
+ (2, '(-0,1e-300)', '(-1,-2),(3,4)', '[(1.5,2.5),(-3.25,1e+300)]', '{0,-1.5,NaN}', '<(NaN,Infinity),1e300>', '[(1,2),(3,4),(5,6)]', '((1,2),(3,4))',
+  '((0,0),(1,1),(1,0))', 'FFFFFFFF/FFFFFFFF', '{"(1,2)",NULL,"(-Infinity,NaN)"}'),
+ (3, '(NaN,-Infinity)', '(Infinity,NaN),(-Infinity,0)', NULL, NULL, NULL, NULL, NULL, NULL, '16/B374D848', NULL);
+INSERT INTO binary_shapes SELECT g + 100, point(g / 7.0, -g / 3.0), box(point(g, g * 1.5), point(-g, g / 9.0)), lseg(point(g, 0), point(0, g / 11.0)),
+  line(point(g, 1), point(g + 1, g / 13.0)), circle(point(g / 3.0, g), g / 17.0), ('[(' || g || ',1),(2,' || g / 7.0 || ')]')::path,
+  ('((' || g || ',1),(2,' || g / 7.0 || '),(3,3))')::path, ('((0,0),(' || g || ',' || g / 3.0 || '),(' || g || ',0))')::polygon,
+  '0/0'::pg_lsn + g::numeric * 1000003 * 4099, ARRAY[point(g, g), point(-g, 1.0 / g)]
+FROM generate_series(1, 3000) g;
 -- Arrays the binary loader leaves to the server's text input (several dimensions, bounds).
 CREATE TABLE array_fallback (id integer, a integer[]);
 INSERT INTO array_fallback VALUES (1, '{{1,2},{3,4}}'), (2, '[0:1]={5,6}'), (3, '{7}');
