@@ -8,7 +8,7 @@ import TenurePQ
 /// its table on the text path.
 enum BinaryColumn: Equatable, Sendable {
     case bool, int2, int4, int8, float4, float8, numeric, text, bytea, date, timestamp, timestamptz, json, jsonb, uuid
-    case time, timetz, interval, inet, macaddr, macaddr8, oid, char, bit, lsn
+    case time, timetz, interval, inet, macaddr, macaddr8, oid, char, bit, lsn, tsvector
     case point, box, lseg, line, circle, path, polygon
     /// A one-dimensional array (lower bound 1, or empty) of a scalar kind, `element` being
     /// its index in `scalars` (a plain value: the encoder's list of columns then needs no
@@ -20,7 +20,7 @@ enum BinaryColumn: Equatable, Sendable {
 
     static let scalars: [BinaryColumn] = [
         .bool, .int2, .int4, .int8, .float4, .float8, .numeric, .text, .bytea, .date, .timestamp, .timestamptz, .json, .jsonb, .uuid,
-        .time, .timetz, .interval, .inet, .macaddr, .macaddr8, .oid, .char, .bit, .lsn,
+        .time, .timetz, .interval, .inet, .macaddr, .macaddr8, .oid, .char, .bit, .lsn, .tsvector,
         .point, .box, .lseg, .line, .circle, .path, .polygon,
     ]
 
@@ -46,7 +46,7 @@ enum BinaryColumn: Equatable, Sendable {
         "uuid_in/uuid_recv": .uuid, "time_in/time_recv": .time, "timetz_in/timetz_recv": .timetz,
         "interval_in/interval_recv": .interval, "inet_in/inet_recv": .inet, "cidr_in/cidr_recv": .inet,
         "macaddr_in/macaddr_recv": .macaddr, "macaddr8_in/macaddr8_recv": .macaddr8, "oidin/oidrecv": .oid, "charin/charrecv": .char,
-        "namein/namerecv": .text, "bit_in/bit_recv": .bit, "varbit_in/varbit_recv": .bit, "pg_lsn_in/pg_lsn_recv": .lsn,
+        "namein/namerecv": .text, "bit_in/bit_recv": .bit, "varbit_in/varbit_recv": .bit, "pg_lsn_in/pg_lsn_recv": .lsn, "tsvectorin/tsvectorrecv": .tsvector,
         "point_in/point_recv": .point, "box_in/box_recv": .box, "lseg_in/lseg_recv": .lseg, "line_in/line_recv": .line,
         "circle_in/circle_recv": .circle, "path_in/path_recv": .path, "poly_in/poly_recv": .polygon,
     ]
@@ -126,7 +126,7 @@ enum BinaryColumn: Equatable, Sendable {
     /// value is converted).
     var takesEscapedText: Bool {
         switch self {
-        case .text, .json, .jsonb, .array, .char: true
+        case .text, .json, .jsonb, .array, .char, .tsvector: true
         default: false
         }
     }
@@ -462,6 +462,8 @@ struct BinaryCopyEncoder: ~Copyable {
             output.appendBigEndian(high << 32 | low)
         case .point, .box, .lseg, .line, .circle, .path, .polygon:
             return TextValues.geometry(column, p, n, into: &output)
+        case .tsvector:
+            return TextValues.tsvector(p, n, into: &output)
         case .array(let element, let elementType):
             return encodeArray(BinaryColumn.scalars[Int(element)], elementType: elementType, p, n)
         case .range(let element):
@@ -1067,6 +1069,72 @@ enum TextValues {
         return true
     }
 
+    /// `tsvectorout`'s text (`'a':1A,2 'it''s' 'back\\slash':3C`; nothing for an empty vector:
+    /// quoted lexemes one space apart, `'` and `\` doubled inside, then positions 1 to 16383
+    /// with an optional weight A, B or C) as `tsvectorrecv` reads it: the count, then each
+    /// lexeme NUL-terminated, its position count and positions (weight in the top two bits).
+    static func tsvector(_ p: UnsafePointer<UInt8>, _ n: Int, into output: inout ByteBuffer) -> Bool {
+        let lengthAt = output.count
+        output.appendBigEndian(UInt32(0))  // the value's length, set at the end
+        output.appendBigEndian(UInt32(0))  // the lexeme count, set at the end
+        var count: UInt32 = 0
+        var index = 0
+        while index < n {
+            if count > 0 {
+                guard p[index] == 0x20 else { return false }
+                index += 1
+            }
+            guard index < n, p[index] == UInt8(ascii: "'") else { return false }
+            index += 1
+            let lexemeStart = output.count
+            while true {
+                guard index < n else { return false }
+                let byte = p[index]
+                if byte == UInt8(ascii: "'") || byte == 0x5C {
+                    // A doubled quote or backslash is one; a lone quote ends the lexeme.
+                    if index + 1 < n && p[index + 1] == byte {
+                        output.appendBigEndian(byte)
+                        index += 2
+                        continue
+                    }
+                    guard byte == UInt8(ascii: "'") else { return false }
+                    index += 1
+                    break
+                }
+                output.appendBigEndian(byte)
+                index += 1
+            }
+            guard output.count > lexemeStart else { return false }
+            output.appendBigEndian(UInt8(0))
+            let positionsAt = output.count
+            output.appendBigEndian(UInt16(0))
+            var positions: UInt16 = 0
+            var previous = 0
+            if index < n && p[index] == UInt8(ascii: ":") {
+                repeat {
+                    index += 1
+                    let start = index
+                    while index < n, p[index] &- 0x30 < 10 { index += 1 }
+                    guard index > start, index - start <= 5, let position = digits(p, start, index - start), position > previous, position <= 16383
+                    else { return false }
+                    previous = position
+                    var weight = 0
+                    if index < n, p[index] >= UInt8(ascii: "A"), p[index] <= UInt8(ascii: "C") {
+                        weight = 3 - Int(p[index] - UInt8(ascii: "A"))
+                        index += 1
+                    }
+                    output.appendBigEndian(UInt16(weight << 14 | position))
+                    positions += 1
+                } while index < n && p[index] == UInt8(ascii: ",")
+            }
+            output.storeBigEndian(positions, at: positionsAt)
+            count += 1
+        }
+        output.storeBigEndian(count, at: lengthAt + 4)
+        output.storeBigEndian(UInt32(output.count - lengthAt - 4), at: lengthAt)
+        return true
+    }
+
     /// `macaddr_out`'s (`08:00:2b:01:02:03`) or `macaddr8_out`'s text: the address's bytes.
     static func macaddr(_ p: UnsafePointer<UInt8>, _ n: Int, bytes count: Int, into output: inout ByteBuffer) -> Bool {
         guard n == count * 3 - 1, (1..<count).allSatisfy({ p[$0 * 3 - 1] == UInt8(ascii: ":") }) else { return false }
@@ -1142,10 +1210,10 @@ struct ByteBuffer: ~Copyable {
         count += MemoryLayout<T>.size
     }
 
-    /// Overwrites four bytes already appended at `offset`.
-    mutating func storeBigEndian(_ value: UInt32, at offset: Int) {
-        precondition(offset >= 0 && offset + 4 <= count, "storing inside the buffer")
-        UnsafeMutableRawPointer(base + offset).storeBytes(of: value.bigEndian, as: UInt32.self)
+    /// Overwrites bytes already appended at `offset`.
+    mutating func storeBigEndian<T: FixedWidthInteger>(_ value: T, at offset: Int) {
+        precondition(offset >= 0 && offset + MemoryLayout<T>.size <= count, "storing inside the buffer")
+        UnsafeMutableRawPointer(base + offset).storeBytes(of: value.bigEndian, as: T.self)
     }
 
     mutating func removeAll() { count = 0 }

@@ -243,7 +243,20 @@ import TenureTestSupport
         }
     }
 
-    @Test(arguments: ["binary_types", "binary_more", "binary_extra", "binary_ranges", "binary_shapes"])
+    @Test func textSearchVectorsBecomeLexemesAndPositions() {
+        // Two lexemes: "a" with positions 1 (weight A: 3 << 14) and 2, then "it's" with none.
+        #expect(
+            value(.tsvector, "'a':1A,2 'it''s'")
+                == [0, 0, 0, 19, 0, 0, 0, 2, 0x61, 0, 0, 2, 0xC0, 0x01, 0x00, 0x02, 0x69, 0x74, 0x27, 0x73, 0, 0, 0])
+        #expect(value(.tsvector, "") == [0, 0, 0, 4, 0, 0, 0, 0])
+        // COPY doubles the doubled backslash again.
+        #expect(value(.tsvector, "'b\\\\\\\\s'") == [0, 0, 0, 10, 0, 0, 0, 1, 0x62, 0x5C, 0x73, 0, 0, 0])
+        for text in ["a", "'a'  'b'", "'a':0", "'a':2,1", "'a':16384", "'a':1D", "'a", "''", "'a':", "'a' "] {
+            #expect(value(.tsvector, text) == nil, "\(text)")
+        }
+    }
+
+    @Test(arguments: ["binary_types", "binary_more", "binary_extra", "binary_ranges", "binary_shapes", "binary_search"])
     func binaryLoadStoresWhatTextLoadStores(_ table: String) throws {
         let server = try TestServer.shared()
         let database = try createHardCases(server)

@@ -137,6 +137,14 @@ INSERT INTO binary_shapes SELECT g + 100, point(g / 7.0, -g / 3.0), box(point(g,
   ('((' || g || ',1),(2,' || g / 7.0 || '),(3,3))')::path, ('((0,0),(' || g || ',' || g / 3.0 || '),(' || g || ',0))')::polygon,
   '0/0'::pg_lsn + g::numeric * 1000003 * 4099, ARRAY[point(g, g), point(-g, 1.0 / g)]
 FROM generate_series(1, 3000) g;
+-- Text search vectors, in binary.
+CREATE TABLE binary_search (id integer PRIMARY KEY, v tsvector, av tsvector[]);
+INSERT INTO binary_search VALUES
+ (1, '', '{}'), (2, 'a', ARRAY[''::tsvector, 'b:1']),
+ (3, $$'it''s' 'back\\slash':1A,2B,3C,4 'ünï':16383 'tab	x' 'a b'$$, ARRAY[$$'q"uote' 'back\\slash':7$$::tsvector, NULL]);
+INSERT INTO binary_search SELECT g + 100, to_tsvector('english', 'The quick brown fox ' || g || ' jumps over the lazy dog ' || md5(g::text)),
+  ARRAY[setweight(to_tsvector('simple', 'row ' || g), 'A'), to_tsvector('simple', 'n' || g % 7)]
+FROM generate_series(1, 3000) g;
 -- Arrays the binary loader leaves to the server's text input (several dimensions, bounds).
 CREATE TABLE array_fallback (id integer, a integer[]);
 INSERT INTO array_fallback VALUES (1, '{{1,2},{3,4}}'), (2, '[0:1]={5,6}'), (3, '{7}');
